@@ -1,0 +1,78 @@
+//! Character classes of RFC 9110 §5.6 and RFC 3986 §2, shared by the parsers.
+
+/// `tchar` (RFC 9110 §5.6.2).
+pub(crate) const fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' |
+        b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z')
+}
+
+/// `token = 1*tchar` (RFC 9110 §5.6.2).
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// `unreserved` (RFC 3986 §2.3).
+pub(crate) const fn is_unreserved(b: u8) -> bool {
+    matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~')
+}
+
+/// `sub-delims` (RFC 3986 §2.2).
+pub(crate) const fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
+/// `pchar` minus `pct-encoded` (RFC 3986 §3.3); `%` is checked separately.
+pub(crate) const fn is_pchar(b: u8) -> bool {
+    is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'@'
+}
+
+/// Value of an ASCII hex digit.
+pub(crate) const fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Strips leading and trailing OWS (SP / HTAB, RFC 9110 §5.6.3).
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Iterates the elements of a `#rule` list (RFC 9110 §5.6.1), OWS-trimmed.
+/// Empty elements are yielded (as empty slices) so callers can decide.
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc9110_5_6_2_tchar_excludes_delimiters() {
+        for b in b"\"(),/:;<=>?@[\\]{} \t".iter() {
+            assert!(!is_tchar(*b), "{}", *b as char);
+        }
+        assert!(is_token(b"X-Custom_Header.1~"));
+        assert!(!is_token(b""));
+    }
+
+    #[test]
+    fn rfc9110_5_6_1_list_elements_are_ows_trimmed() {
+        let v: Vec<&[u8]> = list_elements(b" a ,\tb,, c").collect();
+        assert_eq!(v, [&b"a"[..], b"b", b"", b"c"]);
+    }
+}

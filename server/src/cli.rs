@@ -1,0 +1,78 @@
+//! The command line: every `[server]` key as a flag; flags override the file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::ServerOverrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardline",
+    version,
+    about = "Thread-per-core HTTP API server. With no --config it serves the embedded default routes."
+)]
+pub struct Cli {
+    /// TOML config file. Without it the embedded default config is served.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Traffic listener, IP:PORT (port 0 = any free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listener (/healthz, /readyz), IP:PORT or "off".
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Number of shards; 0 = one per CPU in --cpus (or every allowed CPU).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. "0-3,8".
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// io_uring registered buffer memory per shard, e.g. "2MiB".
+    #[arg(long, value_name = "SIZE")]
+    pub io_memory: Option<String>,
+    /// Read buffer per busy connection, e.g. "64KiB".
+    #[arg(long, value_name = "SIZE")]
+    pub read_buffer: Option<String>,
+    /// Connections one shard serves at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_shard: Option<usize>,
+    /// Time a client has to send a whole request head, e.g. "10s".
+    #[arg(long, value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Idle keep-alive connections close after this, e.g. "60s".
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Largest request head in bytes (request line + header fields).
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Largest request body, e.g. "1MiB".
+    #[arg(long, value_name = "SIZE")]
+    pub max_body_bytes: Option<String>,
+    /// Directory for state that must survive restarts.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// How long in-flight requests may take to finish after SIGTERM, e.g. "10s".
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+}
+
+impl Cli {
+    pub fn overrides(&self) -> ServerOverrides {
+        ServerOverrides {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            shards: self.shards,
+            cpus: self.cpus.clone(),
+            io_memory: self.io_memory.clone(),
+            read_buffer: self.read_buffer.clone(),
+            max_connections_per_shard: self.max_connections_per_shard,
+            header_read_timeout: self.header_read_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+            max_header_bytes: self.max_header_bytes.clone(),
+            max_body_bytes: self.max_body_bytes.clone(),
+            data_dir: self.data_dir.clone(),
+            drain_timeout: self.drain_timeout.clone(),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Building and starting a server from a [`Config`]: CPU placement, resource
+//! limits, listeners, shards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shardline_protocol::limits::Limits;
+use shardline_shard::{
+    ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig, ShutdownHandle,
+};
+
+use crate::admin::{AdminFactory, ADMIN_MAX_CONNECTIONS};
+use crate::app::GatewayFactory;
+use crate::config::Config;
+use crate::handler::HandlerFactory;
+
+/// Why the server could not start: one line, fit for `shardline: error: …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A server to be started: a config plus the Rust handlers routes may name.
+pub struct Server {
+    config: Config,
+    handlers: Vec<(String, Arc<dyn HandlerFactory>)>,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Self {
+        Server {
+            config,
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Registers a handler under `name` for routes with `handler = "name"`.
+    /// `factory` runs once on each shard and returns that shard's handler,
+    /// which may hold shard-local state.
+    pub fn handler(mut self, name: &str, factory: impl HandlerFactory + 'static) -> Self {
+        self.handlers.retain(|(n, _)| n != name);
+        self.handlers.push((name.to_string(), Arc::new(factory)));
+        self
+    }
+
+    /// The CPU each shard will be pinned to.
+    pub fn shard_cpus(&self) -> Vec<usize> {
+        let s = &self.config.server;
+        let list = s
+            .cpus
+            .clone()
+            .unwrap_or_else(shardline_shard::cpus::allowed_cpus);
+        let n = if s.shards == 0 { list.len() } else { s.shards };
+        // More shards than CPUs share cores round-robin; `start` warns.
+        (0..n).map(|i| list[i % list.len()]).collect()
+    }
+
+    /// Binds every listener and starts every shard; returns once they all
+    /// accept connections.
+    pub fn start(self) -> Result<RunningServer, StartError> {
+        let cpus = self.shard_cpus();
+        let s = &self.config.server;
+        if cpus.len() > s.cpus.as_ref().map_or(usize::MAX, Vec::len)
+            || cpus.len() > shardline_shard::cpus::allowed_cpus().len()
+        {
+            eprintln!(
+                "shardline: warning: {} shards on fewer CPUs: shards will share cores",
+                cpus.len()
+            );
+        }
+        match crate::system::ensure_memlock(cpus.len(), s.io_memory) {
+            Ok(None) => {}
+            Ok(Some(warning)) => eprintln!("shardline: warning: {warning}"),
+            Err(e) => return Err(StartError(e)),
+        }
+        crate::system::raise_nofile();
+
+        let protocol = Limits {
+            max_header_bytes: to_usize(s.max_header_bytes),
+            max_body_bytes: s.max_body_bytes,
+            ..Limits::default()
+        };
+        let limits = ShardLimits {
+            read_buffer_bytes: to_usize(s.read_buffer),
+            max_connections_per_shard: s.max_connections_per_shard,
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            protocol,
+        };
+        let config = Arc::new(self.config.clone());
+        let gateway = GatewayFactory::new(Arc::clone(&config), Arc::new(self.handlers))
+            .map_err(StartError)?;
+        let mut listeners = vec![ListenerSpec {
+            addr: s.listen,
+            placement: ListenerPlacement::EveryShard,
+            app: Arc::new(gateway),
+            max_connections: None,
+        }];
+        if let Some(admin) = s.admin_listen {
+            listeners.push(ListenerSpec {
+                addr: admin,
+                placement: ListenerPlacement::FirstShard,
+                app: Arc::new(AdminFactory),
+                max_connections: Some(ADMIN_MAX_CONNECTIONS),
+            });
+        }
+        let set = ShardSet::start(ShardSetConfig {
+            cpus: cpus.clone(),
+            io_memory_bytes: to_usize(s.io_memory),
+            limits,
+            listeners,
+            drain_timeout: s.drain_timeout,
+        })
+        .map_err(|e| StartError(e.0))?;
+        let addrs = set.local_addrs();
+        let local_addr = addrs[0];
+        let admin_addr = addrs.get(1).copied();
+        Ok(RunningServer {
+            set: Some(set),
+            local_addr,
+            admin_addr,
+            shards: cpus.len(),
+        })
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// A started server. Dropping it drains and joins the shards.
+pub struct RunningServer {
+    set: Option<ShardSet>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shards: usize,
+}
+
+impl RunningServer {
+    /// The address the traffic listener is bound to (the real port when 0
+    /// was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Starts a graceful drain; returns at once.
+    pub fn shutdown(&self) {
+        if let Some(set) = &self.set {
+            set.shutdown();
+        }
+    }
+
+    /// A handle that can start the drain from another thread (signals).
+    pub fn shutdown_handle(&self) -> Option<ShutdownHandle> {
+        self.set.as_ref().map(ShardSet::shutdown_handle)
+    }
+
+    /// Waits until every shard has finished (after `shutdown`).
+    pub fn wait(mut self) -> Result<(), StartError> {
+        match self.set.take() {
+            Some(set) => set.join().map_err(|e| StartError(e.0)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            set.shutdown();
+            let _ = set.join();
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The boundary between a shard's connection loop and what answers requests.
+//!
+//! The shard owns sockets, framing and buffers; an [`App`] (built once per
+//! shard by an [`AppFactory`], so it may hold `Rc`/`RefCell` shard-local
+//! state) decides the response. The app writes its response straight into
+//! the connection's output buffer through [`Exchange`], so answering a
+//! request allocates nothing.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use shardline_protocol::date::DateCache;
+use shardline_protocol::request::{RequestHead, Version};
+use shardline_protocol::response::{self, EncodeOptions, Response};
+
+/// Answers requests on one shard.
+pub trait App {
+    /// Must call one of the `Exchange` respond methods; if it does not, the
+    /// connection loop answers 500 so the client is never left hanging.
+    fn handle(&self, exchange: &mut Exchange<'_>);
+}
+
+/// Builds each shard's [`App`] on that shard's thread.
+pub trait AppFactory: Send + Sync {
+    fn build(&self, shard: ShardInfo) -> Rc<dyn App>;
+}
+
+/// Which shard an app or handler is running on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// 0-based shard index.
+    pub id: usize,
+    /// The CPU it is pinned to.
+    pub cpu: usize,
+    /// How many shards the server runs.
+    pub count: usize,
+}
+
+/// One request and the means to answer it.
+pub struct Exchange<'x> {
+    pub head: &'x RequestHead<'x, 'x>,
+    /// The whole decoded body (Content-Length or de-chunked).
+    pub body: &'x [u8],
+    pub peer: SocketAddr,
+    pub shard: ShardInfo,
+    out: &'x mut Vec<u8>,
+    date: &'x DateCache,
+    keep_alive: bool,
+    draining: bool,
+    responded: bool,
+}
+
+impl<'x> Exchange<'x> {
+    pub(crate) fn new(
+        head: &'x RequestHead<'x, 'x>,
+        body: &'x [u8],
+        peer: SocketAddr,
+        shard: ShardInfo,
+        out: &'x mut Vec<u8>,
+        date: &'x DateCache,
+        keep_alive: bool,
+        draining: bool,
+    ) -> Self {
+        Exchange {
+            head,
+            body,
+            peer,
+            shard,
+            out,
+            date,
+            keep_alive,
+            draining,
+            responded: false,
+        }
+    }
+
+    fn options(&self) -> EncodeOptions {
+        EncodeOptions {
+            version: self.head.version,
+            keep_alive: self.keep_alive,
+            head: self.head.is_head(),
+        }
+    }
+
+    /// Encodes the response. A second call is ignored: one request, one
+    /// response.
+    pub fn respond(&mut self, resp: &Response<'_>) {
+        if self.responded {
+            return;
+        }
+        self.responded = true;
+        let opts = self.options();
+        response::encode(self.out, resp, opts, self.date);
+    }
+
+    /// An RFC 9457 problem response.
+    pub fn problem(
+        &mut self,
+        status: u16,
+        problem_type: &str,
+        title: &str,
+        detail: &str,
+        extra_headers: &[(&str, &[u8])],
+    ) {
+        if self.responded {
+            return;
+        }
+        self.responded = true;
+        let opts = self.options();
+        response::encode_problem(
+            self.out,
+            status,
+            problem_type,
+            title,
+            detail,
+            extra_headers,
+            opts,
+            self.date,
+        );
+    }
+
+    /// Closes the connection after this response (`Connection: close`).
+    /// Only effective before responding.
+    pub fn close_after(&mut self) {
+        self.keep_alive = false;
+    }
+
+    /// The shard is draining: this is among the last requests it serves.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    pub fn responded(&self) -> bool {
+        self.responded
+    }
+
+    pub(crate) fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    pub fn version(&self) -> Version {
+        self.head.version
+    }
+}

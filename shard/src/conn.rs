@@ -1,0 +1,395 @@
+//! One client connection: read, parse every complete request, answer each,
+//! one write per batch.
+//!
+//! Life of a connection:
+//! - **idle**: no bytes pending; holds no buffers; waits up to `idle_timeout`
+//!   for the next request, then closes silently.
+//! - **reading a head**: some bytes of a request are pending; the whole head
+//!   must arrive within `header_read_timeout` of its first byte, else 408.
+//! - **reading a body**: the head is complete; each read must make progress
+//!   within `idle_timeout`, else 408.
+//!
+//! After any framing error the error response is written after the
+//! responses of the requests before it, and the connection is closed: bytes
+//! behind a request we could not frame cannot be trusted to start a request
+//! (RFC 9112 §11.2, request smuggling).
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use shardline_protocol::chunked::ChunkedDecoder;
+use shardline_protocol::error::Error as ProtoError;
+use shardline_protocol::framing::BodyFraming;
+use shardline_protocol::limits::MAX_HEADERS_CAP;
+use shardline_protocol::request::{self, Parsed, Version};
+use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
+
+use crate::app::{App, Exchange};
+use crate::buffers::ReadBuf;
+use crate::shard::ShardState;
+
+/// Responses queued in one batch before they are written even though more
+/// pipelined requests are buffered, so a deep pipeline cannot grow the
+/// write buffer without bound.
+pub const WRITE_BATCH_FLUSH_BYTES: usize = 256 * 1024;
+
+/// Why `process` stopped.
+enum Next {
+    /// Everything buffered was handled, or the rest is an incomplete request.
+    ReadMore,
+    /// The write batch is full: write it, then process again without reading.
+    Flush,
+    /// Write what is queued, then close.
+    Close,
+}
+
+/// A chunked body being received across reads.
+struct ChunkedInProgress {
+    decoder: ChunkedDecoder,
+    body: Vec<u8>,
+}
+
+pub(crate) struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shard: Rc<ShardState>,
+    app: Rc<dyn App>,
+    rbuf: Option<ReadBuf>,
+    chunked: Option<ChunkedInProgress>,
+    /// `100 Continue` already sent for the request at the buffer's start.
+    continue_sent: bool,
+    /// When the first byte of the pending request head arrived.
+    head_started: Option<Instant>,
+    /// Whether this connection currently counts as busy for draining.
+    busy: bool,
+    read_timeout: Option<Duration>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shard: Rc<ShardState>,
+        app: Rc<dyn App>,
+    ) -> Self {
+        // Responses are written whole, once per batch: Nagle would only add
+        // latency to them.
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(shard.limits.idle_timeout));
+        Conn {
+            stream,
+            peer,
+            shard,
+            app,
+            rbuf: None,
+            chunked: None,
+            continue_sent: false,
+            head_started: None,
+            busy: false,
+            read_timeout: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let _ = self.serve().await;
+        self.set_busy(false);
+        if let Some(b) = self.rbuf.take() {
+            self.shard.pool.put_read(b);
+        }
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        if self.busy != busy {
+            self.busy = busy;
+            self.shard.set_busy_delta(busy);
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.rbuf.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    async fn serve(&mut self) -> io::Result<()> {
+        loop {
+            // Wait for bytes, with the timeout that fits this state.
+            let pending = self.has_pending();
+            let in_body = self.chunked.is_some();
+            let timeout = if pending && !in_body && self.head_started.is_some() {
+                let started = self.head_started.unwrap_or_else(Instant::now);
+                self.shard
+                    .limits
+                    .header_read_timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1))
+            } else {
+                self.shard.limits.idle_timeout
+            };
+            if self.shard.draining() && !pending && !in_body {
+                return Ok(());
+            }
+            match self.fill(timeout).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    if pending || in_body {
+                        self.send_request_timeout().await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            self.set_busy(true);
+            if self.head_started.is_none() && self.chunked.is_none() {
+                self.head_started = Some(Instant::now());
+            }
+
+            loop {
+                let mut out = self.shard.pool.take_write();
+                let next = self.process(&mut out);
+                if !out.is_empty() {
+                    let res = self.stream.write_all(&out).await;
+                    self.shard.pool.put_write(out);
+                    res?;
+                } else {
+                    self.shard.pool.put_write(out);
+                }
+                match next {
+                    Next::Flush => continue,
+                    Next::ReadMore => break,
+                    Next::Close => return Ok(()),
+                }
+            }
+
+            if !self.has_pending() && self.chunked.is_none() {
+                self.head_started = None;
+                self.set_busy(false);
+                if let Some(b) = self.rbuf.take() {
+                    self.shard.pool.put_read(b);
+                }
+            }
+        }
+    }
+
+    /// Reads once into the read buffer. An idle connection borrows a buffer
+    /// from the pool only for the instant a read succeeds: glommio's
+    /// `poll_read` is readiness-based (a non-blocking `recv`, then a poll
+    /// request to the ring), so a pending read holds no buffer.
+    async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
+        if self.read_timeout != Some(timeout) {
+            self.stream
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.read_timeout = Some(timeout);
+        }
+        let max_bytes = self.shard.max_read_buffer_bytes;
+        let pool = &self.shard.pool;
+        let stream = &mut self.stream;
+        let rbuf = &mut self.rbuf;
+        poll_fn(|cx| {
+            let buf = rbuf.get_or_insert_with(|| pool.take_read());
+            if !buf.make_room(max_bytes) {
+                // Only reachable if a request outgrew every limit check.
+                return Poll::Ready(Err(io::Error::other("read buffer limit reached")));
+            }
+            let end = buf.end;
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf.data[end..]) {
+                Poll::Ready(Ok(n)) => {
+                    buf.end += n;
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if buf.is_empty() {
+                        if let Some(b) = rbuf.take() {
+                            pool.put_read(b);
+                        }
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    async fn send_request_timeout(&mut self) {
+        let mut out = self.shard.pool.take_write();
+        {
+            let date = self.shard.date.borrow();
+            response::encode_problem(
+                &mut out,
+                408,
+                "https://shardline.dev/problems/request-timeout",
+                "Request Timeout",
+                "the request was not received within the server's read timeout",
+                &[],
+                EncodeOptions {
+                    version: Version::Http11,
+                    keep_alive: false,
+                    head: false,
+                },
+                &date,
+            );
+        }
+        self.shard.count_timeout();
+        let _ = self.stream.write_all(&out).await;
+        self.shard.pool.put_write(out);
+    }
+
+    /// Handles every complete request in the read buffer, appending the
+    /// responses to `out`. Synchronous: nothing here awaits.
+    fn process(&mut self, out: &mut Vec<u8>) -> Next {
+        let Some(mut rbuf) = self.rbuf.take() else {
+            return Next::ReadMore;
+        };
+        let next = self.process_buf(&mut rbuf, out);
+        self.rbuf = Some(rbuf);
+        next
+    }
+
+    fn process_buf(&mut self, rbuf: &mut ReadBuf, out: &mut Vec<u8>) -> Next {
+        let shard = Rc::clone(&self.shard);
+        let limits = &shard.limits.protocol;
+        loop {
+            if rbuf.is_empty() {
+                return Next::ReadMore;
+            }
+            if out.len() >= WRITE_BATCH_FLUSH_BYTES {
+                return Next::Flush;
+            }
+            let start = rbuf.start;
+            let end = rbuf.end;
+            let mut headers = [httparse_empty(); MAX_HEADERS_CAP];
+            let parsed = request::parse(&rbuf.data[start..end], &mut headers, limits);
+            let head = match parsed {
+                Ok(Parsed::Complete(head)) => head,
+                Ok(Parsed::Partial) => return Next::ReadMore,
+                Err(err) => {
+                    write_error(out, &err, &shard);
+                    return Next::Close;
+                }
+            };
+            let head_len = head.head_len;
+            let expect_continue = head.expect_continue;
+            let keep_alive = head.keep_alive && !shard.draining();
+
+            // Body: find it in the buffer, or ask for more bytes.
+            let (body_range, chunked_body, consumed) = match head.framing {
+                BodyFraming::None => (0..0, None, head_len),
+                BodyFraming::ContentLength(n) => {
+                    // parse() already refused n > max_body_bytes, so n fits.
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    let available = end - start - head_len;
+                    if available < n {
+                        if expect_continue && !self.continue_sent {
+                            out.extend_from_slice(CONTINUE_100);
+                            self.continue_sent = true;
+                        }
+                        return Next::ReadMore;
+                    }
+                    let b = start + head_len;
+                    (b..b + n, None, head_len + n)
+                }
+                BodyFraming::Chunked => {
+                    let in_progress = self.chunked.get_or_insert_with(|| ChunkedInProgress {
+                        decoder: ChunkedDecoder::new(limits),
+                        body: shard.pool.take_write(),
+                    });
+                    let raw_start = start + head_len;
+                    match in_progress
+                        .decoder
+                        .decode(&rbuf.data[raw_start..end], &mut in_progress.body)
+                    {
+                        Ok(d) if d.done => (0..0, self.chunked.take(), head_len + d.consumed),
+                        Ok(d) => {
+                            // Drop the raw bytes already decoded so the buffer
+                            // holds only the head and an unfinished chunk line.
+                            rbuf.data.copy_within(raw_start + d.consumed..end, raw_start);
+                            rbuf.end -= d.consumed;
+                            if expect_continue && !self.continue_sent {
+                                out.extend_from_slice(CONTINUE_100);
+                                self.continue_sent = true;
+                            }
+                            return Next::ReadMore;
+                        }
+                        Err(err) => {
+                            if let Some(c) = self.chunked.take() {
+                                shard.pool.put_write(c.body);
+                            }
+                            write_error(out, &err, &shard);
+                            return Next::Close;
+                        }
+                    }
+                }
+            };
+
+            let keep = {
+                let body: &[u8] = match &chunked_body {
+                    Some(c) => &c.body,
+                    None => &rbuf.data[body_range],
+                };
+                let date = shard.date.borrow();
+                let mut ex = Exchange::new(
+                    &head,
+                    body,
+                    self.peer,
+                    shard.info,
+                    out,
+                    &date,
+                    keep_alive,
+                    shard.draining(),
+                );
+                self.app.handle(&mut ex);
+                if !ex.responded() {
+                    ex.problem(
+                        500,
+                        "https://shardline.dev/problems/no-response",
+                        "Internal Server Error",
+                        "the route's action produced no response",
+                        &[],
+                    );
+                }
+                ex.keep_alive()
+            };
+            shard.count_request();
+            if let Some(c) = chunked_body {
+                shard.pool.put_write(c.body);
+            }
+            self.continue_sent = false;
+            rbuf.consume(consumed);
+            self.head_started = if rbuf.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
+            if !keep {
+                return Next::Close;
+            }
+        }
+    }
+}
+
+fn httparse_empty<'b>() -> httparse::Header<'b> {
+    httparse::EMPTY_HEADER
+}
+
+fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState) {
+    shard.count_parse_error();
+    let date = shard.date.borrow();
+    response::encode_error(
+        out,
+        err,
+        EncodeOptions {
+            version: Version::Http11,
+            keep_alive: false,
+            head: false,
+        },
+        &date,
+    );
+}

@@ -1,0 +1,37 @@
+//! shardline-shard: one shard of a thread-per-core HTTP server, and the set
+//! of them.
+//!
+//! A shard is a glommio executor pinned to one CPU. It owns its own
+//! SO_REUSEPORT listener, its connections, its buffer pools, its Date
+//! header and its counters; nothing on the request path takes a lock or
+//! touches another core's memory. The crate knows sockets and framing but
+//! not what a route does: that is an [`App`] built per shard by the server.
+//!
+//! # Layout
+//! - [`set`]: start every shard (ordered binding so port 0 works), drain, join.
+//! - `shard`: one shard's accept loops, connection cap, Date timer, drain.
+//! - `conn`: the connection loop: read, parse all pipelined requests, answer,
+//!   one write; header-read and idle timeouts.
+//! - [`app`]: the [`App`] / [`AppFactory`] boundary and [`Exchange`].
+//! - [`router`]: method + path-template matching.
+//! - [`buffers`]: per-shard read/write buffer pools (idle connections hold none).
+//! - [`cpus`]: CPU lists and the process affinity mask.
+//! - `event`: a shard-local one-shot event (drain).
+
+pub mod app;
+pub mod buffers;
+mod conn;
+pub mod cpus;
+mod event;
+pub mod router;
+pub mod set;
+mod shard;
+
+pub use app::{App, AppFactory, Exchange, ShardInfo};
+pub use router::{Match, Methods, Params, RouteError, Router};
+pub use set::{
+    ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig, ShutdownHandle,
+    StartError,
+};
+pub use shard::ShardState;
+pub use shardline_protocol as protocol;

@@ -1,0 +1,253 @@
+//! Starting, stopping and joining all shards (`ShardSet`).
+//!
+//! Start-up is ordered so that port 0 works with SO_REUSEPORT: shard 0 binds
+//! first and reports the ports the kernel picked, then every other shard
+//! binds those exact addresses. Each step reports back over a channel, so a
+//! bind or executor failure becomes an error the caller can print, not a
+//! panic on some thread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use shardline_protocol::limits::Limits;
+
+use crate::app::{AppFactory, ShardInfo};
+use crate::shard::{self, BoundListener};
+
+/// Per-connection limits every shard applies.
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    /// Size of each pooled read buffer.
+    pub read_buffer_bytes: usize,
+    pub max_connections_per_shard: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub protocol: Limits,
+}
+
+/// Where a listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerPlacement {
+    /// One SO_REUSEPORT socket per shard on the same address; the kernel
+    /// spreads connections across them.
+    EveryShard,
+    /// Only shard 0 (the admin listener: low traffic, never worth a core).
+    FirstShard,
+}
+
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    pub placement: ListenerPlacement,
+    pub app: Arc<dyn AppFactory>,
+    /// Overrides `max_connections_per_shard` for this listener.
+    pub max_connections: Option<usize>,
+}
+
+pub struct ShardSetConfig {
+    /// One entry per shard: the CPU it is pinned to.
+    pub cpus: Vec<usize>,
+    /// io_uring registered-buffer memory per shard (glommio `io_memory`).
+    pub io_memory_bytes: usize,
+    pub limits: ShardLimits,
+    pub listeners: Vec<ListenerSpec>,
+    /// How long in-flight requests may take to finish once a drain starts.
+    pub drain_timeout: Duration,
+}
+
+/// Process-wide control shared with every shard (read rarely, never on the
+/// request path).
+#[derive(Debug)]
+pub struct Control {
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) drain_timeout: Duration,
+}
+
+/// Why shards could not start or stopped abnormally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Running shards.
+pub struct ShardSet {
+    handles: Vec<ExecutorJoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+    control: Arc<Control>,
+}
+
+/// A cheap, cloneable way to ask a `ShardSet` to drain from any thread
+/// (a signal handler thread, a test).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<Control>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.shutdown.store(true, Ordering::Release);
+    }
+}
+
+type BindReply = Result<Vec<SocketAddr>, String>;
+
+impl ShardSet {
+    pub fn start(cfg: ShardSetConfig) -> Result<ShardSet, StartError> {
+        if cfg.cpus.is_empty() {
+            return Err(StartError("no shards to start".into()));
+        }
+        let control = Arc::new(Control {
+            shutdown: AtomicBool::new(false),
+            drain_timeout: cfg.drain_timeout,
+        });
+        let listeners: Arc<Vec<ListenerSpec>> = Arc::new(cfg.listeners);
+        let count = cfg.cpus.len();
+        let mut set = ShardSet {
+            handles: Vec::with_capacity(count),
+            addrs: listeners.iter().map(|l| l.addr).collect(),
+            control,
+        };
+        for (id, &cpu) in cfg.cpus.iter().enumerate() {
+            let info = ShardInfo { id, cpu, count };
+            let (tx, rx) = mpsc::channel::<BindReply>();
+            let addrs = set.addrs.clone();
+            let listeners = Arc::clone(&listeners);
+            let limits = cfg.limits.clone();
+            let control = Arc::clone(&set.control);
+            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{id}"))
+                .io_memory(cfg.io_memory_bytes)
+                .spawn(move || shard_main(info, limits, listeners, addrs, control, tx));
+            let handle = match spawned {
+                Ok(h) => h,
+                Err(e) => {
+                    set.abort();
+                    return Err(StartError(format!("cannot start shard {id} on CPU {cpu}: {e}")));
+                }
+            };
+            match rx.recv() {
+                Ok(Ok(bound)) => {
+                    set.handles.push(handle);
+                    if id == 0 {
+                        set.addrs = bound;
+                    }
+                }
+                Ok(Err(msg)) => {
+                    let _ = handle.join();
+                    set.abort();
+                    return Err(StartError(msg));
+                }
+                Err(_) => {
+                    // The executor died before binding: glommio reports why
+                    // (io_uring setup, memlock) through the join handle.
+                    let why = match handle.join() {
+                        Err(e) => explain_executor_error(&e.to_string()),
+                        Ok(()) => "exited before binding".to_string(),
+                    };
+                    set.abort();
+                    return Err(StartError(format!(
+                        "cannot start shard {id} on CPU {cpu}: {why}"
+                    )));
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// The bound address of each listener, in `ShardSetConfig::listeners`
+    /// order (real ports when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.control))
+    }
+
+    /// Starts a graceful drain on every shard; returns at once.
+    pub fn shutdown(&self) {
+        self.control.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(mut self) -> Result<(), StartError> {
+        let mut first_err = None;
+        for (i, h) in self.handles.drain(..).enumerate() {
+            if let Err(e) = h.join() {
+                first_err.get_or_insert(StartError(format!("shard {i} failed: {e}")));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn abort(&mut self) {
+        self.shutdown();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ShardSet {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+fn explain_executor_error(e: &str) -> String {
+    if e.contains("MemLock") {
+        format!(
+            "{e}: RLIMIT_MEMLOCK is too low for io_uring; raise it (ulimit -l, or LimitMEMLOCK= in the systemd unit)"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
+async fn shard_main(
+    info: ShardInfo,
+    limits: ShardLimits,
+    specs: Arc<Vec<ListenerSpec>>,
+    addrs: Vec<SocketAddr>,
+    control: Arc<Control>,
+    tx: mpsc::Sender<BindReply>,
+) {
+    let mut bound = Vec::new();
+    let mut bound_addrs = Vec::new();
+    for (spec, addr) in specs.iter().zip(addrs) {
+        if spec.placement == ListenerPlacement::FirstShard && info.id != 0 {
+            bound_addrs.push(addr);
+            continue;
+        }
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(format!("cannot listen on {addr}: {e}")));
+                return;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        bound_addrs.push(local);
+        bound.push(BoundListener {
+            listener,
+            app: spec.app.build(info),
+            max_connections: spec
+                .max_connections
+                .unwrap_or(limits.max_connections_per_shard),
+        });
+    }
+    if tx.send(Ok(bound_addrs)).is_err() {
+        return;
+    }
+    drop(tx);
+    // Keep the spec list alive only as long as start-up needs it.
+    drop(specs);
+    shard::run(info, limits, bound, control).await;
+}

@@ -1,0 +1,105 @@
+//! Starting an in-process server for a test.
+
+use std::net::SocketAddr;
+
+use crate::client::Client;
+
+/// A running in-process server on `127.0.0.1:<ephemeral>`, one shard, admin
+/// listener off unless asked for. Dropping it shuts the server down and
+/// joins its shards.
+pub struct TestServer {
+    running: Option<shardline::RunningServer>,
+    /// The address the main listener is bound to.
+    pub addr: SocketAddr,
+    /// The admin listener's address, if enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// Prepares a config for a test: port 0, loopback, one shard, no admin.
+pub fn test_config(mut cfg: shardline::Config) -> shardline::Config {
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.admin_listen = None;
+    cfg.server.shards = 1;
+    cfg
+}
+
+/// Parses a TOML config (see the server's config reference); panics with
+/// the error if it is refused.
+pub fn config_from_toml(text: &str) -> shardline::Config {
+    match shardline::Config::from_toml_str(text) {
+        Ok(c) => c,
+        Err(e) => panic!("test config refused: {e:?}\n{text}"),
+    }
+}
+
+impl TestServer {
+    /// The embedded default config (`/healthz`, `/plaintext`, `/json`,
+    /// `POST /echo`).
+    pub fn start_default() -> TestServer {
+        TestServer::start(shardline::Config::default())
+    }
+
+    /// A config given as TOML; `[server]` listen/admin/shards are
+    /// overridden for the test.
+    pub fn start_toml(text: &str) -> TestServer {
+        TestServer::start(config_from_toml(text))
+    }
+
+    /// Starts `cfg` after [`test_config`].
+    pub fn start(cfg: shardline::Config) -> TestServer {
+        TestServer::from_builder(shardline::Server::new(test_config(cfg)))
+    }
+
+    /// Starts a server built by the caller (custom handlers).
+    pub fn from_builder(server: shardline::Server) -> TestServer {
+        let running = match server.start() {
+            Ok(r) => r,
+            Err(e) => panic!("server did not start: {e:?}"),
+        };
+        TestServer {
+            addr: running.local_addr(),
+            admin: running.admin_addr(),
+            running: Some(running),
+        }
+    }
+
+    /// A new client connection to the main listener.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Begins a graceful drain (non-blocking).
+    pub fn shutdown(&self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+
+    /// Drains and joins; panics if the server reports an error.
+    pub fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            if let Err(e) = r.wait() {
+                panic!("server stopped with an error: {e:?}");
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            let _ = r.wait();
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Data-driven conformance: the llhttp request fixtures and the
+//! Http11Probe/smuggler cases of `shared/conformance/`, sent over real
+//! sockets to the real server (default routes, one shard).
+//!
+//! The data lives outside the repository, in the `shared/` folder that sits
+//! next to it (`<repo>/../shared/conformance`; set
+//! `SHARDLINE_CONFORMANCE_DIR` to point elsewhere). A missing folder fails
+//! the test: it never passes silently.
+//!
+//! Run with `--nocapture` to see the per-case report and the summary table.
+#![allow(clippy::unwrap_used)]
+
+#[path = "conformance/llhttp.rs"]
+mod llhttp;
+#[path = "conformance/probe.rs"]
+mod probe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use shardline_tests::{get, TestServer};
+
+/// Concurrent connections while running cases. A case that waits for its
+/// guard (a server that rightly keeps waiting for bytes) costs wall time,
+/// not a worker pool's worth of it.
+const WORKERS: usize = 24;
+
+fn conformance_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHARDLINE_CONFORMANCE_DIR") {
+        return PathBuf::from(d);
+    }
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    assert!(
+        d.join("README.md").is_file(),
+        "conformance data not found at {}: it lives in the shared/ folder next to the \
+         repository folder (<repo>/../shared/conformance, as in the CI clone). Put it there \
+         or set SHARDLINE_CONFORMANCE_DIR; this test does not pass without it.",
+        d.display()
+    );
+    d
+}
+
+/// The server under test: the embedded default routes, and timeouts long
+/// enough that the server never acts on a timer during a case (a case that
+/// waits is judged by the client's guard, not by a 408).
+fn start() -> TestServer {
+    TestServer::start_toml(
+        "[server]\nheader_read_timeout = \"1h\"\nidle_timeout = \"1h\"\ndrain_timeout = \"1s\"\n",
+    )
+}
+
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                out.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// llhttp
+
+/// Cases where shardline's documented policy differs from llhttp's
+/// (llhttp accepts, shardline refuses with 4xx + close), with the reason.
+const LLHTTP_ALLOW: &[(&str, llhttp::Alt, &str)] = &[
+    (
+        "sample.md#No HTTP version",
+        llhttp::Alt::Rejected,
+        "an HTTP/0.9 request line (no version); shardline speaks HTTP/1.0 and 1.1 only \
+         (RFC 9112 §3: request-line = method SP request-target SP HTTP-version)",
+    ),
+    (
+        "method.md#SOURCE request with ICE",
+        llhttp::Alt::Rejected,
+        "ICE/1.0 is not HTTP (RFC 9112 §2.3 HTTP-version = \"HTTP/\" DIGIT \".\" DIGIT)",
+    ),
+    (
+        "method.md#OPTIONS request with RTSP",
+        llhttp::Alt::Rejected,
+        "RTSP/1.0 is not HTTP (RFC 9112 §2.3)",
+    ),
+    (
+        "method.md#ANNOUNCE request with RTSP",
+        llhttp::Alt::Rejected,
+        "RTSP/1.0 is not HTTP (RFC 9112 §2.3)",
+    ),
+    (
+        "method.md#M-SEARCH request",
+        llhttp::Alt::Rejected,
+        "asterisk-form is only for OPTIONS (RFC 9112 §3.2.4); shardline refuses other methods with it (400)",
+    ),
+    (
+        "uri.md#Fragment in URI",
+        llhttp::Alt::Rejected,
+        "a request-target has no fragment (RFC 9112 §3.2, origin-form = absolute-path [ \"?\" query ]); refused with 400",
+    ),
+    (
+        "uri.md#Quotes in URI",
+        llhttp::Alt::Rejected,
+        "'\"' and '\\' are not allowed in a URI (RFC 3986 §2); shardline refuses bytes outside RFC 3986 in the target (400)",
+    ),
+    (
+        "uri.md#Query URL with vertical bar character",
+        llhttp::Alt::Rejected,
+        "'|' is not allowed in a URI (RFC 3986 §2); refused with 400",
+    ),
+    (
+        "uri.md#`host:port` and basic auth",
+        llhttp::Alt::Rejected,
+        "userinfo in the target is deprecated and a recipient SHOULD treat it as an error (RFC 9110 §4.2.4); refused with 400",
+    ),
+];
+
+#[test]
+fn llhttp_request_cases() {
+    let dir = conformance_dir().join("llhttp/request");
+    let cases = llhttp::load(&dir);
+    assert!(cases.len() > 100, "only {} llhttp cases found in {}", cases.len(), dir.display());
+    let allow: HashMap<&str, (llhttp::Alt, &str)> =
+        LLHTTP_ALLOW.iter().map(|(id, a, r)| (*id, (*a, *r))).collect();
+    for id in allow.keys() {
+        assert!(
+            cases.iter().any(|c| c.id == *id),
+            "allow-list names a case that does not exist: {id}"
+        );
+    }
+
+    // Check the decoding against the logs: every completed message ends
+    // inside the data, and every completed head ends in CRLF CRLF.
+    let mut runnable = Vec::new();
+    let mut skipped = Vec::new();
+    for c in &cases {
+        let parsed = llhttp::parse_log(&c.log);
+        if let Some(why) = llhttp::skip_reason(c, &parsed) {
+            skipped.push((c.id.clone(), why));
+            continue;
+        }
+        for m in &parsed.messages {
+            if let Some(e) = m.end {
+                assert!(e <= c.data.len(), "{}: decoding disagrees with the log", c.id);
+            }
+            if let (Some(h), None) = (m.headers_end, &parsed.error) {
+                assert_eq!(
+                    &c.data[h - 4..h],
+                    b"\r\n\r\n",
+                    "{}: decoding disagrees with the log (head end at {h})",
+                    c.id
+                );
+            }
+        }
+        runnable.push((c.clone(), parsed));
+    }
+
+    let srv = start();
+    let addr = srv.addr;
+    let results = par_map(&runnable, |(c, parsed)| {
+        let alt = allow.get(c.id.as_str()).map(|(a, _)| *a);
+        let out = llhttp::run(c, parsed, addr, alt);
+        // An allow-listed case that the server now handles as llhttp does
+        // is reported, so the entry can go.
+        let redundant = alt.is_some() && {
+            let plain = llhttp::run(c, parsed, addr, None);
+            plain.ok
+        };
+        (out, redundant)
+    });
+
+    let mut failed = Vec::new();
+    let (mut pass, mut allowed, mut eof_waits) = (0, 0, 0);
+    let mut accepted = 0;
+    println!("\n== llhttp request cases ({}) ==", dir.display());
+    for ((c, parsed), (out, redundant)) in runnable.iter().zip(&results) {
+        let kind = if parsed.error.is_some() { "reject" } else { "accept" };
+        if kind == "accept" {
+            accepted += 1;
+        }
+        if out.needed_eof {
+            eof_waits += 1;
+        }
+        let tag = match (out.ok, allow.get(c.id.as_str())) {
+            (true, Some((_, why))) => {
+                allowed += 1;
+                format!("ALLOW  ({why})")
+            }
+            (true, None) => {
+                pass += 1;
+                "PASS".to_string()
+            }
+            (false, _) => {
+                failed.push(format!("{} [{kind}]: {}\n    sent: {}", c.id, out.detail, shardline_tests::client::show(&c.data)));
+                format!("FAIL   {}", out.detail)
+            }
+        };
+        let note = if *redundant {
+            " [allow-list entry no longer needed]"
+        } else {
+            ""
+        };
+        let wait = if out.needed_eof { " [waited; closed on EOF]" } else { "" };
+        println!("{tag:<7} {kind:<6} {}{wait}{note}", c.id);
+    }
+    for (id, why) in &skipped {
+        println!("SKIP   {id}: {why}");
+    }
+    println!(
+        "\nllhttp: {} cases: {} run ({} accept, {} reject), {} skipped; {} pass, {} allow-listed, {} fail; {} waited for EOF",
+        cases.len(),
+        runnable.len(),
+        accepted,
+        runnable.len() - accepted,
+        skipped.len(),
+        pass,
+        allowed,
+        failed.len(),
+        eof_waits
+    );
+    assert!(
+        failed.is_empty(),
+        "{} llhttp case(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Http11Probe + smuggler
+
+/// Scored cases whose verdict is `fail` only because shardline's documented
+/// policy deliberately differs, with the reason. They are still run and
+/// reported.
+const PROBE_ALLOW: &[(&str, &str)] = &[];
+
+#[test]
+fn http11probe_smuggler_cases() {
+    let path = conformance_dir().join("http11probe-smuggler/cases.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let cases = probe::load(&text);
+    assert!(cases.len() > 300, "only {} probe cases in {}", cases.len(), path.display());
+    let allow: HashMap<&str, &str> = PROBE_ALLOW.iter().copied().collect();
+    for id in allow.keys() {
+        assert!(
+            cases.iter().any(|c| c.id == *id),
+            "allow-list names a case that does not exist: {id}"
+        );
+    }
+
+    let srv = start();
+    // The follow-up's clean answer, learnt from the server itself.
+    let mut c = srv.client();
+    let hz = c.request(&get("/healthz", &[]));
+    let pt = c.request(&get("/plaintext", &[]));
+    drop(c);
+    assert_eq!(hz.status, 200, "GET /healthz: {}", hz.summary());
+    assert!(
+        hz.body != pt.body,
+        "/healthz and /plaintext answer the same body: the follow-up cannot be told apart"
+    );
+    let fp = probe::Fingerprint {
+        status: hz.status,
+        body: hz.body.clone(),
+    };
+
+    let addr = srv.addr;
+    let results = par_map(&cases, |case| {
+        let outs = probe::run(case, addr, &fp);
+        let (v, rule) = probe::verdict(case, &outs);
+        (outs, v, rule)
+    });
+
+    // Table.
+    let mut counts: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    let mut totals: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    println!("\n== Http11Probe + smuggler cases ({}) ==", path.display());
+    println!("{:<7} {:<6} {:<44} {:<22} outcome", "verdict", "scored", "id", "rule");
+    for (case, (outs, v, rule)) in cases.iter().zip(&results) {
+        let outcome = outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("s{}: {}", i + 1, o.describe()))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let key: &'static str = match (v.as_str(), case.scored, allow.get(case.id.as_str())) {
+            ("fail", true, Some(_)) => "allowed",
+            ("fail", true, None) => "FAIL",
+            ("fail", false, _) => "fail (unscored)",
+            ("warn", _, _) => "warn",
+            ("pass", _, _) => "pass",
+            _ => panic!("{}: unknown verdict {v:?}", case.id),
+        };
+        *counts.entry((case.category.clone(), key)).or_default() += 1;
+        *totals.entry(key).or_default() += 1;
+        println!(
+            "{:<7} {:<6} {:<44} {:<22} {}",
+            key,
+            if case.scored { "yes" } else { "no" },
+            case.id,
+            rule,
+            outcome
+        );
+        if let Some(why) = allow.get(case.id.as_str()) {
+            println!("        allow-listed: {why}");
+        }
+        if key == "FAIL" {
+            failures.push(format!(
+                "{} (expected: {}; rule {rule:?} -> fail): {}\n    sent: {}",
+                case.id,
+                case.summary,
+                outcome,
+                shardline_tests::client::show(&case.steps[0].send)
+            ));
+        }
+    }
+    let mut table = String::from("\ncategory         pass  warn  fail(unscored)  allowed  FAIL\n");
+    let cats: Vec<String> = {
+        let mut v: Vec<String> = cases.iter().map(|c| c.category.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for cat in &cats {
+        let n = |k: &'static str| counts.get(&(cat.clone(), k)).copied().unwrap_or(0);
+        table.push_str(&format!(
+            "{:<16} {:>5} {:>5} {:>15} {:>8} {:>5}\n",
+            cat,
+            n("pass"),
+            n("warn"),
+            n("fail (unscored)"),
+            n("allowed"),
+            n("FAIL")
+        ));
+    }
+    let t = |k: &'static str| totals.get(k).copied().unwrap_or(0);
+    table.push_str(&format!(
+        "{:<16} {:>5} {:>5} {:>15} {:>8} {:>5}\n",
+        "total",
+        t("pass"),
+        t("warn"),
+        t("fail (unscored)"),
+        t("allowed"),
+        t("FAIL")
+    ));
+    println!("{table}");
+    assert!(
+        failures.is_empty(),
+        "{} scored case(s) failed:\n{}\n{table}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
