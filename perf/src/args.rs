@@ -32,8 +32,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {text:?} must be positive and not absurdly large"))
 }
 
+/// A parsed CPU list, sorted and without duplicates. A newtype rather than a bare
+/// `Vec` so that clap takes `--cpus 0-3` as one value, not as a repeated option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
 /// Parses a CPU list like `1`, `0,2` or `0-3,6`.
-pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
     let bad = || format!("invalid CPU list {text:?}: expected e.g. 1, 0,2 or 0-3");
     let mut cpus = Vec::new();
     for part in text.split(',') {
@@ -51,7 +56,7 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     }
     cpus.sort_unstable();
     cpus.dedup();
-    Ok(cpus)
+    Ok(CpuList(cpus))
 }
 
 /// A load target: where to connect and what to put in the request line.
@@ -128,8 +133,8 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
-        assert_eq!(parse_cpu_list("0-3,6,2"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1"), Ok(CpuList(vec![1])));
+        assert_eq!(parse_cpu_list("0-3,6,2"), Ok(CpuList(vec![0, 1, 2, 3, 6])));
         for bad in ["", "a", "3-1", "1,,2"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad}");
         }

@@ -446,6 +446,8 @@ impl Worker<'_> {
             Failure::Closed => self.counts.closed_errors += 1,
         }
         let now = Instant::now();
+        // Drop the old connection first so its descriptor is closed (and gone from
+        // epoll) before the new one is opened.
         self.slots[token] = Slot::Down { retry_at: now };
         self.slots[token] = self.connect(token, now);
         self.start_if_idle(token);

@@ -64,7 +64,7 @@ enum Command {
         threads: usize,
         /// CPUs to pin the threads to, round robin, e.g. 1 or 2-3 (default: not pinned).
         #[arg(long, value_parser = args::parse_cpu_list)]
-        cpus: Option<Vec<usize>>,
+        cpus: Option<args::CpuList>,
         /// Requests written back to back per connection before reading responses.
         #[arg(long, default_value_t = 1)]
         pipeline: usize,
@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 connections,
                 duration,
                 threads,
-                cpus,
+                cpus: cpus.map(|c| c.0),
                 pipeline,
                 server_pid,
             };
@@ -152,5 +152,63 @@ fn main() -> ExitCode {
             eprintln!("shardline-perf: error: {e}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_command_lines() {
+        let cli = Cli::try_parse_from([
+            "shardline-perf",
+            "load",
+            "--url",
+            "http://127.0.0.1:8080/plaintext",
+            "--connections",
+            "64",
+            "--duration",
+            "10s",
+            "--threads",
+            "2",
+            "--cpus",
+            "0-1",
+            "--pipeline",
+            "16",
+        ])
+        .expect("valid load command line");
+        match cli.command {
+            Command::Load { cpus, duration, .. } => {
+                assert_eq!(cpus, Some(args::CpuList(vec![0, 1])));
+                assert_eq!(duration, Duration::from_secs(10));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "shardline-perf",
+            "idle",
+            "--addr",
+            "127.0.0.1:8080",
+            "--connections",
+            "10000",
+            "--pid",
+            "42",
+        ])
+        .expect("valid idle command line");
+        assert!(matches!(
+            cli.command,
+            Command::Idle {
+                pid: 42,
+                connections: 10_000,
+                ..
+            }
+        ));
     }
 }

@@ -160,6 +160,7 @@ mod tests {
 
     #[test]
     fn update_reformats_only_on_a_new_second() {
+        // RFC 9110 §6.6.1: Date has one-second resolution, so one format per second.
         let mut d = DateCache::new(0);
         d.update(0);
         assert_eq!(d.as_bytes(), b"Thu, 01 Jan 1970 00:00:00 GMT");
@@ -171,6 +172,7 @@ mod tests {
 
     #[test]
     fn civil_from_days_matches_a_naive_calendar_walk() {
+        // RFC 9110 §5.6.7: dates are proleptic Gregorian; check the arithmetic.
         // Walk day by day from 1970 to 2500 and compare.
         let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
         for days in 0..(530 * 366) {

@@ -149,6 +149,10 @@ error_kinds! {
     /// chunked carries parameters (RFC 9112 §7).
     TransferEncodingInvalid => 400, "transfer_encoding_invalid", "transfer-encoding-invalid",
         "Transfer-Encoding contains a malformed transfer coding.";
+    /// `Content_Length` / `Transfer_Encoding`: names some gateways read as the
+    /// framing fields (RFC 9112 §11.2).
+    FramingFieldLookalike => 400, "framing_field_lookalike", "framing-field-lookalike",
+        "Content_Length and Transfer_Encoding are refused as look-alikes of framing fields.";
     /// Body larger than the limit (RFC 9110 §15.5.14).
     BodyTooLarge => 413, "body_too_large", "body-too-large",
         "The request body is larger than allowed.";
@@ -259,6 +263,7 @@ mod tests {
 
     #[test]
     fn labels_are_unique_snake_case() {
+        // RFC 9457 §3.1.1 types are derived from these labels, so they must be unique.
         let mut seen = std::collections::HashSet::new();
         for &k in ErrorKind::ALL {
             let l = k.label();
@@ -289,6 +294,7 @@ mod tests {
 
     #[test]
     fn status_mapping_follows_the_spec() {
+        // RFC 9110 §15.5 / §15.6, RFC 6585 §5: status code per kind.
         use ErrorKind::*;
         let cases = [
             (BadRequestLine, 400),
@@ -310,6 +316,7 @@ mod tests {
 
     #[test]
     fn display_names_status_and_label() {
+        // RFC 9457 §3.1.3-§3.1.4: title and detail text.
         let e = Error::new(ErrorKind::ContentLengthWithTransferEncoding);
         let s = e.to_string();
         assert!(s.starts_with("400 content_length_with_transfer_encoding: "));

@@ -47,6 +47,18 @@ pub fn body_framing(
     headers: &[Header<'_>],
     limits: &Limits,
 ) -> Result<BodyFraming, Error> {
+    check_framing(version, headers, limits, true)
+}
+
+/// [`body_framing`], also usable on the complete field lines of an unfinished
+/// head (`complete == false`): then only the rules that later lines cannot
+/// change are applied, and the framing returned is meaningless.
+pub(crate) fn check_framing(
+    version: Version,
+    headers: &[Header<'_>],
+    limits: &Limits,
+    complete: bool,
+) -> Result<BodyFraming, Error> {
     let mut content_length: Option<&[u8]> = None;
     let mut has_te = false;
     let mut chunked_count = 0u32;
@@ -74,6 +86,8 @@ pub fn body_framing(
                     }
                 }
             }
+        } else if is_framing_lookalike(name) {
+            return Err(ErrorKind::FramingFieldLookalike.into());
         }
     }
 
@@ -86,6 +100,11 @@ pub fn body_framing(
         }
         if chunked_count > 1 {
             return Err(ErrorKind::TransferEncodingChunkedTwice.into());
+        }
+        if !complete {
+            // A later Transfer-Encoding line may still end the list with
+            // chunked, which turns "not chunked last" into "unknown coding".
+            return Ok(BodyFraming::Chunked);
         }
         if !last_is_chunked {
             return Err(ErrorKind::TransferEncodingNotChunkedLast.into());
@@ -106,6 +125,22 @@ pub fn body_framing(
             Ok(BodyFraming::ContentLength(n))
         }
     }
+}
+
+/// `Content_Length` or `Transfer_Encoding` (any case). RFC 9110 §5.1 makes
+/// them different fields, but gateways that map `-` to `_` (CGI, some
+/// proxies) would read them as the real ones: the disagreement is a known
+/// smuggling vector, and no client has a reason to send them.
+fn is_framing_lookalike(name: &[u8]) -> bool {
+    let lookalike = |real: &[u8]| {
+        name.len() == real.len()
+            && name.contains(&b'_')
+            && name
+                .iter()
+                .zip(real)
+                .all(|(&n, &r)| n.to_ascii_lowercase() == r || (n == b'_' && r == b'-'))
+    };
+    lookalike(b"content-length") || lookalike(b"transfer-encoding")
 }
 
 enum Coding {
@@ -534,17 +569,24 @@ mod tests {
     }
 
     #[test]
-    fn rfc9110_5_1_lookalike_field_names_do_not_frame() {
-        // Transfer_Encoding and Content_Length are other fields (RFC 9110 §5.1
-        // compares names exactly, case aside).
+    fn rfc9112_11_2_rejects_framing_field_lookalikes() {
+        for name in [
+            "Transfer_Encoding",
+            "transfer_encoding",
+            "content_length",
+            "CONTENT_LENGTH",
+        ] {
+            let r = framing(
+                Version::Http11,
+                &[(name, b"chunked"), ("Content-Length", b"11")],
+            );
+            assert_eq!(r, Err(ErrorKind::FramingFieldLookalike), "{name}");
+        }
+        // Other underscored names are ordinary fields (RFC 9110 §5.1).
         assert_eq!(
             framing(
                 Version::Http11,
-                &[
-                    ("Transfer_Encoding", b"chunked"),
-                    ("Content_Length", b"99"),
-                    ("Content-Length", b"11")
-                ]
+                &[("X_Content_Length", b"1"), ("Content-Length", b"11")]
             ),
             Ok(BodyFraming::ContentLength(11))
         );

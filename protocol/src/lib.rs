@@ -39,6 +39,22 @@
 //! (RFC 9112 §2.2: MUST be treated as invalid or replaced by SP; we refuse).
 //! The check is one pass over the head bytes, shared with finding the end of
 //! the head.
+//!
+//! # Deliberately stricter than the RFCs
+//!
+//! Each of these is allowed by the letter of RFC 9110/9112 but is a known
+//! source of parser disagreement, so it is refused with a 4xx:
+//! - Content-Length with leading zeros (`005`), or repeated with equal values;
+//! - an empty Host (RFC 9112 §3.2 allows it only for targets without an
+//!   authority, which we never serve), a Host holding `,`, and a Host that
+//!   differs from an absolute-form target's authority;
+//! - empty elements in Transfer-Encoding, and `Content_Length` /
+//!   `Transfer_Encoding` field names;
+//! - BWS around `;` and `=` in chunk extensions, and trailer fields that carry
+//!   framing, routing, authentication or content-format fields;
+//! - request-targets with bytes outside RFC 3986 (a few that browsers leave
+//!   unescaped in queries excepted) or percent-encoded control characters in
+//!   the path.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

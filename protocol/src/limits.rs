@@ -103,6 +103,7 @@ mod tests {
 
     #[test]
     fn defaults_match_documented_values() {
+        // Not an RFC rule: the documented defaults (RFC 9112 §3 for the URI one).
         let l = Limits::default();
         assert_eq!(l.max_header_bytes, 16384);
         assert_eq!(l.max_headers, 100);

@@ -11,7 +11,7 @@ use core::net::Ipv6Addr;
 use httparse::Header;
 
 use crate::error::{Error, ErrorKind};
-use crate::framing::{body_framing, BodyFraming};
+use crate::framing::{check_framing, BodyFraming};
 use crate::limits::{Limits, MAX_LEADING_EMPTY_LINES, REQUEST_LINE_SLACK_BYTES};
 use crate::syntax::{hex_val, is_pchar, is_sub_delim, is_tchar, is_unreserved, list_elements};
 
@@ -104,15 +104,42 @@ pub enum Parsed<'b, 'h> {
 /// smaller of `limits.max_headers` and `headers.len()`.
 ///
 /// Returns `Partial` when more bytes are needed and `Err` as soon as the bytes
-/// seen so far cannot start a valid request, even if incomplete (so an
-/// attacker cannot park an invalid head in our buffer).
+/// seen so far cannot start a valid request, even if the head is incomplete:
+/// the request line is checked as far as it goes, and complete field lines
+/// are checked as they arrive, so an invalid head is not left parked in the
+/// connection buffer until a timeout.
 pub fn parse<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [Header<'b>],
     limits: &Limits,
 ) -> Result<Parsed<'b, 'h>, Error> {
-    let Some(scan) = scan_head(buf, limits)? else {
-        return Ok(Parsed::Partial);
+    let cap = limits.max_headers.min(headers.len());
+    let slots = &mut headers[..cap];
+    let scan = match scan_head(buf, limits)? {
+        HeadScan::Complete(scan) => scan,
+        HeadScan::Partial {
+            line: None,
+            line_bytes,
+        } => {
+            check_partial_request_line(line_bytes, limits)?;
+            return Ok(Parsed::Partial);
+        }
+        HeadScan::Partial {
+            line: Some(line),
+            line_bytes: complete_fields,
+        } => {
+            if !complete_fields.is_empty() {
+                // httparse stops with Partial after the last complete line;
+                // the slots it filled are the ones whose name is not empty.
+                slots.fill(httparse::EMPTY_HEADER);
+                if let Err(e) = httparse::parse_headers(complete_fields, &mut *slots) {
+                    return Err(map_httparse_error(e).into());
+                }
+                let n = slots.iter().take_while(|h| !h.name.is_empty()).count();
+                check_fields(&line, &slots[..n], limits, false)?;
+            }
+            return Ok(Parsed::Partial);
+        }
     };
     let line = scan.line;
 
@@ -121,17 +148,47 @@ pub fn parse<'b, 'h>(
     // already rejected bare CR/LF and lines starting with whitespace;
     // httparse rejects non-token names, whitespace before the colon
     // (RFC 9112 §5.1) and CTLs other than HTAB in values (RFC 9110 §5.5).
-    let cap = limits.max_headers.min(headers.len());
-    let fields = &buf[scan.fields_start..scan.head_len];
-    let headers: &'h [Header<'b>] = match httparse::parse_headers(fields, &mut headers[..cap]) {
+    let headers: &'h [Header<'b>] = match httparse::parse_headers(scan.fields, slots) {
         Ok(httparse::Status::Complete((_, hs))) => hs,
         // The block ends in CRLFCRLF, so httparse cannot run out of input;
         // treat the impossible as malformed rather than panic.
         Ok(httparse::Status::Partial) => return Err(ErrorKind::BadHeaderValue.into()),
         Err(e) => return Err(map_httparse_error(e).into()),
     };
+    let fields = check_fields(&line, headers, limits, true)?;
 
-    let mut host: Option<&'b [u8]> = None;
+    Ok(Parsed::Complete(RequestHead {
+        method: line.method,
+        target: line.target,
+        path: line.path,
+        query: line.query,
+        version: line.version,
+        headers,
+        head_len: scan.head_len,
+        framing: fields.framing,
+        keep_alive: fields.keep_alive,
+        expect_continue: fields.expect_continue,
+    }))
+}
+
+/// What the field section decides.
+struct FieldInfo {
+    framing: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Host, Connection, Expect and framing rules over the field lines. With
+/// `complete == false` only the complete lines of an unfinished head are
+/// given, and rules that need the whole section (a missing Host, the final
+/// transfer coding) are left for later.
+fn check_fields(
+    line: &RequestLine<'_>,
+    headers: &[Header<'_>],
+    limits: &Limits,
+    complete: bool,
+) -> Result<FieldInfo, Error> {
+    let mut host: Option<&[u8]> = None;
     let mut close = false;
     let mut keep_alive_option = false;
     let mut expect_continue = false;
@@ -144,6 +201,21 @@ pub fn parse<'b, 'h>(
                 return Err(ErrorKind::DuplicateHost.into());
             }
             host = Some(h.value);
+            // RFC 9112 §3.2: Host = uri-host [ ":" port ]; an invalid value
+            // -> 400. Every target form we accept has an authority (the
+            // server's own), so an empty Host is invalid too (RFC 9112 §3.2
+            // allows empty only when the target URI has no authority).
+            if !is_valid_authority(h.value, false) {
+                return Err(ErrorKind::BadHost.into());
+            }
+            // RFC 9112 §3.2.2 tells a server to ignore Host when the target
+            // is absolute-form; we are stricter and refuse a disagreement,
+            // because a proxy in front of us may have routed on the other one.
+            if let Some(authority) = line.authority {
+                if !authority.as_bytes().eq_ignore_ascii_case(h.value) {
+                    return Err(ErrorKind::HostMismatch.into());
+                }
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             // RFC 9110 §7.6.1: Connection is a list of case-insensitive options.
             for option in list_elements(h.value) {
@@ -167,50 +239,23 @@ pub fn parse<'b, 'h>(
         }
     }
 
-    match host {
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host -> 400.
-        None if line.version == Version::Http11 => return Err(ErrorKind::MissingHost.into()),
-        None => {}
-        Some(value) => {
-            // RFC 9112 §3.2: Host = uri-host [ ":" port ]; an invalid value
-            // -> 400. Every target form we accept has an authority (the
-            // server's own), so an empty Host is invalid too (RFC 9112 §3.2
-            // allows empty only when the target URI has no authority).
-            if !is_valid_authority(value, false) {
-                return Err(ErrorKind::BadHost.into());
-            }
-            // RFC 9112 §3.2.2 tells a server to ignore Host when the target
-            // is absolute-form; we are stricter and refuse a disagreement,
-            // because a proxy in front of us may have routed on the other one.
-            if let Some(authority) = line.authority {
-                if !authority.as_bytes().eq_ignore_ascii_case(value) {
-                    return Err(ErrorKind::HostMismatch.into());
-                }
-            }
-        }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host -> 400.
+    if complete && host.is_none() && line.version == Version::Http11 {
+        return Err(ErrorKind::MissingHost.into());
     }
 
-    let framing = body_framing(line.version, headers, limits)?;
+    let framing = check_framing(line.version, headers, limits, complete)?;
 
-    let keep_alive = match line.version {
-        Version::Http11 => !close,
-        Version::Http10 => keep_alive_option && !close,
-    };
-
-    Ok(Parsed::Complete(RequestHead {
-        method: line.method,
-        target: line.target,
-        path: line.path,
-        query: line.query,
-        version: line.version,
-        headers,
-        head_len: scan.head_len,
+    Ok(FieldInfo {
         framing,
-        keep_alive,
+        keep_alive: match line.version {
+            Version::Http11 => !close,
+            Version::Http10 => keep_alive_option && !close,
+        },
         // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request
         // MUST be ignored.
         expect_continue: expect_continue && line.version == Version::Http11,
-    }))
+    })
 }
 
 fn map_httparse_error(e: httparse::Error) -> ErrorKind {
@@ -224,13 +269,24 @@ fn map_httparse_error(e: httparse::Error) -> ErrorKind {
     }
 }
 
-/// What the single validation pass found.
+/// A complete head found by [`scan_head`].
 struct Scan<'b> {
     line: RequestLine<'b>,
-    /// Offset of the first header field line.
-    fields_start: usize,
+    /// The field lines and the final blank line.
+    fields: &'b [u8],
     /// Offset just past the final CRLF of the head.
     head_len: usize,
+}
+
+/// What [`scan_head`] found.
+enum HeadScan<'b> {
+    Complete(Scan<'b>),
+    /// The head is incomplete. Without a request line, `line_bytes` is the
+    /// request line so far; with one, it is the complete field lines so far.
+    Partial {
+        line: Option<RequestLine<'b>>,
+        line_bytes: &'b [u8],
+    },
 }
 
 /// One pass over the head bytes: skips tolerated leading empty lines, rejects
@@ -238,16 +294,20 @@ struct Scan<'b> {
 /// start with whitespace (obs-fold, RFC 9112 §5.2, and whitespace before the
 /// first field, RFC 9112 §2.2), parses the request line as soon as it is
 /// complete, and enforces the size limits on incomplete heads.
-fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Scan<'b>>, Error> {
+fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadScan<'b>, Error> {
+    let partial_empty = HeadScan::Partial {
+        line: None,
+        line_bytes: &[],
+    };
     // RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF)
     // received prior to the request-line.
     let mut start = 0;
     let mut empty_lines = 0;
     loop {
         match buf.get(start) {
-            None => return Ok(None),
+            None => return Ok(partial_empty),
             Some(b'\r') => match buf.get(start + 1) {
-                None => return Ok(None),
+                None => return Ok(partial_empty),
                 Some(b'\n') => {
                     empty_lines += 1;
                     if empty_lines > MAX_LEADING_EMPTY_LINES {
@@ -283,9 +343,10 @@ fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Scan<'b>>, Err
                     fields_start = i + 1;
                 } else if content.is_empty() {
                     if let Some(line) = line {
-                        return Ok(Some(Scan {
+                        let fields = &buf[fields_start..i + 1];
+                        return Ok(HeadScan::Complete(Scan {
                             line,
-                            fields_start,
+                            fields,
                             head_len: i + 1,
                         }));
                     }
@@ -325,7 +386,69 @@ fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Scan<'b>>, Err
     if scan_end - start >= limits.max_header_bytes {
         return Err(ErrorKind::HeadTooLarge.into());
     }
-    Ok(None)
+    Ok(match line {
+        None => HeadScan::Partial {
+            line: None,
+            line_bytes: &buf[start..scan_end],
+        },
+        Some(line) => HeadScan::Partial {
+            line: Some(line),
+            line_bytes: &buf[fields_start..line_start],
+        },
+    })
+}
+
+/// Bytes that no request-target may contain (RFC 3986 §2, RFC 9112 §3.2),
+/// so an unfinished target holding one is already invalid.
+fn never_in_target(b: u8) -> bool {
+    b <= b' ' || b >= 0x7f || matches!(b, b'#' | b'"' | b'<' | b'>' | b'\\')
+}
+
+/// Checks a request line that has no CRLF yet as far as it goes, with the
+/// same verdicts [`parse_request_line`] would give once it completes.
+fn check_partial_request_line(line: &[u8], limits: &Limits) -> Result<(), Error> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(sp1) = line.iter().position(|&b| !is_tchar(b)) else {
+        return Ok(()); // still in the method
+    };
+    match line[sp1] {
+        _ if sp1 == 0 => return Err(ErrorKind::BadRequestLine.into()),
+        b' ' => {}
+        b'\t' => return Err(ErrorKind::BadRequestLine.into()),
+        _ => return Err(ErrorKind::BadMethod.into()),
+    }
+    let rest = &line[sp1 + 1..];
+    let Some(sp2) = rest.iter().position(|&b| b == b' ') else {
+        // Still in the target (its length is checked by scan_head).
+        if rest.iter().any(|&b| never_in_target(b)) {
+            return Err(ErrorKind::BadTarget.into());
+        }
+        return Ok(());
+    };
+    let (target, version) = (&rest[..sp2], &rest[sp2 + 1..]);
+    if target.is_empty() {
+        return Err(ErrorKind::BadRequestLine.into());
+    }
+    if target.len() > limits.max_uri_bytes {
+        return Err(ErrorKind::UriTooLong.into());
+    }
+    if !(b"HTTP/1.1".starts_with(version) || b"HTTP/1.0".starts_with(version)) {
+        // It can no longer become a supported version: 505 if it still
+        // looks like `HTTP/DIGIT[.DIGIT]`, else 400 (RFC 9112 §2.3).
+        let well_formed_so_far = version.len() <= 8
+            && version.iter().enumerate().all(|(i, &b)| match i {
+                0..=4 => b == b"HTTP/"[i],
+                6 => b == b'.',
+                _ => b.is_ascii_digit(),
+            });
+        return Err(if well_formed_so_far {
+            ErrorKind::VersionNotSupported
+        } else {
+            ErrorKind::BadVersion
+        }
+        .into());
+    }
+    parse_target(&line[..sp1], target).map(|_| ())
 }
 
 /// The parts of a request line (RFC 9112 §3).
@@ -881,6 +1004,93 @@ mod tests {
         with_head(raw, |h| {
             assert_eq!(h.framing, BodyFraming::ContentLength(5))
         });
+    }
+
+    #[test]
+    fn rfc9112_2_2_every_prefix_of_varied_valid_heads_is_partial() {
+        let heads: [&[u8]; 7] = [
+            b"GET http://Example.com:8080/a%20b?x=[1]&y={2}|3 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            b"\r\nGET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nExpect: 100-continue\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"PUT /u HTTP/1.1\r\nHost: a\r\nX: a\tb\r\nY: \xff\r\n\r\n",
+        ];
+        for raw in heads {
+            for end in 0..raw.len() {
+                // The gzip-then-chunked head is 501 once complete, but no
+                // prefix of it is an error yet.
+                let r = result_limits(&raw[..end], &Limits::default());
+                assert_eq!(r, Ok(false), "{:?}", String::from_utf8_lossy(&raw[..end]));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc9112_2_2_incomplete_request_line_is_refused_once_it_cannot_be_valid() {
+        let cases: [(&[u8], ErrorKind); 9] = [
+            (b"GET / HTTP/5.6", ErrorKind::VersionNotSupported),
+            (b"GET / HTTP/2", ErrorKind::VersionNotSupported),
+            (b"GET / HTTP/1.1x", ErrorKind::BadVersion),
+            (b"GET / http", ErrorKind::BadVersion),
+            (b"GET /a#", ErrorKind::BadTarget),
+            (b"GET /a\\", ErrorKind::BadTarget),
+            (b"GET /ok x", ErrorKind::BadVersion),
+            (b"GE(T", ErrorKind::BadMethod),
+            (b"GET  /", ErrorKind::BadRequestLine),
+        ];
+        for (raw, kind) in cases {
+            assert_eq!(err(raw), kind, "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(err(b"GET * HTTP/1.1"), ErrorKind::BadTarget);
+    }
+
+    #[test]
+    fn rfc9112_2_2_complete_field_lines_of_incomplete_head_are_checked() {
+        let cases: [(&[u8], ErrorKind); 7] = [
+            (
+                b"PUT /url HTTP/1.1\r\nContent-Length: 1000000000000000000000\r\n",
+                ErrorKind::ContentLengthInvalid,
+            ),
+            (
+                b"PUT /url HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n",
+                ErrorKind::ContentLengthDuplicate,
+            ),
+            (
+                b"PUT /url HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+                ErrorKind::ContentLengthWithTransferEncoding,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n",
+                ErrorKind::DuplicateHost,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a/b\r\n", ErrorKind::BadHost),
+            (
+                b"GET / HTTP/1.1\r\nBad Name: x\r\n",
+                ErrorKind::BadHeaderName,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nExpect: 200-ok\r\n",
+                ErrorKind::ExpectationFailed,
+            ),
+        ];
+        for (raw, kind) in cases {
+            assert_eq!(err(raw), kind, "{:?}", String::from_utf8_lossy(raw));
+        }
+        let limits = Limits {
+            max_headers: 2,
+            ..Limits::default()
+        };
+        assert_eq!(
+            err_limits(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n", &limits),
+            ErrorKind::TooManyHeaders
+        );
+        // Rules that need the whole section wait for it.
+        assert!(is_partial(b"GET / HTTP/1.1\r\nAccept: */*\r\n"));
+        assert!(is_partial(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
+        ));
     }
 
     #[test]

@@ -40,6 +40,13 @@ use crate::shard::ShardState;
 /// write buffer without bound.
 pub const WRITE_BATCH_FLUSH_BYTES: usize = 256 * 1024;
 
+/// After a closing response, unread input is discarded for at most this
+/// long / this many bytes before the socket is closed (see `linger`).
+/// Long enough for a client to read its error on a loaded host; short
+/// enough that a client streaming garbage cannot hold the slot.
+pub const LINGER_MAX: Duration = Duration::from_secs(2);
+pub const LINGER_MAX_BYTES: usize = 256 * 1024;
+
 /// Why `process` stopped.
 enum Next {
     /// Everything buffered was handled, or the rest is an incomplete request.
@@ -67,6 +74,10 @@ pub(crate) struct Conn {
     continue_sent: bool,
     /// When the first byte of the pending request head arrived.
     head_started: Option<Instant>,
+    /// The pending request's head is complete and its body is arriving
+    /// (Content-Length or chunked): reads are bounded by `idle_timeout`
+    /// each instead of the head deadline.
+    reading_body: bool,
     /// Whether this connection currently counts as busy for draining.
     busy: bool,
     read_timeout: Option<Duration>,
@@ -92,6 +103,7 @@ impl Conn {
             chunked: None,
             continue_sent: false,
             head_started: None,
+            reading_body: false,
             busy: false,
             read_timeout: None,
         }
@@ -119,34 +131,34 @@ impl Conn {
     async fn serve(&mut self) -> io::Result<()> {
         loop {
             // Wait for bytes, with the timeout that fits this state.
-            let pending = self.has_pending();
-            let in_body = self.chunked.is_some();
-            let timeout = if pending && !in_body && self.head_started.is_some() {
-                let started = self.head_started.unwrap_or_else(Instant::now);
-                self.shard
+            let pending = self.has_pending() || self.reading_body;
+            let timeout = match self.head_started {
+                Some(started) if pending && !self.reading_body => self
+                    .shard
                     .limits
                     .header_read_timeout
                     .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1))
-            } else {
-                self.shard.limits.idle_timeout
+                    .max(Duration::from_millis(1)),
+                _ => self.shard.limits.idle_timeout,
             };
-            if self.shard.draining() && !pending && !in_body {
+            if self.shard.draining() && !pending {
                 return Ok(());
             }
             match self.fill(timeout).await {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    if pending || in_body {
+                    if pending {
                         self.send_request_timeout().await;
+                        self.set_busy(false);
+                        self.linger().await;
                     }
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             }
             self.set_busy(true);
-            if self.head_started.is_none() && self.chunked.is_none() {
+            if self.head_started.is_none() {
                 self.head_started = Some(Instant::now());
             }
 
@@ -163,11 +175,15 @@ impl Conn {
                 match next {
                     Next::Flush => continue,
                     Next::ReadMore => break,
-                    Next::Close => return Ok(()),
+                    Next::Close => {
+                        self.set_busy(false);
+                        self.linger().await;
+                        return Ok(());
+                    }
                 }
             }
 
-            if !self.has_pending() && self.chunked.is_none() {
+            if !self.has_pending() && !self.reading_body {
                 self.head_started = None;
                 self.set_busy(false);
                 if let Some(b) = self.rbuf.take() {
@@ -216,6 +232,37 @@ impl Conn {
             }
         })
         .await
+    }
+
+    /// Closes after an error or `Connection: close` without losing the
+    /// response: closing a socket that still has unread input makes the
+    /// kernel send RST, which can destroy the response in the client's
+    /// receive queue before it is read. So: shut down our sending side
+    /// (the client sees EOF after the response), then read and discard what
+    /// the client still sends, bounded in bytes and time.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let mut discarded = 0usize;
+        let deadline = Instant::now() + LINGER_MAX;
+        if let Some(b) = self.rbuf.take() {
+            self.shard.pool.put_read(b);
+        }
+        while discarded < LINGER_MAX_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.fill(left).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    discarded += n;
+                    if let Some(b) = self.rbuf.as_mut() {
+                        b.start = 0;
+                        b.end = 0;
+                    }
+                }
+            }
+        }
     }
 
     async fn send_request_timeout(&mut self) {
@@ -287,6 +334,7 @@ impl Conn {
                     let n = usize::try_from(n).unwrap_or(usize::MAX);
                     let available = end - start - head_len;
                     if available < n {
+                        self.reading_body = true;
                         if expect_continue && !self.continue_sent {
                             out.extend_from_slice(CONTINUE_100);
                             self.continue_sent = true;
@@ -312,6 +360,7 @@ impl Conn {
                             // holds only the head and an unfinished chunk line.
                             rbuf.data.copy_within(raw_start + d.consumed..end, raw_start);
                             rbuf.end -= d.consumed;
+                            self.reading_body = true;
                             if expect_continue && !self.continue_sent {
                                 out.extend_from_slice(CONTINUE_100);
                                 self.continue_sent = true;
@@ -362,6 +411,7 @@ impl Conn {
                 shard.pool.put_write(c.body);
             }
             self.continue_sent = false;
+            self.reading_body = false;
             rbuf.consume(consumed);
             self.head_started = if rbuf.is_empty() {
                 None

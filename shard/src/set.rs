@@ -241,6 +241,7 @@ async fn shard_main(
             max_connections: spec
                 .max_connections
                 .unwrap_or(limits.max_connections_per_shard),
+            close_on_drain: spec.placement == ListenerPlacement::EveryShard,
         });
     }
     if tx.send(Ok(bound_addrs)).is_err() {

@@ -107,6 +107,9 @@ pub(crate) struct BoundListener {
     pub app: Rc<dyn App>,
     /// Per-listener connection cap (the admin listener has its own small one).
     pub max_connections: usize,
+    /// Close this listener as soon as a drain starts. The admin listener
+    /// stays open so `/readyz` can say 503 while traffic drains.
+    pub close_on_drain: bool,
 }
 
 /// Runs a shard until shutdown: accept loops, Date timer, then drain.
@@ -136,7 +139,14 @@ pub(crate) async fn run(
     let mut accept_tasks = Vec::new();
     for bound in listeners {
         let st = Rc::clone(&state);
-        accept_tasks.push(glommio::spawn_local(accept_loop(st, bound)));
+        let close_on_drain = bound.close_on_drain;
+        let task = glommio::spawn_local(accept_loop(st, bound));
+        if close_on_drain {
+            accept_tasks.push(task);
+        } else {
+            // Lives until the executor ends.
+            task.detach();
+        }
     }
 
     // Wait for the process-wide shutdown flag.
@@ -158,20 +168,26 @@ pub(crate) async fn run(
 
 async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
     let cap = Rc::new(Semaphore::new(bound.max_connections as u64));
+    let never = LocalEvent::new();
+    let stop = if bound.close_on_drain {
+        &state.drain
+    } else {
+        &never
+    };
     loop {
         // Stop accepting at the cap: further clients wait in the kernel's
         // backlog until a connection on this shard closes.
         let permit = future::or(
             async { cap.acquire_static_permit(1).await.ok() },
             async {
-                state.drain.wait().await;
+                stop.wait().await;
                 None
             },
         )
         .await;
         let Some(permit) = permit else { return };
         let accepted = future::or(async { Some(bound.listener.accept().await) }, async {
-            state.drain.wait().await;
+            stop.wait().await;
             None
         })
         .await;

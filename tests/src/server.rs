@@ -54,6 +54,13 @@ impl TestServer {
         TestServer::start(config_from_toml(text))
     }
 
+    /// The embedded default config changed by `edit` (e.g. a limit).
+    pub fn start_with(edit: impl FnOnce(&mut shardline::Config)) -> TestServer {
+        let mut cfg = shardline::Config::default();
+        edit(&mut cfg);
+        TestServer::start(cfg)
+    }
+
     /// Starts `cfg` after [`test_config`].
     pub fn start(cfg: shardline::Config) -> TestServer {
         TestServer::from_builder(shardline::Server::new(test_config(cfg)))

@@ -92,6 +92,25 @@ fn configured_routes_replace_the_defaults() {
     assert_eq!(r.body, b"xyz");
 }
 
+/// Spec: "When a config file has `[[routes]]`, those are the routes (the
+/// default four are not added)": a file that only tunes `[server]` keeps the
+/// default routes.
+#[test]
+fn config_file_without_routes_keeps_the_default_routes() {
+    let srv = TestServer::start_toml("[server]\nmax_body_bytes = \"2KiB\"\n");
+    let mut c = srv.client();
+    let r = c.request(&get("/plaintext", &[]));
+    assert_eq!(
+        r.status,
+        200,
+        "a config file without [[routes]] must keep the default routes: {}",
+        r.summary()
+    );
+    assert_eq!(r.body, b"Hello, World!");
+    let r = c.request(&post("/echo", &[], &[b'e'; 2048]));
+    assert_eq!(r.status, 200, "{}", r.summary());
+}
+
 #[test]
 fn shutdown_lets_the_server_join_cleanly() {
     let srv = TestServer::start_default();

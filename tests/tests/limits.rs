@@ -9,13 +9,15 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{assert_announces_close, assert_problem};
 use shardline_tests::{get, post, Client, TestServer};
 
 const BODY_LIMIT: usize = 1024;
 
 fn body_limited_server() -> TestServer {
-    TestServer::start_toml(&format!("[server]\nmax_body_bytes = {BODY_LIMIT}\n"))
+    TestServer::start_with(|c| c.server.max_body_bytes = BODY_LIMIT as u64)
 }
 
 /// Asserts a rejection: the status as problem+json, Connection: close, and
@@ -108,7 +110,7 @@ fn head_of_size(total: usize) -> Vec<u8> {
 #[test]
 fn max_header_bytes() {
     const LIMIT: usize = 4096;
-    let srv = TestServer::start_toml(&format!("[server]\nmax_header_bytes = {LIMIT}\n"));
+    let srv = TestServer::start_with(|c| c.server.max_header_bytes = LIMIT as u64);
     let mut c = srv.client();
     for n in [LIMIT - 1, LIMIT] {
         let r = c.request(&head_of_size(n));
@@ -185,7 +187,7 @@ fn request_target_limit_applies_to_the_query_too() {
 /// first two closes; then it is.
 #[test]
 fn max_connections_per_shard_holds_the_third_connection() {
-    let srv = TestServer::start_toml("[server]\nmax_connections_per_shard = 2\n");
+    let srv = TestServer::start_with(|c| c.server.max_connections_per_shard = 2);
     let mut c1 = srv.client();
     let mut c2 = srv.client();
     assert_eq!(c1.request(&get("/healthz", &[])).status, 200);
@@ -219,7 +221,7 @@ fn max_connections_per_shard_holds_the_third_connection() {
 /// close once header_read_timeout passes.
 #[test]
 fn header_read_timeout_answers_408_and_closes() {
-    let srv = TestServer::start_toml("[server]\nheader_read_timeout = \"200ms\"\n");
+    let srv = TestServer::start_with(|c| c.server.header_read_timeout = Duration::from_millis(200));
     let mut c = srv.client();
     c.send(b"GET /plaintext HTTP/1.1\r\nHost: local");
     assert_rejected(&mut c, 408, "partial head then silence");
@@ -230,7 +232,7 @@ fn header_read_timeout_answers_408_and_closes() {
 /// round, and stops as soon as the server answers.
 #[test]
 fn header_read_timeout_is_not_reset_by_trickling_bytes() {
-    let srv = TestServer::start_toml("[server]\nheader_read_timeout = \"200ms\"\n");
+    let srv = TestServer::start_with(|c| c.server.header_read_timeout = Duration::from_millis(200));
     let mut c = srv.client();
     c.send(b"GET /plaintext HTTP/1.1\r\nX-Slow: ");
     // One byte per 50 ms would last 30 s for 600 bytes; the server must
@@ -242,7 +244,7 @@ fn header_read_timeout_is_not_reset_by_trickling_bytes() {
             answered = true;
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(answered, "a trickled head was never timed out");
     assert_rejected(&mut c, 408, "trickled head");
@@ -250,7 +252,7 @@ fn header_read_timeout_is_not_reset_by_trickling_bytes() {
 
 #[test]
 fn idle_timeout_closes_an_idle_keep_alive_connection() {
-    let srv = TestServer::start_toml("[server]\nidle_timeout = \"200ms\"\n");
+    let srv = TestServer::start_with(|c| c.server.idle_timeout = Duration::from_millis(200));
     let mut c = srv.client();
     let r = c.request(&get("/healthz", &[]));
     assert_eq!(r.status, 200);

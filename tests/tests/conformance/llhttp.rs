@@ -52,6 +52,8 @@ pub struct Message {
     pub headers_end: Option<usize>,
     pub version: String,
     pub flags: u32,
+    /// `content_length` of the headers-complete line.
+    pub content_length: u64,
     /// Offset after the message, if it completed.
     pub end: Option<usize>,
 }
@@ -59,6 +61,41 @@ pub struct Message {
 // llhttp's `flags` bits (hex in the log).
 const F_CONNECTION_KEEP_ALIVE: u32 = 1 << 0;
 const F_CONNECTION_CLOSE: u32 = 1 << 1;
+const F_CHUNKED: u32 = 1 << 3;
+const F_CONTENT_LENGTH: u32 = 1 << 5;
+
+/// Completes a case whose last message has a whole head but a cut body,
+/// when the log says how: the missing Content-Length bytes, or the end of a
+/// chunked body right after the head or after the last-chunk line. Then the
+/// message can be answered and the connection checked, instead of only
+/// seeing the server drop an incomplete request.
+fn complete_body(data: &mut Vec<u8>, msgs: &mut [Message]) -> Option<&'static str> {
+    let m = msgs.last_mut()?;
+    let he = m.headers_end?;
+    if m.end.is_some() {
+        return None;
+    }
+    let body = &data[he.min(data.len())..];
+    let how = if m.flags & F_CHUNKED != 0 {
+        if body.is_empty() {
+            data.extend_from_slice(b"0\r\n\r\n");
+            "added the last chunk"
+        } else if body.ends_with(b"\r\n0\r\n") {
+            data.extend_from_slice(b"\r\n");
+            "added the final CRLF"
+        } else {
+            return None;
+        }
+    } else if m.flags & F_CONTENT_LENGTH != 0 {
+        let missing = (m.content_length as usize).checked_sub(body.len())?;
+        data.extend(std::iter::repeat_n(b'x', missing));
+        "added the missing Content-Length bytes"
+    } else {
+        return None;
+    };
+    m.end = Some(data.len());
+    Some(how)
+}
 
 impl Message {
     /// Whether the connection ends after this message's response
@@ -85,61 +122,62 @@ pub fn decode(block: &str) -> Vec<u8> {
     if text.ends_with('\\') && !text.ends_with("\\\\") {
         text.pop();
     }
-    // 2. Line breaks are CRLF on the wire. 3. Escapes.
-    let src = text.replace('\n', "\r\n");
-    let b = src.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+    // 2. Line breaks are CRLF on the wire. 3. Escapes. Like the fixtures'
+    //    own harness, an escape yields a character (code point), and the
+    //    text goes on the wire as UTF-8: `\xff` is the two bytes C3 BF, as
+    //    the logs' offsets show.
+    let src: Vec<char> = text.replace('\n', "\r\n").chars().collect();
+    let mut out = String::with_capacity(src.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'\\' || i + 1 >= b.len() {
-            out.push(b[i]);
+    while i < src.len() {
+        if src[i] != '\\' || i + 1 >= src.len() {
+            out.push(src[i]);
             i += 1;
             continue;
         }
-        let c = b[i + 1];
-        match c {
-            b'r' => {
-                out.push(b'\r');
+        match src[i + 1] {
+            'r' => {
+                out.push('\r');
                 i += 2;
             }
-            b'n' => {
-                out.push(b'\n');
+            'n' => {
+                out.push('\n');
                 i += 2;
             }
-            b't' => {
-                out.push(b'\t');
+            't' => {
+                out.push('\t');
                 i += 2;
             }
-            b'f' => {
-                out.push(0x0c);
+            'f' => {
+                out.push('\u{c}');
                 i += 2;
             }
-            b'x' if i + 3 < b.len()
-                && b[i + 2].is_ascii_hexdigit()
-                && b[i + 3].is_ascii_hexdigit() =>
+            'x' if i + 3 < src.len()
+                && src[i + 2].is_ascii_hexdigit()
+                && src[i + 3].is_ascii_hexdigit() =>
             {
-                let h = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
-                out.push(u8::from_str_radix(h, 16).unwrap());
+                let h: String = src[i + 2..i + 4].iter().collect();
+                out.push(char::from(u8::from_str_radix(&h, 16).unwrap()));
                 i += 4;
             }
-            b'0'..=b'7' => {
+            '0'..='7' => {
                 let mut j = i + 1;
                 let mut v: u32 = 0;
-                while j < b.len() && j < i + 4 && (b'0'..=b'7').contains(&b[j]) {
-                    v = v * 8 + u32::from(b[j] - b'0');
+                while j < src.len() && j < i + 4 && ('0'..='7').contains(&src[j]) {
+                    v = v * 8 + src[j].to_digit(8).unwrap();
                     j += 1;
                 }
-                out.push((v & 0xff) as u8);
+                out.push(char::from_u32(v).unwrap());
                 i = j;
             }
             _ => {
                 // Not an escape: the backslash is data (e.g. `\"` in a URI).
-                out.push(b'\\');
+                out.push('\\');
                 i += 1;
             }
         }
     }
-    out
+    out.into_bytes()
 }
 
 /// Loads every case of every `*.md` file in `dir`.
@@ -263,6 +301,9 @@ pub fn parse_log(log: &[String]) -> Parsed {
             m.headers_end = Some(off);
             m.version = field(line, "v").unwrap_or("").to_string();
             m.flags = u32::from_str_radix(field(line, "flags").unwrap_or("0"), 16).unwrap_or(0);
+            m.content_length = field(line, "content_length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
         } else if line.contains(" message complete") {
             m.end = Some(off);
         } else if line.contains(" error code=") {
@@ -360,8 +401,45 @@ pub fn with_host(data: &[u8], parsed: &Parsed) -> (Vec<u8>, Vec<Message>) {
 /// policy differs from llhttp's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alt {
-    /// llhttp accepts it; shardline refuses it (4xx + close).
+    /// llhttp accepts it; shardline refuses it (4xx/5xx + close).
     Rejected,
+    /// llhttp refuses it; shardline accepts it as one message that ends
+    /// with the data (e.g. a method outside llhttp's fixed table: any token
+    /// is a method, RFC 9110 §9.1).
+    Accepted,
+}
+
+/// The log of an [`Alt::Accepted`] case, rebuilt as one complete message.
+fn as_one_message(data: &[u8]) -> Parsed {
+    let sp = data.iter().position(|&b| b == b' ').unwrap_or(0);
+    let line_end = find(data, b"\r\n").unwrap_or(data.len());
+    let line = String::from_utf8_lossy(&data[..line_end]).into_owned();
+    let mut parts = line.split(' ');
+    let _ = parts.next();
+    let url = parts.next().unwrap_or("").to_string();
+    let head_end = find(data, b"\r\n\r\n").map(|p| p + 4);
+    let header_fields = head_end
+        .map(|he| {
+            String::from_utf8_lossy(&data[line_end..he - 2])
+                .split("\r\n")
+                .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Parsed {
+        messages: vec![Message {
+            begin: 0,
+            method: String::from_utf8_lossy(&data[..sp]).into_owned(),
+            url,
+            header_fields,
+            headers_end: head_end,
+            version: if line.ends_with("HTTP/1.1") { "1/1" } else { "1/0" }.into(),
+            flags: if line.ends_with("HTTP/1.1") { 0 } else { F_CONNECTION_CLOSE },
+            content_length: 0,
+            end: Some(data.len()),
+        }],
+        error: None,
+    }
 }
 
 /// The probe request sent behind an accepted case's messages.
@@ -374,6 +452,10 @@ pub struct Outcome {
     pub detail: String,
     /// The server had to be told EOF (half-close) before it acted.
     pub needed_eof: bool,
+    /// What the server answered (statuses and problem types), for the report.
+    pub answers: String,
+    /// How the case's data was completed, if it was.
+    pub completed: Option<&'static str>,
 }
 
 /// Statuses the default routes answer to requests they do not serve.
@@ -434,7 +516,19 @@ fn drain(c: &mut Client, methods: &[String], half_close_on_wait: bool) -> Draine
 
 /// Runs one case (already known not to be skipped) against `addr`.
 pub fn run(case: &Case, parsed: &Parsed, addr: std::net::SocketAddr, alt: Option<Alt>) -> Outcome {
-    let (data, msgs) = with_host(&case.data, parsed);
+    let rebuilt;
+    let parsed = if alt == Some(Alt::Accepted) {
+        rebuilt = as_one_message(&case.data);
+        &rebuilt
+    } else {
+        parsed
+    };
+    let (mut data, mut msgs) = with_host(&case.data, parsed);
+    let completed = if parsed.error.is_none() && alt.is_none() {
+        complete_body(&mut data, &mut msgs)
+    } else {
+        None
+    };
     let methods: Vec<String> = msgs.iter().map(|m| m.method.clone()).collect();
     let mut c = Client::connect(addr);
     if parsed.error.is_some() || alt == Some(Alt::Rejected) {
@@ -490,6 +584,8 @@ pub fn run(case: &Case, parsed: &Parsed, addr: std::net::SocketAddr, alt: Option
                             summaries(&got)
                         ),
                         needed_eof: false,
+                        answers: String::new(),
+                        completed,
                     }
                 }
             }
@@ -509,7 +605,10 @@ pub fn run(case: &Case, parsed: &Parsed, addr: std::net::SocketAddr, alt: Option
                 summaries(&d.before)
             ));
         }
-        return finish(detail, false);
+        got.extend(d.before);
+        let mut o = finish(detail, false, &got);
+        o.completed = completed;
+        return o;
     }
 
     let d = drain(&mut c, &want_methods, false);
@@ -545,14 +644,28 @@ pub fn run(case: &Case, parsed: &Parsed, addr: std::net::SocketAddr, alt: Option
         }
         detail.extend(check_answers(&got, &complete, expected));
     }
-    finish(detail, false)
+    let mut o = finish(detail, false, &got);
+    o.completed = completed;
+    o
 }
 
-fn finish(detail: Vec<String>, needed_eof: bool) -> Outcome {
+fn finish(detail: Vec<String>, needed_eof: bool, answers: &[Response]) -> Outcome {
     Outcome {
         ok: detail.is_empty(),
         detail: detail.join("; "),
         needed_eof,
+        answers: answers
+            .iter()
+            .map(|r| {
+                let body = String::from_utf8_lossy(&r.body);
+                match body.split("/problems/").nth(1).and_then(|t| t.split('"').next()) {
+                    Some(t) => format!("{} {t}", r.status),
+                    None => r.status.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        completed: None,
     }
 }
 
@@ -611,8 +724,8 @@ fn judge_rejected(
     }
     if got.len() == before_error + 1 {
         let r = &got[before_error];
-        if r.status < 400 {
-            detail.push(format!("accepted: {}", r.summary()));
+        if is_routing_answer(r.status) {
+            detail.push(format!("accepted and routed: {}", r.summary()));
         } else if !r.connection_has("close") {
             detail.push(format!(
                 "refusal without Connection: close (a routing answer?): {}",
@@ -637,9 +750,11 @@ fn judge_rejected(
                 summaries(&d.after)
             ));
         }
-        if d.after.iter().any(|r| r.status < 400) {
+        if d.after.iter().any(|r| is_routing_answer(r.status)) {
             detail.push(format!("accepted at EOF: {}", summaries(&d.after)));
         }
     }
-    finish(detail, d.half_closed)
+    let mut all = d.before.clone();
+    all.extend(d.after.iter().cloned());
+    finish(detail, d.half_closed, &all)
 }

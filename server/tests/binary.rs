@@ -1,0 +1,307 @@
+//! The `shardline` binary: ready line, admin listener, SO_REUSEPORT shards,
+//! graceful SIGTERM, config errors, and flags over file values.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{get, listening_sockets, run_expecting_exit, start, temp_file, Conn};
+
+const LOOPBACK: [&str; 4] = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = LOOPBACK.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn ready_line_reports_real_ports_and_default_routes_answer() {
+    let (mut p, ready) = start(&args(&["--shards", "1"]));
+    assert_eq!(ready.shards, 1, "{}", ready.line);
+    assert_eq!(ready.listen.ip().to_string(), "127.0.0.1");
+    assert_ne!(ready.listen.port(), 0, "the ready line shows the real port");
+    let admin = ready.admin.expect("admin listener enabled");
+    assert_ne!(admin.port(), 0);
+    assert_ne!(admin.port(), ready.listen.port());
+
+    let mut c = Conn::open(ready.listen);
+    let r = c.request(&get("/plaintext"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+    let r = c.request(&get("/json"));
+    assert_eq!(r.body, br#"{"message":"Hello, World!"}"#);
+
+    let mut a = Conn::open(admin);
+    assert_eq!(a.request(&get("/healthz")).status, 200);
+    assert_eq!(a.request(&get("/readyz")).status, 200);
+    drop((c, a));
+
+    p.signal("TERM");
+    let st = p.wait_exit();
+    assert_eq!(st.code(), Some(0), "exit after SIGTERM; stderr: {}", p.stderr_text());
+}
+
+#[test]
+fn ready_line_is_the_only_stdout_line_and_says_admin_off() {
+    let (mut p, ready) = start(&["--listen", "127.0.0.1:0", "--admin-listen", "off", "--shards", "1"]);
+    assert!(ready.admin.is_none(), "{}", ready.line);
+    assert!(ready.line.contains(" admin=off "), "{}", ready.line);
+    p.signal("INT");
+    let st = p.wait_exit();
+    assert_eq!(st.code(), Some(0), "exit after SIGINT; stderr: {}", p.stderr_text());
+}
+
+#[test]
+fn two_shards_listen_on_one_port_with_two_sockets() {
+    let (mut p, ready) = start(&args(&["--shards", "2"]));
+    assert_eq!(ready.shards, 2, "{}", ready.line);
+    let port = ready.listen.port();
+    assert_eq!(
+        listening_sockets(p.pid(), port),
+        2,
+        "--shards 2 must give two SO_REUSEPORT listening sockets on port {port}"
+    );
+    // The admin listener lives on one shard only.
+    let admin = ready.admin.unwrap();
+    assert_eq!(listening_sockets(p.pid(), admin.port()), 1, "admin listener sockets");
+    // Every connection is served, whichever socket the kernel picks.
+    for i in 0..16 {
+        let mut c = Conn::open(ready.listen);
+        let r = c.request(&get("/healthz"));
+        assert_eq!(r.status, 200, "connection {i}");
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().code(), Some(0), "stderr: {}", p.stderr_text());
+}
+
+/// SIGTERM while a request is in flight: the request finishes (its body
+/// arrives after the signal), the full response is sent, then the process
+/// exits 0.
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let (mut p, ready) = start(&args(&["--shards", "1"]));
+    let mut c = Conn::open(ready.listen);
+    // The 100 Continue proves the server has read this request's head and
+    // is waiting for its body: the request is in flight.
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\
+Content-Length: 20\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let interim = c.response();
+    assert_eq!(interim.status, 100, "expected 100 Continue");
+    c.send(b"first half, ");
+    p.signal("TERM");
+    c.send(b"2nd half");
+    let r = c.response();
+    assert_eq!(r.status, 200, "in-flight request after SIGTERM");
+    assert_eq!(r.body, b"first half, 2nd half");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    // Draining: the connection is not kept for another request.
+    assert!(c.closed(), "connection kept open after the drain's last response");
+    let st = p.wait_exit();
+    assert_eq!(st.code(), Some(0), "exit after drain; stderr: {}", p.stderr_text());
+}
+
+/// Runs the binary with a config file (and extra flags) that must be
+/// refused: exit code 2 and exactly one stderr line, `shardline: error: ...`,
+/// that names `key`.
+/// `flags` come after `--config FILE` (loopback port 0, admin off, so that
+/// a server that wrongly starts binds nothing in use).
+fn assert_config_refused(name: &str, toml: &str, flags: &[&str], key: &str) {
+    let path = temp_file(name, toml);
+    let path_s = path.to_string_lossy().into_owned();
+    let mut a = vec!["--config", path_s.as_str()];
+    a.extend_from_slice(flags);
+    assert_refused(name, &a, &[key]);
+}
+
+const SAFE: &[&str] = &["--listen", "127.0.0.1:0", "--admin-listen", "off"];
+
+fn assert_refused(name: &str, a: &[&str], keys: &[&str]) {
+    let (st, stderr) = run_expecting_exit(a);
+    assert_eq!(
+        st.code(),
+        Some(2),
+        "{name}: a bad config exits 2; got {st:?}; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{name}: exactly one stderr line expected, got: {stderr:?}"
+    );
+    assert!(
+        lines[0].starts_with("shardline: error:"),
+        "{name}: the line starts with `shardline: error:`: {:?}",
+        lines[0]
+    );
+    assert!(
+        keys.iter().any(|k| lines[0].contains(k)),
+        "{name}: the error must name {keys:?}: {:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    assert_config_refused("unknown-key", "[server]\nbogus_key = 1\n", SAFE, "bogus_key");
+}
+
+#[test]
+fn unknown_section_is_refused() {
+    assert_config_refused("unknown-section", "[nonsense]\nx = 1\n", SAFE, "nonsense");
+}
+
+#[test]
+fn bad_size_is_refused() {
+    assert_config_refused(
+        "bad-size",
+        "[server]\nmax_body_bytes = \"12XB\"\n",
+        SAFE,
+        "max_body_bytes",
+    );
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    assert_config_refused(
+        "bad-duration",
+        "[server]\nidle_timeout = \"5 parsecs\"\n",
+        SAFE,
+        "idle_timeout",
+    );
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    assert_config_refused(
+        "bad-listen",
+        "[server]\nlisten = \"not-an-address\"\n",
+        &["--admin-listen", "off"],
+        "listen",
+    );
+}
+
+#[test]
+fn unknown_handler_is_refused() {
+    assert_config_refused(
+        "unknown-handler",
+        "[[routes]]\nname = \"x\"\nmethod = \"GET\"\npath = \"/x\"\nhandler = \"no_such_handler\"\n",
+        SAFE,
+        "handler",
+    );
+}
+
+#[test]
+fn route_without_action_is_refused() {
+    assert_config_refused(
+        "route-no-action",
+        "[[routes]]\nname = \"x\"\nmethod = \"GET\"\npath = \"/x\"\n",
+        SAFE,
+        "routes",
+    );
+}
+
+#[test]
+fn upstreams_section_is_refused_for_now() {
+    assert_config_refused(
+        "upstreams",
+        "[[upstreams]]\nname = \"users\"\ntargets = [\"127.0.0.1:9000\"]\n",
+        SAFE,
+        "upstreams",
+    );
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-such-shardline.toml");
+    let p = path.to_string_lossy().into_owned();
+    assert_refused("missing-file", &args(&["--config", &p]), &[&p]);
+}
+
+#[test]
+fn bad_flag_values_are_refused() {
+    assert_refused(
+        "flag size",
+        &args(&["--max-body-bytes", "12XB"]),
+        &["max_body_bytes", "max-body-bytes"],
+    );
+    assert_refused(
+        "flag duration",
+        &args(&["--header-read-timeout", "soon"]),
+        &["header_read_timeout", "header-read-timeout"],
+    );
+    assert_refused(
+        "flag listen",
+        &["--listen", "localhost-ish", "--admin-listen", "off"],
+        &["listen"],
+    );
+    assert_refused(
+        "flag shards",
+        &args(&["--shards", "many"]),
+        &["shards"],
+    );
+}
+
+/// A file value is used unless a flag overrides it; flags win.
+#[test]
+fn flags_override_file_values() {
+    let path = temp_file(
+        "override",
+        "[server]\nlisten = \"127.0.0.2:0\"\nadmin_listen = \"127.0.0.2:0\"\nshards = 2\n\
+max_body_bytes = 10\nmax_header_bytes = 2048\n",
+    );
+    let p = path.to_string_lossy().into_owned();
+    let (mut proc_, ready) = start(&[
+        "--config",
+        &p,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--shards",
+        "1",
+        "--max-body-bytes",
+        "1KiB",
+    ]);
+    assert_eq!(ready.listen.ip().to_string(), "127.0.0.1", "{}", ready.line);
+    assert!(ready.admin.is_none(), "{}", ready.line);
+    assert_eq!(ready.shards, 1, "{}", ready.line);
+
+    let mut c = Conn::open(ready.listen);
+    // --max-body-bytes 1KiB beats the file's 10.
+    let body = [b'x'; 100];
+    let mut req = b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".to_vec();
+    req.extend_from_slice(&body);
+    let r = c.request(&req);
+    assert_eq!(r.status, 200, "flag must override the file's max_body_bytes");
+    assert_eq!(r.body.len(), 100);
+    // The file's max_header_bytes (not overridden) applies.
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'p', 3000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let r = c.request(&big);
+    assert_eq!(r.status, 431, "the file's max_header_bytes = 2048 applies");
+
+    proc_.signal("TERM");
+    assert_eq!(proc_.wait_exit().code(), Some(0), "stderr: {}", proc_.stderr_text());
+}
+
+#[test]
+fn config_file_routes_are_served() {
+    let path = temp_file(
+        "routes",
+        "[[routes]]\nname = \"hello\"\nmethod = \"GET\"\npath = \"/hello/{name}\"\n\
+respond = { status = 200, body = \"hi\", content_type = \"text/plain\" }\n",
+    );
+    let p = path.to_string_lossy().into_owned();
+    let (mut proc_, ready) = start(&args(&["--config", &p, "--shards", "1"]));
+    let mut c = Conn::open(ready.listen);
+    let r = c.request(&get("/hello/world"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hi");
+    let r = c.request(&get("/plaintext"));
+    assert_eq!(r.status, 404, "configured routes replace the defaults");
+    proc_.signal("TERM");
+    assert_eq!(proc_.wait_exit().code(), Some(0));
+}
