@@ -107,7 +107,8 @@ impl App for GatewayApp {
                 } => {
                     // At most a handful of configured headers; a small stack
                     // array avoids a per-request Vec.
-                    let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] = [("", &[]); MAX_RESPOND_HEADERS];
+                    let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] =
+                        [("", &[]); MAX_RESPOND_HEADERS];
                     let n = headers.len().min(MAX_RESPOND_HEADERS);
                     for (slot, (name, value)) in hs.iter_mut().zip(headers.iter()) {
                         *slot = (name.as_str(), value);

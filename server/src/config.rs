@@ -296,7 +296,13 @@ impl Config {
         text: &str,
         overrides: &ServerOverrides,
     ) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let mut file: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        if file.routes.is_empty() {
+            // A file that only tunes [server] still serves the default routes.
+            let default: FileConfig = toml::from_str(DEFAULT_CONFIG_TOML)
+                .map_err(|e| toml_error(DEFAULT_CONFIG_TOML, &e))?;
+            file.routes = default.routes;
+        }
         for (key, present) in [
             ("upstreams", file.upstreams.is_some()),
             ("auth", file.auth.is_some()),
@@ -326,10 +332,7 @@ impl Config {
         // than on the first request.
         let mut router = Router::new();
         for (i, r) in routes.iter().enumerate() {
-            let methods = r
-                .methods
-                .clone()
-                .map_or(Methods::Any, Methods::Only);
+            let methods = r.methods.clone().map_or(Methods::Any, Methods::Only);
             router
                 .insert(methods, &r.path, i)
                 .map_err(|e| ConfigError(format!("routes[{i}] ({}): {e}", r.name)))?;
@@ -361,7 +364,10 @@ fn value_text(key: &str, v: &toml::Value) -> Result<String, ConfigError> {
     match v {
         toml::Value::String(s) => Ok(s.clone()),
         toml::Value::Integer(i) if *i >= 0 => Ok(i.to_string()),
-        other => err(key, format!("expected a size like \"64KiB\" or a number of bytes, got {other}")),
+        other => err(
+            key,
+            format!("expected a size like \"64KiB\" or a number of bytes, got {other}"),
+        ),
     }
 }
 
@@ -392,7 +398,10 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
     let mut s = ServerConfig::default();
 
     // Text values: the override wins, else the file, else the default.
-    let pick = |key: &str, over: &Option<String>, file: &Option<toml::Value>| -> Result<Option<String>, ConfigError> {
+    let pick = |key: &str,
+                over: &Option<String>,
+                file: &Option<toml::Value>|
+     -> Result<Option<String>, ConfigError> {
         if let Some(v) = over {
             return Ok(Some(v.clone()));
         }
@@ -430,7 +439,12 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
         s.cpus = Some(list);
     }
     if let Some(v) = pick("server.io_memory", &o.io_memory, &f.io_memory)? {
-        s.io_memory = size_in("server.io_memory", &v, MIN_IO_MEMORY_BYTES, MAX_IO_MEMORY_BYTES)?;
+        s.io_memory = size_in(
+            "server.io_memory",
+            &v,
+            MIN_IO_MEMORY_BYTES,
+            MAX_IO_MEMORY_BYTES,
+        )?;
     }
     if let Some(v) = pick("server.read_buffer", &o.read_buffer, &f.read_buffer)? {
         s.read_buffer = size_in(
@@ -446,17 +460,33 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
         }
         s.max_connections_per_shard = n;
     }
-    if let Some(v) = o.header_read_timeout.as_ref().or(f.header_read_timeout.as_ref()) {
+    if let Some(v) = o
+        .header_read_timeout
+        .as_ref()
+        .or(f.header_read_timeout.as_ref())
+    {
         s.header_read_timeout = duration_nonzero("server.header_read_timeout", v)?;
     }
     if let Some(v) = o.idle_timeout.as_ref().or(f.idle_timeout.as_ref()) {
         s.idle_timeout = duration_nonzero("server.idle_timeout", v)?;
     }
-    if let Some(v) = pick("server.max_header_bytes", &o.max_header_bytes, &f.max_header_bytes)? {
-        s.max_header_bytes =
-            size_in("server.max_header_bytes", &v, MIN_HEADER_BYTES, MAX_HEADER_BYTES)?;
+    if let Some(v) = pick(
+        "server.max_header_bytes",
+        &o.max_header_bytes,
+        &f.max_header_bytes,
+    )? {
+        s.max_header_bytes = size_in(
+            "server.max_header_bytes",
+            &v,
+            MIN_HEADER_BYTES,
+            MAX_HEADER_BYTES,
+        )?;
     }
-    if let Some(v) = pick("server.max_body_bytes", &o.max_body_bytes, &f.max_body_bytes)? {
+    if let Some(v) = pick(
+        "server.max_body_bytes",
+        &o.max_body_bytes,
+        &f.max_body_bytes,
+    )? {
         s.max_body_bytes = size_in("server.max_body_bytes", &v, 0, MAX_BODY_BYTES)?;
     }
     if let Some(v) = o.data_dir.as_ref().or(f.data_dir.as_ref()) {
@@ -470,7 +500,10 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
     }
     if let (Some(admin), listen) = (s.admin_listen, s.listen) {
         if admin == listen && listen.port() != 0 {
-            return err("server.admin_listen", format!("{admin} is also server.listen"));
+            return err(
+                "server.admin_listen",
+                format!("{admin} is also server.listen"),
+            );
         }
     }
     Ok(s)
@@ -480,7 +513,9 @@ fn parse_listen(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().or_else(|_| {
         err(
             key,
-            format!("invalid address {v:?}: expected IP:PORT like \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            format!(
+                "invalid address {v:?}: expected IP:PORT like \"127.0.0.1:8080\" or \"[::1]:8080\""
+            ),
         )
     })
 }
@@ -488,9 +523,8 @@ fn parse_listen(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
 fn is_token(s: &str) -> bool {
     // RFC 9110 §5.6.2 tchar.
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers the server frames itself; a route may not set them.
@@ -532,7 +566,10 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
         _ => return err(&key("name"), "every route needs a non-empty name"),
     };
     let Some(path) = r.path else {
-        return err(&key("path"), "missing (a path template such as \"/v1/users/{id}\")");
+        return err(
+            &key("path"),
+            "missing (a path template such as \"/v1/users/{id}\")",
+        );
     };
     let methods = match (r.method, r.methods) {
         (Some(_), Some(_)) => return err(&key("method"), "use either method or methods, not both"),
@@ -553,10 +590,16 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
     }
     let action = match (r.respond, r.handler) {
         (Some(_), Some(_)) => {
-            return err(&label, "has both respond and handler; a route has exactly one action")
+            return err(
+                &label,
+                "has both respond and handler; a route has exactly one action",
+            )
         }
         (None, None) => {
-            return err(&label, "has no action: add respond = { ... } or handler = \"NAME\"")
+            return err(
+                &label,
+                "has no action: add respond = { ... } or handler = \"NAME\"",
+            )
         }
         (None, Some(h)) => {
             if h.is_empty() {
@@ -567,11 +610,17 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
         (Some(resp), None) => {
             let status = resp.status.unwrap_or(200);
             if !(200..=599).contains(&status) {
-                return err(&key("respond.status"), format!("{status} is not a final status (200-599)"));
+                return err(
+                    &key("respond.status"),
+                    format!("{status} is not a final status (200-599)"),
+                );
             }
             if let Some(ct) = &resp.content_type {
                 if ct.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                    return err(&key("respond.content_type"), "must not contain control characters");
+                    return err(
+                        &key("respond.content_type"),
+                        "must not contain control characters",
+                    );
                 }
             }
             if resp.headers.len() > crate::app::MAX_RESPOND_HEADERS {
@@ -583,7 +632,10 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
             let mut headers = Vec::new();
             for (n, v) in resp.headers {
                 if !is_token(&n) {
-                    return err(&key("respond.headers"), format!("{n:?} is not a valid header name"));
+                    return err(
+                        &key("respond.headers"),
+                        format!("{n:?} is not a valid header name"),
+                    );
                 }
                 if RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) {
                     return err(
@@ -601,7 +653,10 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
             }
             let status = u16::try_from(status).unwrap_or(500);
             if matches!(status, 204 | 304) && !resp.body.is_empty() {
-                return err(&key("respond.body"), format!("a {status} response has no body"));
+                return err(
+                    &key("respond.body"),
+                    format!("a {status} response has no body"),
+                );
             }
             Action::Respond(Respond {
                 status,
@@ -643,8 +698,13 @@ mod tests {
         assert!(e("[server]\nshards = \"two\"\n").contains("shards"));
         assert!(e("[[upstreams]]\nname = \"x\"\n").starts_with("upstreams"));
         assert!(e("[[routes]]\nname = \"a\"\npath = \"/a\"\n").contains("no action"));
-        assert!(e("[[routes]]\nname = \"a\"\npath = \"a\"\nhandler = \"echo\"\n").contains("start with '/'"));
-        assert!(e("[[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"u\"\n").contains("upstream"));
+        assert!(
+            e("[[routes]]\nname = \"a\"\npath = \"a\"\nhandler = \"echo\"\n")
+                .contains("start with '/'")
+        );
+        assert!(
+            e("[[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"u\"\n").contains("upstream")
+        );
         assert!(!e("[server]\nbogus = 1\n").contains('\n'));
     }
 

@@ -17,7 +17,21 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Runs the binary; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's message is several lines; keep the first, which names
+            // the flag, so every bad start is one line.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(first.trim_start_matches("error: "));
+        }
+    };
     let overrides = cli.overrides();
     let config = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {

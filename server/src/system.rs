@@ -68,7 +68,10 @@ fn get(resource: libc::__rlimit_resource_t) -> Result<(u64, u64), String> {
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     let rc = unsafe { libc::getrlimit(resource, &mut lim) };
     if rc != 0 {
-        return Err(format!("getrlimit failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "getrlimit failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok((lim.rlim_cur, lim.rlim_max))
 }
@@ -82,7 +85,10 @@ fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<(), 
     // SAFETY: `lim` is a valid rlimit read by the call.
     let rc = unsafe { libc::setrlimit(resource, &lim) };
     if rc != 0 {
-        return Err(format!("setrlimit failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "setrlimit failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

@@ -11,7 +11,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim_start();
-    let expected = "expected a whole number with an optional unit B, KiB, MiB or GiB, like \"64KiB\"";
+    let expected =
+        "expected a whole number with an optional unit B, KiB, MiB or GiB, like \"64KiB\"";
     if num.is_empty() {
         return Err(format!("invalid size {text:?}: {expected}"));
     }
@@ -67,7 +68,12 @@ pub fn format_size(bytes: u64) -> String {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, per) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= per && ms % per == 0 {
             return format!("{}{unit}", ms / per);
         }
@@ -86,7 +92,16 @@ mod tests {
         assert_eq!(parse_size("2MiB").unwrap(), 2 << 20);
         assert_eq!(parse_size("1 GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("7B").unwrap(), 7);
-        for bad in ["", "KiB", "1KB", "1.5MiB", "-1", "12XB", "99999999999999999999", "1GiBx"] {
+        for bad in [
+            "",
+            "KiB",
+            "1KB",
+            "1.5MiB",
+            "-1",
+            "12XB",
+            "99999999999999999999",
+            "1GiBx",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("17179869184GiB").is_err());
@@ -98,7 +113,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
         for bad in ["", "10", "s", "1.5s", "-1s", "10 sec", "10S"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

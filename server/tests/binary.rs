@@ -38,17 +38,39 @@ fn ready_line_reports_real_ports_and_default_routes_answer() {
 
     p.signal("TERM");
     let st = p.wait_exit();
-    assert_eq!(st.code(), Some(0), "exit after SIGTERM; stderr: {}", p.stderr_text());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit after SIGTERM; stderr: {}",
+        p.stderr_text()
+    );
 }
 
 #[test]
 fn ready_line_is_the_only_stdout_line_and_says_admin_off() {
-    let (mut p, ready) = start(&["--listen", "127.0.0.1:0", "--admin-listen", "off", "--shards", "1"]);
+    let (mut p, ready) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--shards",
+        "1",
+    ]);
     assert!(ready.admin.is_none(), "{}", ready.line);
     assert!(ready.line.contains(" admin=off "), "{}", ready.line);
     p.signal("INT");
     let st = p.wait_exit();
-    assert_eq!(st.code(), Some(0), "exit after SIGINT; stderr: {}", p.stderr_text());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit after SIGINT; stderr: {}",
+        p.stderr_text()
+    );
+    assert!(
+        p.stdout_extra.is_empty(),
+        "stdout carries only the ready line; also got {:?}",
+        p.stdout_extra
+    );
 }
 
 #[test]
@@ -63,7 +85,11 @@ fn two_shards_listen_on_one_port_with_two_sockets() {
     );
     // The admin listener lives on one shard only.
     let admin = ready.admin.unwrap();
-    assert_eq!(listening_sockets(p.pid(), admin.port()), 1, "admin listener sockets");
+    assert_eq!(
+        listening_sockets(p.pid(), admin.port()),
+        1,
+        "admin listener sockets"
+    );
     // Every connection is served, whichever socket the kernel picks.
     for i in 0..16 {
         let mut c = Conn::open(ready.listen);
@@ -97,9 +123,17 @@ Content-Length: 20\r\nExpect: 100-continue\r\n\r\n",
     assert_eq!(r.body, b"first half, 2nd half");
     assert_eq!(r.header("content-type"), Some("text/plain"));
     // Draining: the connection is not kept for another request.
-    assert!(c.closed(), "connection kept open after the drain's last response");
+    assert!(
+        c.closed(),
+        "connection kept open after the drain's last response"
+    );
     let st = p.wait_exit();
-    assert_eq!(st.code(), Some(0), "exit after drain; stderr: {}", p.stderr_text());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit after drain; stderr: {}",
+        p.stderr_text()
+    );
 }
 
 /// Runs the binary with a config file (and extra flags) that must be
@@ -144,7 +178,12 @@ fn assert_refused(name: &str, a: &[&str], keys: &[&str]) {
 
 #[test]
 fn unknown_key_is_refused() {
-    assert_config_refused("unknown-key", "[server]\nbogus_key = 1\n", SAFE, "bogus_key");
+    assert_config_refused(
+        "unknown-key",
+        "[server]\nbogus_key = 1\n",
+        SAFE,
+        "bogus_key",
+    );
 }
 
 #[test]
@@ -236,11 +275,7 @@ fn bad_flag_values_are_refused() {
         &["--listen", "localhost-ish", "--admin-listen", "off"],
         &["listen"],
     );
-    assert_refused(
-        "flag shards",
-        &args(&["--shards", "many"]),
-        &["shards"],
-    );
+    assert_refused("flag shards", &args(&["--shards", "many"]), &["shards"]);
 }
 
 /// A file value is used unless a flag overrides it; flags win.
@@ -274,17 +309,25 @@ max_body_bytes = 10\nmax_header_bytes = 2048\n",
     let mut req = b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".to_vec();
     req.extend_from_slice(&body);
     let r = c.request(&req);
-    assert_eq!(r.status, 200, "flag must override the file's max_body_bytes");
+    assert_eq!(
+        r.status, 200,
+        "flag must override the file's max_body_bytes"
+    );
     assert_eq!(r.body.len(), 100);
     // The file's max_header_bytes (not overridden) applies.
     let mut big = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: ".to_vec();
-    big.extend(std::iter::repeat_n(b'p', 3000));
+    big.extend(std::iter::repeat(b'p').take(3000));
     big.extend_from_slice(b"\r\n\r\n");
     let r = c.request(&big);
     assert_eq!(r.status, 431, "the file's max_header_bytes = 2048 applies");
 
     proc_.signal("TERM");
-    assert_eq!(proc_.wait_exit().code(), Some(0), "stderr: {}", proc_.stderr_text());
+    assert_eq!(
+        proc_.wait_exit().code(),
+        Some(0),
+        "stderr: {}",
+        proc_.stderr_text()
+    );
 }
 
 #[test]

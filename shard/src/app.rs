@@ -36,6 +36,17 @@ pub struct ShardInfo {
     pub count: usize,
 }
 
+/// What the connection loop knows about a request's connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnContext {
+    pub peer: SocketAddr,
+    pub shard: ShardInfo,
+    /// The request allows the connection to persist (and the shard is not
+    /// draining).
+    pub keep_alive: bool,
+    pub draining: bool,
+}
+
 /// One request and the means to answer it.
 pub struct Exchange<'x> {
     pub head: &'x RequestHead<'x, 'x>,
@@ -54,22 +65,19 @@ impl<'x> Exchange<'x> {
     pub(crate) fn new(
         head: &'x RequestHead<'x, 'x>,
         body: &'x [u8],
-        peer: SocketAddr,
-        shard: ShardInfo,
+        conn: ConnContext,
         out: &'x mut Vec<u8>,
         date: &'x DateCache,
-        keep_alive: bool,
-        draining: bool,
     ) -> Self {
         Exchange {
             head,
             body,
-            peer,
-            shard,
+            peer: conn.peer,
+            shard: conn.shard,
             out,
             date,
-            keep_alive,
-            draining,
+            keep_alive: conn.keep_alive,
+            draining: conn.draining,
             responded: false,
         }
     }

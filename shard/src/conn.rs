@@ -31,7 +31,7 @@ use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::{self, Parsed, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
-use crate::app::{App, Exchange};
+use crate::app::{App, ConnContext, Exchange};
 use crate::buffers::ReadBuf;
 use crate::shard::ShardState;
 
@@ -358,7 +358,8 @@ impl Conn {
                         Ok(d) => {
                             // Drop the raw bytes already decoded so the buffer
                             // holds only the head and an unfinished chunk line.
-                            rbuf.data.copy_within(raw_start + d.consumed..end, raw_start);
+                            rbuf.data
+                                .copy_within(raw_start + d.consumed..end, raw_start);
                             rbuf.end -= d.consumed;
                             self.reading_body = true;
                             if expect_continue && !self.continue_sent {
@@ -384,16 +385,13 @@ impl Conn {
                     None => &rbuf.data[body_range],
                 };
                 let date = shard.date.borrow();
-                let mut ex = Exchange::new(
-                    &head,
-                    body,
-                    self.peer,
-                    shard.info,
-                    out,
-                    &date,
+                let conn = ConnContext {
+                    peer: self.peer,
+                    shard: shard.info,
                     keep_alive,
-                    shard.draining(),
-                );
+                    draining: shard.draining(),
+                };
+                let mut ex = Exchange::new(&head, body, conn, out, &date);
                 self.app.handle(&mut ex);
                 if !ex.responded() {
                     ex.problem(

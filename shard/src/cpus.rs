@@ -17,7 +17,9 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
             }
         };
         if lo > hi {
-            return Err(format!("invalid CPU list {text:?}: range {part} runs backwards"));
+            return Err(format!(
+                "invalid CPU list {text:?}: range {part} runs backwards"
+            ));
         }
         for c in lo..=hi {
             if cpus.contains(&c) {
@@ -32,7 +34,9 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
 fn parse_cpu(s: &str, text: &str) -> Result<usize, String> {
     let s = s.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid CPU list {text:?}: {s:?} is not a CPU number"));
+        return Err(format!(
+            "invalid CPU list {text:?}: {s:?} is not a CPU number"
+        ));
     }
     s.parse()
         .map_err(|_| format!("invalid CPU list {text:?}: {s:?} is out of range"))

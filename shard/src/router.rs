@@ -115,6 +115,10 @@ impl Default for Params<'_, '_> {
 }
 
 /// The outcome of matching one request.
+// `Found` carries the captures inline (a stack array, no allocation per
+// request); the enum lives for one match on the stack, so its size is the
+// cheaper trade than boxing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Match<'r, 'p, T> {
     Found(&'r T, Params<'r, 'p>),
@@ -147,9 +151,9 @@ impl<T> Router<T> {
     /// Adds a route. Two routes may share a template only if their method
     /// sets do not overlap.
     pub fn insert(&mut self, methods: Methods, template: &str, value: T) -> Result<(), RouteError> {
-        let rest = template.strip_prefix('/').ok_or_else(|| {
-            RouteError(format!("path template {template:?} must start with '/'"))
-        })?;
+        let rest = template
+            .strip_prefix('/')
+            .ok_or_else(|| RouteError(format!("path template {template:?} must start with '/'")))?;
         let mut node = &mut self.root;
         let mut names: Vec<&str> = Vec::new();
         // "/" is one empty segment, exactly as `at` splits the request path.
@@ -214,9 +218,7 @@ impl<T> Router<T> {
         };
         let mut params = Params::new();
         let mut first_path_hit: Option<&'r [Entry<T>]> = None;
-        if let Some((value, p)) =
-            walk(&self.root, rest, method, &mut params, &mut first_path_hit)
-        {
+        if let Some((value, p)) = walk(&self.root, rest, method, &mut params, &mut first_path_hit) {
             return Match::Found(value, p);
         }
         match first_path_hit {
@@ -384,11 +386,15 @@ mod tests {
     fn router() -> Router<&'static str> {
         let mut r = Router::new();
         r.insert(only(&["GET"]), "/", "root").unwrap();
-        r.insert(only(&["GET"]), "/v1/users/{id}", "get-user").unwrap();
-        r.insert(only(&["DELETE"]), "/v1/users/{id}", "del-user").unwrap();
+        r.insert(only(&["GET"]), "/v1/users/{id}", "get-user")
+            .unwrap();
+        r.insert(only(&["DELETE"]), "/v1/users/{id}", "del-user")
+            .unwrap();
         r.insert(only(&["GET"]), "/v1/users/me", "me").unwrap();
-        r.insert(only(&["POST"]), "/v1/users/new", "new-user").unwrap();
-        r.insert(only(&["GET"]), "/static/{*rest}", "static").unwrap();
+        r.insert(only(&["POST"]), "/v1/users/new", "new-user")
+            .unwrap();
+        r.insert(only(&["GET"]), "/static/{*rest}", "static")
+            .unwrap();
         r.insert(Methods::Any, "/any", "any").unwrap();
         r
     }
@@ -483,7 +489,8 @@ mod tests {
     fn thousand_routes() {
         let mut r = Router::new();
         for i in 0..1000 {
-            r.insert(only(&["GET"]), &format!("/r{i}/{{id}}"), i).unwrap();
+            r.insert(only(&["GET"]), &format!("/r{i}/{{id}}"), i)
+                .unwrap();
         }
         match r.at("GET", "/r999/x") {
             Match::Found(v, p) => {

@@ -129,7 +129,9 @@ impl ShardSet {
                 Ok(h) => h,
                 Err(e) => {
                     set.abort();
-                    return Err(StartError(format!("cannot start shard {id} on CPU {cpu}: {e}")));
+                    return Err(StartError(format!(
+                        "cannot start shard {id} on CPU {cpu}: {e}"
+                    )));
                 }
             };
             match rx.recv() {

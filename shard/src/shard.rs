@@ -177,13 +177,10 @@ async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
     loop {
         // Stop accepting at the cap: further clients wait in the kernel's
         // backlog until a connection on this shard closes.
-        let permit = future::or(
-            async { cap.acquire_static_permit(1).await.ok() },
-            async {
-                stop.wait().await;
-                None
-            },
-        )
+        let permit = future::or(async { cap.acquire_static_permit(1).await.ok() }, async {
+            stop.wait().await;
+            None
+        })
         .await;
         let Some(permit) = permit else { return };
         let accepted = future::or(async { Some(bound.listener.accept().await) }, async {

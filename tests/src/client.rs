@@ -135,15 +135,16 @@ impl Response {
 
     /// Whether the header field is present.
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Whether a `Connection` field lists the token (case-insensitive).
     pub fn connection_has(&self, token: &str) -> bool {
-        self.header_all("connection").iter().any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        self.header_all("connection")
+            .iter()
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 
     /// Whether the server announced that it closes the connection after this
@@ -340,10 +341,8 @@ impl Client {
         let mut resp = parse_head(&raw_head)?;
         let mut pos = head_end;
 
-        let no_body = head
-            || (100..200).contains(&resp.status)
-            || resp.status == 204
-            || resp.status == 304;
+        let no_body =
+            head || (100..200).contains(&resp.status) || resp.status == 204 || resp.status == 304;
         if no_body {
             self.buf.drain(..pos);
             return Ok(resp);
@@ -429,11 +428,10 @@ impl Client {
             let line = &self.buf[pos..line_end];
             let size_part = line.split(|&b| b == b';').next().unwrap_or(b"");
             let size_str = std::str::from_utf8(size_part).unwrap_or("").trim();
-            let size =
-                usize::from_str_radix(size_str, 16).map_err(|_| ReadError::Malformed {
-                    why: format!("bad chunk size line {}", show(line)),
-                    bytes: self.buf.clone(),
-                })?;
+            let size = usize::from_str_radix(size_str, 16).map_err(|_| ReadError::Malformed {
+                why: format!("bad chunk size line {}", show(line)),
+                bytes: self.buf.clone(),
+            })?;
             pos = line_end + 2;
             if size == 0 {
                 // Trailer section: field lines up to an empty line.

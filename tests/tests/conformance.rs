@@ -29,13 +29,16 @@ use shardline_tests::{get, TestServer};
 const WORKERS: usize = 24;
 
 fn conformance_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SHARDLINE_CONFORMANCE_DIR") {
-        return PathBuf::from(d);
-    }
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    let (d, how) = match std::env::var_os("SHARDLINE_CONFORMANCE_DIR") {
+        Some(d) => (PathBuf::from(d), "SHARDLINE_CONFORMANCE_DIR"),
+        None => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance"),
+            "the default location",
+        ),
+    };
     assert!(
         d.join("README.md").is_file(),
-        "conformance data not found at {}: it lives in the shared/ folder next to the \
+        "conformance data not found at {} ({how}): it lives in the shared/ folder next to the \
          repository folder (<repo>/../shared/conformance, as in the CI clone). Put it there \
          or set SHARDLINE_CONFORMANCE_DIR; this test does not pass without it.",
         d.display()
@@ -170,9 +173,16 @@ const LLHTTP_ALLOW: &[(&str, llhttp::Alt, &str)] = &[
 fn llhttp_request_cases() {
     let dir = conformance_dir().join("llhttp/request");
     let cases = llhttp::load(&dir);
-    assert!(cases.len() > 100, "only {} llhttp cases found in {}", cases.len(), dir.display());
-    let allow: HashMap<&str, (llhttp::Alt, &str)> =
-        LLHTTP_ALLOW.iter().map(|(id, a, r)| (*id, (*a, *r))).collect();
+    assert!(
+        cases.len() > 100,
+        "only {} llhttp cases found in {}",
+        cases.len(),
+        dir.display()
+    );
+    let allow: HashMap<&str, (llhttp::Alt, &str)> = LLHTTP_ALLOW
+        .iter()
+        .map(|(id, a, r)| (*id, (*a, *r)))
+        .collect();
     for id in allow.keys() {
         assert!(
             cases.iter().any(|c| c.id == *id),
@@ -192,7 +202,11 @@ fn llhttp_request_cases() {
         }
         for m in &parsed.messages {
             if let Some(e) = m.end {
-                assert!(e <= c.data.len(), "{}: decoding disagrees with the log", c.id);
+                assert!(
+                    e <= c.data.len(),
+                    "{}: decoding disagrees with the log",
+                    c.id
+                );
             }
             if let (Some(h), None) = (m.headers_end, &parsed.error) {
                 assert_eq!(
@@ -225,7 +239,11 @@ fn llhttp_request_cases() {
     let mut accepted = 0;
     println!("\n== llhttp request cases ({}) ==", dir.display());
     for ((c, parsed), (out, redundant)) in runnable.iter().zip(&results) {
-        let kind = if parsed.error.is_some() { "reject" } else { "accept" };
+        let kind = if parsed.error.is_some() {
+            "reject"
+        } else {
+            "accept"
+        };
         if kind == "accept" {
             accepted += 1;
         }
@@ -242,7 +260,12 @@ fn llhttp_request_cases() {
                 "PASS".to_string()
             }
             (false, _) => {
-                failed.push(format!("{} [{kind}]: {}\n    sent: {}", c.id, out.detail, shardline_tests::client::show(&c.data)));
+                failed.push(format!(
+                    "{} [{kind}]: {}\n    sent: {}",
+                    c.id,
+                    out.detail,
+                    shardline_tests::client::show(&c.data)
+                ));
                 format!("FAIL   {}", out.detail)
             }
         };
@@ -251,12 +274,19 @@ fn llhttp_request_cases() {
         } else {
             ""
         };
-        let wait = if out.needed_eof { " [waited; closed on EOF]" } else { "" };
+        let wait = if out.needed_eof {
+            " [waited; closed on EOF]"
+        } else {
+            ""
+        };
         let wait = match out.completed {
             Some(how) => format!("{wait} [{how}]"),
             None => wait.to_string(),
         };
-        println!("{tag:<7} {kind:<6} {} -> [{}]{wait}{note}", c.id, out.answers);
+        println!(
+            "{tag:<7} {kind:<6} {} -> [{}]{wait}{note}",
+            c.id, out.answers
+        );
     }
     for (id, why) in &skipped {
         println!("SKIP   {id}: {why}");
@@ -287,15 +317,25 @@ fn llhttp_request_cases() {
 /// Scored cases whose verdict is `fail` only because shardline's documented
 /// policy deliberately differs, with the reason. They are still run and
 /// reported.
-const PROBE_ALLOW: &[(&str, &str)] = &[];
+const PROBE_ALLOW: &[(&str, &str)] = &[(
+    "COMP-OPTIONS-ALLOW",
+    "spec: a method a route does not take gets 405 with Allow; OPTIONS is not implemented \
+     (RFC 9110 §9.1: only GET and HEAD are required), so OPTIONS /plaintext is 405 + Allow, \
+     not 2xx",
+)];
 
 #[test]
 fn http11probe_smuggler_cases() {
     let path = conformance_dir().join("http11probe-smuggler/cases.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let cases = probe::load(&text);
-    assert!(cases.len() > 300, "only {} probe cases in {}", cases.len(), path.display());
+    assert!(
+        cases.len() > 300,
+        "only {} probe cases in {}",
+        cases.len(),
+        path.display()
+    );
     let allow: HashMap<&str, &str> = PROBE_ALLOW.iter().copied().collect();
     for id in allow.keys() {
         assert!(
@@ -332,7 +372,10 @@ fn http11probe_smuggler_cases() {
     let mut totals: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     println!("\n== Http11Probe + smuggler cases ({}) ==", path.display());
-    println!("{:<7} {:<6} {:<44} {:<22} outcome", "verdict", "scored", "id", "rule");
+    println!(
+        "{:<7} {:<6} {:<44} {:<22} outcome",
+        "verdict", "scored", "id", "rule"
+    );
     for (case, (outs, v, rule)) in cases.iter().zip(&results) {
         let outcome = outs
             .iter()
@@ -407,4 +450,124 @@ fn http11probe_smuggler_cases() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Self-tests of the probe harness against a scripted fake server: the
+// outcomes it must recognise (a smuggled request answered, a poisoned
+// follow-up, a refusal with close) give the verdicts the rules say.
+
+enum Act {
+    /// Read once (the next request's bytes).
+    Read,
+    Write(&'static [u8]),
+    Close,
+}
+
+fn scripted(script: Vec<Act>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(shardline_tests::GUARD)).unwrap();
+        let mut buf = [0u8; 65536];
+        for act in script {
+            match act {
+                Act::Read => {
+                    let _ = s.read(&mut buf);
+                }
+                Act::Write(b) => {
+                    let _ = s.write_all(b);
+                }
+                Act::Close => return,
+            }
+        }
+        // Script over: keep the connection open until the client goes.
+        let _ = s.read(&mut buf);
+    });
+    addr
+}
+
+const SMUGGLED_CASE: &str = r#"{"cases": [{"id": "T", "category": "t", "scored": true,
+  "steps": [{"send": "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 49\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n"}],
+  "followup": true,
+  "expect": {"summary": "", "rules": [["extra", "fail"], ["poisoned", "fail"], ["status=400", "pass"], ["closed", "pass"]], "default": "fail"}}]}"#;
+
+const OK_5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+const HEALTHZ: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn judge(script: Vec<Act>) -> (String, String, Vec<probe::StepOutcome>) {
+    let case = &probe::load(SMUGGLED_CASE)[0];
+    let fp = probe::Fingerprint {
+        status: 200,
+        body: b"ok".to_vec(),
+    };
+    let outs = probe::run(case, scripted(script), &fp);
+    let (v, rule) = probe::verdict(case, &outs);
+    (v, rule, outs)
+}
+
+#[test]
+fn probe_harness_sees_an_answered_smuggled_request() {
+    // Framed by chunked: answers the POST and the embedded GET, then the
+    // follow-up.
+    let (v, rule, outs) = judge(vec![
+        Act::Read,
+        Act::Write(OK_5),
+        Act::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!"),
+        Act::Read,
+        Act::Write(HEALTHZ),
+        Act::Close,
+    ]);
+    assert!(outs[0].extra, "{}", outs[0].describe());
+    assert_eq!((v.as_str(), rule.as_str()), ("fail", "extra"));
+}
+
+#[test]
+fn probe_harness_sees_a_poisoned_follow_up() {
+    let (v, rule, outs) = judge(vec![
+        Act::Read,
+        Act::Write(OK_5),
+        Act::Read,
+        Act::Write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        Act::Close,
+    ]);
+    assert!(outs[0].poisoned && !outs[0].extra, "{}", outs[0].describe());
+    assert_eq!((v.as_str(), rule.as_str()), ("fail", "poisoned"));
+}
+
+#[test]
+fn probe_harness_sees_a_refusal_and_a_bare_close() {
+    let (v, _, outs) = judge(vec![
+        Act::Read,
+        Act::Write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        Act::Close,
+    ]);
+    assert!(outs[0].closed, "{}", outs[0].describe());
+    assert_eq!(v, "pass");
+
+    let (v, rule, outs) = judge(vec![Act::Read, Act::Close]);
+    assert!(outs[0].response.is_none() && outs[0].closed);
+    assert_eq!((v.as_str(), rule.as_str()), ("pass", "closed"));
+
+    // 2xx, then a close without answering the follow-up: closed, not
+    // poisoned.
+    let (v, rule, outs) = judge(vec![Act::Read, Act::Write(OK_5), Act::Close]);
+    assert!(
+        outs[0].closed && !outs[0].poisoned,
+        "{}",
+        outs[0].describe()
+    );
+    assert_eq!((v.as_str(), rule.as_str()), ("pass", "closed"));
+
+    // 2xx and a clean follow-up: none of the rules match: default fail.
+    let (v, rule, _) = judge(vec![
+        Act::Read,
+        Act::Write(OK_5),
+        Act::Read,
+        Act::Write(HEALTHZ),
+        Act::Close,
+    ]);
+    assert_eq!((v.as_str(), rule.as_str()), ("fail", "default"));
 }

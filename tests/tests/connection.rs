@@ -37,7 +37,11 @@ fn sixteen_pipelined_requests_in_one_write_are_answered_in_order() {
             }
             1 => {
                 let body = format!("request number {i}");
-                bytes.extend_from_slice(&post("/echo", &["Content-Type: text/plain"], body.as_bytes()));
+                bytes.extend_from_slice(&post(
+                    "/echo",
+                    &["Content-Type: text/plain"],
+                    body.as_bytes(),
+                ));
                 expect.push((200, body.into_bytes()));
             }
             2 => {
@@ -53,7 +57,12 @@ fn sixteen_pipelined_requests_in_one_write_are_answered_in_order() {
     c.send(&bytes);
     for (i, (status, body)) in expect.iter().enumerate() {
         let r = c.response();
-        assert_eq!(r.status, *status, "response {i} out of order? {}", r.summary());
+        assert_eq!(
+            r.status,
+            *status,
+            "response {i} out of order? {}",
+            r.summary()
+        );
         if *status == 200 {
             if i % 4 == 2 {
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -211,11 +220,14 @@ Content-Length: 11\r\nExpect: 100-continue\r\n\r\n",
 fn expect_100_continue_from_http10_gets_no_interim_response() {
     let srv = TestServer::start_default();
     let mut c = srv.client();
-    c.send(
-        b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
-    );
+    c.send(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello");
     let r = c.read_response(false).unwrap();
-    assert_eq!(r.status, 200, "no interim response to HTTP/1.0: {}", r.summary());
+    assert_eq!(
+        r.status,
+        200,
+        "no interim response to HTTP/1.0: {}",
+        r.summary()
+    );
     assert_eq!(r.body, b"hello");
 }
 
@@ -248,7 +260,12 @@ fn malformed_request_closes_and_the_pipelined_request_is_not_answered() {
         bytes.extend_from_slice(&get("/plaintext", &[]));
         c.send(&bytes);
         let r = c.response();
-        assert_eq!(r.status, 200, "{name}: the first request is fine: {}", r.summary());
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: the first request is fine: {}",
+            r.summary()
+        );
         let r = c.response();
         assert_problem(&r, 400);
         assert_announces_close(&r);

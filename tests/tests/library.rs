@@ -76,7 +76,12 @@ fn respond_route_with_catch_all_and_headers() {
     let r = c.request(&post("/static/x", &[], b"ignored"));
     assert_eq!(r.status, 201, "{}", r.summary());
     // Methods not listed: 405 with Allow.
-    let r = c.request(&shardline_tests::request::request("PUT", "/static/x", &[], None));
+    let r = c.request(&shardline_tests::request::request(
+        "PUT",
+        "/static/x",
+        &[],
+        None,
+    ));
     assert_eq!(r.status, 405, "{}", r.summary());
     assert!(r.has_header("allow"), "{}", r.summary());
 }
@@ -86,7 +91,12 @@ fn configured_routes_replace_the_defaults() {
     let srv = start();
     let mut c = srv.client();
     let r = c.request(&get("/plaintext", &[]));
-    assert_eq!(r.status, 404, "default routes must not be added: {}", r.summary());
+    assert_eq!(
+        r.status,
+        404,
+        "default routes must not be added: {}",
+        r.summary()
+    );
     let r = c.request(&post("/echo", &["Content-Type: a/b"], b"xyz"));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"xyz");

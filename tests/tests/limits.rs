@@ -40,7 +40,12 @@ fn max_body_bytes_content_length() {
     for n in [BODY_LIMIT - 1, BODY_LIMIT] {
         let body = vec![b'b'; n];
         let r = c.request(&post("/echo", &[], &body));
-        assert_eq!(r.status, 200, "{n}-byte body (limit {BODY_LIMIT}): {}", r.summary());
+        assert_eq!(
+            r.status,
+            200,
+            "{n}-byte body (limit {BODY_LIMIT}): {}",
+            r.summary()
+        );
         assert_eq!(r.body.len(), n);
     }
     // limit + 1: 413, decided from Content-Length.
@@ -74,7 +79,7 @@ fn chunked_post(total: usize) -> Vec<u8> {
         b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for n in [a, b, rest] {
         req.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        req.extend(std::iter::repeat_n(b'c', n));
+        req.extend(std::iter::repeat(b'c').take(n));
         req.extend_from_slice(b"\r\n");
     }
     req.extend_from_slice(b"0\r\n\r\n");
@@ -101,7 +106,7 @@ fn head_of_size(total: usize) -> Vec<u8> {
     let suffix = b"\r\n\r\n";
     let pad = total - prefix.len() - suffix.len();
     let mut out = prefix.to_vec();
-    out.extend(std::iter::repeat_n(b'p', pad));
+    out.extend(std::iter::repeat(b'p').take(pad));
     out.extend_from_slice(suffix);
     assert_eq!(out.len(), total);
     out
@@ -114,7 +119,12 @@ fn max_header_bytes() {
     let mut c = srv.client();
     for n in [LIMIT - 1, LIMIT] {
         let r = c.request(&head_of_size(n));
-        assert_eq!(r.status, 200, "{n}-byte head (limit {LIMIT}): {}", r.summary());
+        assert_eq!(
+            r.status,
+            200,
+            "{n}-byte head (limit {LIMIT}): {}",
+            r.summary()
+        );
     }
     let _ = c.try_send(&head_of_size(LIMIT + 1));
     assert_rejected(&mut c, 431, "head one byte over max_header_bytes");
@@ -176,7 +186,12 @@ fn request_target_limit_applies_to_the_query_too() {
     let base = "/plaintext?q=";
     let ok = format!("{base}{}", "q".repeat(8192 - base.len()));
     let r = c.request(&get(&ok, &[]));
-    assert_eq!(r.status, 200, "8192-byte target with a query: {}", r.summary());
+    assert_eq!(
+        r.status,
+        200,
+        "8192-byte target with a query: {}",
+        r.summary()
+    );
     assert_eq!(r.body, b"Hello, World!");
     let too_long = format!("{ok}q");
     c.send(&get(&too_long, &[]));
@@ -277,7 +292,7 @@ fn endless_request_target_is_refused_before_the_head_completes() {
     let srv = TestServer::start_default();
     let mut c = srv.client();
     let mut bytes = b"GET /".to_vec();
-    bytes.extend(std::iter::repeat_n(b'a', 20_000));
+    bytes.extend(std::iter::repeat(b'a').take(20_000));
     let _ = c.try_send(&bytes);
     let r = c.read_final(false).map(|x| x.1);
     match r {

@@ -24,7 +24,12 @@ fn plaintext_answers_hello_world_as_text_plain() {
     let r = c.request(&get("/plaintext", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.body, b"Hello, World!");
-    assert_eq!(r.media_type().as_deref(), Some("text/plain"), "{}", r.summary());
+    assert_eq!(
+        r.media_type().as_deref(),
+        Some("text/plain"),
+        "{}",
+        r.summary()
+    );
     assert_eq!(r.header("content-length").as_deref(), Some("13"));
     // RFC 9110 §6.6.1: an origin server with a clock MUST send Date.
     assert!(r.has_header("date"), "Date header missing: {}", r.summary());
@@ -51,7 +56,11 @@ fn echo_returns_body_and_content_type() {
     let srv = TestServer::start_default();
     let mut c = srv.client();
     let body = b"{\"a\":[1,2,3],\"b\":\"\xc3\xa9\"}";
-    let r = c.request(&post("/echo", &["Content-Type: application/vnd.test+json"], body));
+    let r = c.request(&post(
+        "/echo",
+        &["Content-Type: application/vnd.test+json"],
+        body,
+    ));
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.body, body);
     assert_eq!(
@@ -147,7 +156,11 @@ fn head_of_unknown_path_is_404_without_body() {
 fn allow_methods(r: &shardline_tests::Response) -> Vec<String> {
     r.header_all("allow")
         .iter()
-        .flat_map(|v| v.split(',').map(|m| m.trim().to_string()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|m| m.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         .filter(|m| !m.is_empty())
         .collect()
 }

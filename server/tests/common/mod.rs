@@ -35,7 +35,13 @@ pub fn parse_ready(line: &str) -> Ready {
             .unwrap_or_else(|| panic!("ready line token {tok:?} in {line:?}"));
         match k {
             "listen" => listen = Some(v.parse().expect("listen address")),
-            "admin" => admin = Some(if v == "off" { None } else { Some(v.parse().expect("admin address")) }),
+            "admin" => {
+                admin = Some(if v == "off" {
+                    None
+                } else {
+                    Some(v.parse().expect("admin address"))
+                })
+            }
             "shards" => shards = Some(v.parse().expect("shard count")),
             other => panic!("unexpected ready line key {other:?} in {line:?}"),
         }
@@ -60,6 +66,8 @@ pub struct Proc {
     stdout: mpsc::Receiver<Out>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_done: mpsc::Receiver<()>,
+    /// Stdout lines seen after the ready line.
+    pub stdout_extra: Vec<String>,
 }
 
 /// Starts the binary with these arguments.
@@ -109,6 +117,7 @@ pub fn spawn(args: &[&str]) -> Proc {
         stdout: rx,
         stderr: buf,
         stderr_done: erx,
+        stdout_extra: Vec::new(),
     }
 }
 
@@ -166,7 +175,10 @@ impl Proc {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
-                Ok(Out::Line(_)) => continue,
+                Ok(Out::Line(l)) => {
+                    self.stdout_extra.push(l);
+                    continue;
+                }
                 Ok(Out::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
@@ -268,7 +280,10 @@ impl Conn {
                 n
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-            Err(e) => panic!("read: {e} (buffered {:?})", String::from_utf8_lossy(&self.buf)),
+            Err(e) => panic!(
+                "read: {e} (buffered {:?})",
+                String::from_utf8_lossy(&self.buf)
+            ),
         }
     }
 

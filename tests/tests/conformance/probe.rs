@@ -135,7 +135,10 @@ pub fn load(text: &str) -> Vec<Case> {
                 steps,
                 followup: c["followup"].as_bool().unwrap_or(false),
                 rules,
-                default: c["expect"]["default"].as_str().unwrap_or("fail").to_string(),
+                default: c["expect"]["default"]
+                    .as_str()
+                    .unwrap_or("fail")
+                    .to_string(),
                 summary: c["expect"]["summary"].as_str().unwrap_or("").to_string(),
                 id,
             }
@@ -306,7 +309,13 @@ pub fn run(case: &Case, addr: std::net::SocketAddr, fp: &Fingerprint) -> Vec<Ste
             if !sent {
                 o.note = "follow-up write failed".into();
             }
-            read_rest(&mut c, &mut o, &methods, bodiless, Some((fp, case.followup)));
+            read_rest(
+                &mut c,
+                &mut o,
+                &methods,
+                bodiless,
+                Some((fp, case.followup)),
+            );
         }
         outs.push(o);
     }
@@ -348,7 +357,8 @@ fn read_rest(
                 }
                 break;
             }
-            Err(ReadError::Malformed { bytes, .. }) | Err(ReadError::Truncated { partial: bytes }) => {
+            Err(ReadError::Malformed { bytes, .. })
+            | Err(ReadError::Truncated { partial: bytes }) => {
                 if got.is_empty() && bodiless {
                     o.stray = true;
                 }
