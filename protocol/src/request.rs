@@ -511,12 +511,18 @@ fn parse_request_line<'b>(line: &'b [u8], limits: &Limits) -> Result<RequestLine
 }
 
 /// `HTTP-version = "HTTP/" DIGIT "." DIGIT` (RFC 9112 §2.3). 1.0 and 1.1 are
-/// served; any other well-formed version (including the digit-only `HTTP/2`
-/// and `HTTP/3` spellings) is 505 (RFC 9110 §15.6.6); anything else is 400.
+/// served; a higher 1.x minor version is processed as 1.1 (RFC 9110 §6.2:
+/// "SHOULD process the message as if it were in the highest minor version
+/// ... to which the recipient is conformant"); any other well-formed version
+/// (including the digit-only `HTTP/2` and `HTTP/3` spellings) is 505
+/// (RFC 9110 §15.6.6); anything else is 400.
 fn parse_version(v: &[u8]) -> Result<Version, Error> {
     match v {
         b"HTTP/1.1" => Ok(Version::Http11),
         b"HTTP/1.0" => Ok(Version::Http10),
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => {
+            Ok(Version::Http11)
+        }
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
@@ -959,10 +965,16 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_6_2_higher_minor_version_is_processed_as_1_1() {
+        for v in ["HTTP/1.2", "HTTP/1.9"] {
+            let raw = format!("GET / {v}\r\nHost: a\r\n\r\n");
+            with_head(raw.as_bytes(), |h| assert_eq!(h.version, Version::Http11));
+        }
+    }
+
+    #[test]
     fn rfc9110_15_6_6_well_formed_other_versions_are_505() {
-        for v in [
-            "HTTP/1.2", "HTTP/2.0", "HTTP/9.9", "HTTP/0.9", "HTTP/2", "HTTP/3",
-        ] {
+        for v in ["HTTP/2.0", "HTTP/9.9", "HTTP/0.9", "HTTP/2", "HTTP/3"] {
             let raw = format!("GET / {v}\r\nHost: a\r\n\r\n");
             assert_eq!(err(raw.as_bytes()), ErrorKind::VersionNotSupported, "{v}");
         }

@@ -14,7 +14,14 @@ pub(crate) struct GatewayFactory {
     router: Arc<Router<usize>>,
     config: Arc<Config>,
     handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
+    known_methods: Arc<Vec<String>>,
+    server_allow: Arc<str>,
 }
+
+/// RFC 9110 §9.3 methods.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 impl GatewayFactory {
     pub(crate) fn new(
@@ -36,10 +43,41 @@ impl GatewayFactory {
                 }
             }
         }
+        // Methods this server implements: the RFC 9110 §9 set, plus any
+        // extension method a route names. Others get 501 (RFC 9110 §9.1).
+        let mut methods: Vec<String> = STANDARD_METHODS.iter().map(|m| m.to_string()).collect();
+        for r in &config.routes {
+            for m in r.methods.iter().flatten() {
+                if !methods.contains(m) {
+                    methods.push(m.clone());
+                }
+            }
+        }
+        // What `OPTIONS *` advertises: every method some route answers.
+        let mut server_allow: Vec<&str> = Vec::new();
+        for r in &config.routes {
+            match &r.methods {
+                None => server_allow.extend(STANDARD_METHODS.iter().filter(|m| **m != "CONNECT")),
+                Some(ms) => server_allow.extend(ms.iter().map(String::as_str)),
+            }
+        }
+        if server_allow.contains(&"GET") {
+            server_allow.push("HEAD");
+        }
+        server_allow.push("OPTIONS");
+        let mut uniq: Vec<&str> = Vec::new();
+        for m in server_allow {
+            if !uniq.contains(&m) {
+                uniq.push(m);
+            }
+        }
+        let server_allow = uniq.join(", ");
         Ok(GatewayFactory {
             router: Arc::new(router),
             config,
             handlers,
+            known_methods: Arc::new(methods),
+            server_allow: Arc::from(server_allow),
         })
     }
 }
@@ -58,6 +96,8 @@ enum ShardAction {
 struct GatewayApp {
     router: Arc<Router<usize>>,
     actions: Vec<ShardAction>,
+    known_methods: Arc<Vec<String>>,
+    server_allow: Arc<str>,
 }
 
 impl AppFactory for GatewayFactory {
@@ -90,6 +130,8 @@ impl AppFactory for GatewayFactory {
         Rc::new(GatewayApp {
             router: Arc::clone(&self.router),
             actions,
+            known_methods: Arc::clone(&self.known_methods),
+            server_allow: Arc::clone(&self.server_allow),
         })
     }
 }
@@ -126,6 +168,31 @@ impl App for GatewayApp {
                     h.call(&req, &mut res);
                 }
             },
+            // Cold paths from here on: nothing matched method and path.
+            _ if head.method == "CONNECT" => ex.problem(
+                501,
+                "https://shardline.dev/problems/connect-not-supported",
+                "Not Implemented",
+                "CONNECT is not supported: shardline is not a forward proxy",
+                &[],
+            ),
+            // The method does not affect framing, so the connection stays
+            // usable (RFC 9110 §9.1: 501 for a method not implemented).
+            _ if !self.known_methods.iter().any(|m| m == head.method) => ex.problem(
+                501,
+                "https://shardline.dev/problems/method-not-implemented",
+                "Not Implemented",
+                "the server does not implement this request method",
+                &[],
+            ),
+            // RFC 9110 §9.3.7: OPTIONS without a route of its own says what
+            // the target (or, for `*`, the server) allows.
+            _ if head.method == "OPTIONS" && head.path == "*" => {
+                options(ex, &self.server_allow);
+            }
+            Match::MethodNotAllowed(allow) if head.method == "OPTIONS" => {
+                options(ex, &format!("{allow}, OPTIONS"));
+            }
             Match::MethodNotAllowed(allow) => ex.problem(
                 405,
                 "https://shardline.dev/problems/method-not-allowed",
@@ -142,6 +209,15 @@ impl App for GatewayApp {
             ),
         }
     }
+}
+
+fn options(ex: &mut Exchange<'_>, allow: &str) {
+    ex.respond(&ProtoResponse {
+        status: 204,
+        headers: &[("Allow", allow.as_bytes())],
+        content_type: None,
+        body: b"",
+    });
 }
 
 /// Most headers a `respond` action may configure (checked at load time).

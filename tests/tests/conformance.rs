@@ -89,14 +89,9 @@ const LLHTTP_ALLOW: &[(&str, llhttp::Alt, &str)] = &[
     (
         "invalid.md#Invalid method",
         llhttp::Alt::Accepted,
-        "llhttp knows a fixed list of methods; any token is a method (RFC 9110 §9.1), \
-         so MKCOLA is routed (404) like any other",
-    ),
-    (
-        "invalid.md#HTTP protocol and ANNOUNCE method",
-        llhttp::Alt::Accepted,
-        "llhttp allows ANNOUNCE only with RTSP; for shardline it is a method like any \
-         token (RFC 9110 §9.1): routed (404), and the HTTP/1.0 connection closes",
+        "llhttp knows a fixed list of methods; for shardline any token is a method \
+         (RFC 9110 §9.1): MKCOLA gets 501 Not Implemented and, since a method does not \
+         affect framing, the connection stays open",
     ),
     (
         "content-length.md#`Content-Length` with zeroes",
@@ -317,12 +312,7 @@ fn llhttp_request_cases() {
 /// Scored cases whose verdict is `fail` only because shardline's documented
 /// policy deliberately differs, with the reason. They are still run and
 /// reported.
-const PROBE_ALLOW: &[(&str, &str)] = &[(
-    "COMP-OPTIONS-ALLOW",
-    "spec: a method a route does not take gets 405 with Allow; OPTIONS is not implemented \
-     (RFC 9110 §9.1: only GET and HEAD are required), so OPTIONS /plaintext is 405 + Allow, \
-     not 2xx",
-)];
+const PROBE_ALLOW: &[(&str, &str)] = &[];
 
 #[test]
 fn http11probe_smuggler_cases() {
