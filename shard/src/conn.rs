@@ -335,6 +335,7 @@ impl Conn {
                     let available = end - start - head_len;
                     if available < n {
                         self.reading_body = true;
+                        shard.pool.reserve_pending(rbuf, head_len + n);
                         if expect_continue && !self.continue_sent {
                             out.extend_from_slice(CONTINUE_100);
                             self.continue_sent = true;

@@ -204,7 +204,12 @@ impl Drop for ShardSet {
 }
 
 fn explain_executor_error(e: &str) -> String {
-    if e.contains("MemLock") {
+    if e.contains("Operation not permitted") || e.contains("Function not implemented") {
+        format!(
+            "{e}: io_uring is unavailable (kernel older than 5.8, kernel.io_uring_disabled set, \
+             or blocked by a seccomp profile such as Docker's default)"
+        )
+    } else if e.contains("MemLock") {
         format!(
             "{e}: RLIMIT_MEMLOCK is too low for io_uring; raise it (ulimit -l, or LimitMEMLOCK= in the systemd unit)"
         )
