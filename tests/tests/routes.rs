@@ -209,3 +209,45 @@ fn admin_listener_serves_health_and_readiness() {
     let r = c.request(&get("/readyz", &[]));
     assert_eq!(r.status, 200, "admin /readyz: {}", r.summary());
 }
+
+/// RFC 9110 §9.3.7: OPTIONS on a path without an OPTIONS route lists what the
+/// path allows; `OPTIONS *` lists what the server allows. The connection stays
+/// open.
+#[test]
+fn options_answers_204_with_allow() {
+    let srv = TestServer::start_default();
+    let mut c = srv.client();
+    let r = c.request(&request("OPTIONS", "/json", &[], None));
+    assert_eq!(r.status, 204, "{}", r.summary());
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD, OPTIONS"));
+    assert!(!r.has_header("content-length"), "{}", r.summary());
+    let r = c.request(&request("OPTIONS", "*", &[], None));
+    assert_eq!(r.status, 204, "{}", r.summary());
+    let allow = r.header("allow").unwrap();
+    for m in ["GET", "HEAD", "POST", "OPTIONS"] {
+        assert!(allow.contains(m), "OPTIONS * Allow lacks {m}: {allow}");
+    }
+    let r = c.request(&get("/healthz", &[]));
+    assert_eq!(r.status, 200, "connection still usable: {}", r.summary());
+    let r = c.request(&request("OPTIONS", "/nope", &[], None));
+    assert_eq!(r.status, 404, "{}", r.summary());
+}
+
+/// RFC 9110 §9.1: a method the server does not implement gets 501; CONNECT
+/// (authority-form) gets 501 because shardline is not a forward proxy. The
+/// method does not change framing, so the connection stays usable.
+#[test]
+fn unimplemented_methods_get_501() {
+    let srv = TestServer::start_default();
+    let mut c = srv.client();
+    let r = c.request(&request("FOOBAR", "/", &[], None));
+    assert_problem(&r, 501);
+    assert!(!r.closes(), "{}", r.summary());
+    let r = c.request(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    assert_problem(&r, 501);
+    let r = c.request(&get("/plaintext", &[]));
+    assert_eq!(r.status, 200, "{}", r.summary());
+    // A standard method the path lacks is 405, not 501.
+    let r = c.request(&request("PUT", "/plaintext", &[], Some(b"x")));
+    assert_problem(&r, 405);
+}
