@@ -55,6 +55,16 @@ pub struct Cli {
     /// How long in-flight requests may take to finish after SIGTERM, e.g. "10s".
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// Busy-poll this long before sleeping when a shard is idle, e.g. "50us".
+    /// Trades CPU for wake-up latency; "0ms" (default) never spins.
+    #[arg(long, value_name = "DURATION")]
+    pub spin_before_park: Option<String>,
+    /// How long one task queue may run before the shard looks for other work.
+    #[arg(long, value_name = "DURATION")]
+    pub preempt_timer: Option<String>,
+    /// io_uring submission queue entries per ring.
+    #[arg(long, value_name = "N")]
+    pub ring_depth: Option<usize>,
 }
 
 impl Cli {
@@ -73,6 +83,9 @@ impl Cli {
             max_body_bytes: self.max_body_bytes.clone(),
             data_dir: self.data_dir.clone(),
             drain_timeout: self.drain_timeout.clone(),
+            spin_before_park: self.spin_before_park.clone(),
+            preempt_timer: self.preempt_timer.clone(),
+            ring_depth: self.ring_depth,
         }
     }
 }

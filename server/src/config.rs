@@ -40,6 +40,15 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16_384;
 /// Request bodies are buffered whole for now, so the limit is also a memory
 /// bound per busy connection.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// glommio's defaults: 100 ms preemption, 128-entry rings, no spinning.
+pub const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
+pub const DEFAULT_RING_DEPTH: usize = 128;
+/// io_uring caps a ring at 32768 entries; fewer than 8 starves submission.
+const MIN_RING_DEPTH: usize = 8;
+const MAX_RING_DEPTH: usize = 32_768;
+/// Spinning longer than a second before parking is never useful: it only
+/// burns a core that has nothing to do.
+const MAX_SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
 /// In-flight requests get this long to finish after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DATA_DIR: &str = "./shardline-data";
@@ -99,6 +108,10 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub data_dir: PathBuf,
     pub drain_timeout: Duration,
+    /// Busy-poll before parking (0 = park at once).
+    pub spin_before_park: Duration,
+    pub preempt_timer: Duration,
+    pub ring_depth: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +153,9 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            spin_before_park: Duration::ZERO,
+            preempt_timer: DEFAULT_PREEMPT_TIMER,
+            ring_depth: DEFAULT_RING_DEPTH,
         }
     }
 }
@@ -226,6 +242,9 @@ pub(crate) struct FileServer {
     pub max_body_bytes: Option<toml::Value>,
     pub data_dir: Option<String>,
     pub drain_timeout: Option<String>,
+    pub spin_before_park: Option<String>,
+    pub preempt_timer: Option<String>,
+    pub ring_depth: Option<usize>,
     // Later-issue key (TLS).
     tls: Option<toml::Value>,
 }
@@ -282,6 +301,9 @@ pub struct ServerOverrides {
     pub max_body_bytes: Option<String>,
     pub data_dir: Option<String>,
     pub drain_timeout: Option<String>,
+    pub spin_before_park: Option<String>,
+    pub preempt_timer: Option<String>,
+    pub ring_depth: Option<usize>,
 }
 
 impl Config {
@@ -497,6 +519,25 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
     }
     if let Some(v) = o.drain_timeout.as_ref().or(f.drain_timeout.as_ref()) {
         s.drain_timeout = parse_duration(v).or_else(|e| err("server.drain_timeout", e))?;
+    }
+    if let Some(v) = o.spin_before_park.as_ref().or(f.spin_before_park.as_ref()) {
+        let d = parse_duration(v).or_else(|e| err("server.spin_before_park", e))?;
+        if d > MAX_SPIN_BEFORE_PARK {
+            return err("server.spin_before_park", format!("{v:?} is more than 1s"));
+        }
+        s.spin_before_park = d;
+    }
+    if let Some(v) = o.preempt_timer.as_ref().or(f.preempt_timer.as_ref()) {
+        s.preempt_timer = duration_nonzero("server.preempt_timer", v)?;
+    }
+    if let Some(n) = o.ring_depth.or(f.ring_depth) {
+        if !(MIN_RING_DEPTH..=MAX_RING_DEPTH).contains(&n) {
+            return err(
+                "server.ring_depth",
+                format!("{n} is out of range ({MIN_RING_DEPTH} to {MAX_RING_DEPTH})"),
+            );
+        }
+        s.ring_depth = n;
     }
     if let (Some(admin), listen) = (s.admin_listen, s.listen) {
         if admin == listen && listen.port() != 0 {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use shardline_protocol::limits::Limits;
 use shardline_shard::{
-    ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig, ShutdownHandle,
+    ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
+    ShutdownHandle,
 };
 
 use crate::admin::{AdminFactory, ADMIN_MAX_CONNECTIONS};
@@ -112,7 +113,12 @@ impl Server {
         }
         let set = ShardSet::start(ShardSetConfig {
             cpus: cpus.clone(),
-            io_memory_bytes: to_usize(s.io_memory),
+            tuning: ExecutorTuning {
+                io_memory_bytes: to_usize(s.io_memory),
+                spin_before_park: (!s.spin_before_park.is_zero()).then_some(s.spin_before_park),
+                preempt_timer: s.preempt_timer,
+                ring_depth: s.ring_depth,
+            },
             limits,
             listeners,
             drain_timeout: s.drain_timeout,

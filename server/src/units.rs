@@ -30,28 +30,30 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
-/// Parses a duration: a whole number followed by `ms`, `s`, `m`, `h` or `d`.
+/// Parses a duration: a whole number followed by `us`, `ms`, `s`, `m`, `h` or
+/// `d` (`us` exists for the spin/preemption knobs, which live below 1 ms).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let expected = "expected a whole number with a unit ms, s, m, h or d, like \"10s\"";
+    let expected = "expected a whole number with a unit us, ms, s, m, h or d, like \"10s\"";
     if num.is_empty() || unit.is_empty() {
         return Err(format!("invalid duration {text:?}: {expected}"));
     }
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
-    let ms_per: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    let us_per: u64 = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => return Err(format!("invalid duration {text:?}: {expected}")),
     };
-    n.checked_mul(ms_per)
-        .map(Duration::from_millis)
+    n.checked_mul(us_per)
+        .map(Duration::from_micros)
         .ok_or_else(|| format!("invalid duration {text:?}: too large"))
 }
 
@@ -110,6 +112,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));

@@ -30,8 +30,8 @@ mod shard;
 pub use app::{App, AppFactory, Exchange, ShardInfo};
 pub use router::{Match, Methods, Params, RouteError, Router};
 pub use set::{
-    ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig, ShutdownHandle,
-    StartError,
+    ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
+    ShutdownHandle, StartError,
 };
 pub use shard::ShardState;
 pub use shardline_protocol as protocol;

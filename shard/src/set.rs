@@ -47,11 +47,24 @@ pub struct ListenerSpec {
     pub max_connections: Option<usize>,
 }
 
+/// Executor knobs passed to glommio, per shard.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorTuning {
+    /// io_uring registered-buffer memory (glommio `io_memory`).
+    pub io_memory_bytes: usize,
+    /// Busy-poll this long before sleeping in the kernel when idle; trades
+    /// CPU for wake-up latency. `None` = sleep at once.
+    pub spin_before_park: Option<Duration>,
+    /// How long a task queue runs before the executor checks for other work.
+    pub preempt_timer: Duration,
+    /// io_uring submission queue entries per ring.
+    pub ring_depth: usize,
+}
+
 pub struct ShardSetConfig {
     /// One entry per shard: the CPU it is pinned to.
     pub cpus: Vec<usize>,
-    /// io_uring registered-buffer memory per shard (glommio `io_memory`).
-    pub io_memory_bytes: usize,
+    pub tuning: ExecutorTuning,
     pub limits: ShardLimits,
     pub listeners: Vec<ListenerSpec>,
     /// How long in-flight requests may take to finish once a drain starts.
@@ -121,10 +134,17 @@ impl ShardSet {
             let listeners = Arc::clone(&listeners);
             let limits = cfg.limits.clone();
             let control = Arc::clone(&set.control);
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let t = cfg.tuning;
+            let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
-                .io_memory(cfg.io_memory_bytes)
-                .spawn(move || shard_main(info, limits, listeners, addrs, control, tx));
+                .io_memory(t.io_memory_bytes)
+                .preempt_timer(t.preempt_timer)
+                .ring_depth(t.ring_depth.max(1));
+            if let Some(spin) = t.spin_before_park {
+                builder = builder.spin_before_park(spin);
+            }
+            let spawned =
+                builder.spawn(move || shard_main(info, limits, listeners, addrs, control, tx));
             let handle = match spawned {
                 Ok(h) => h,
                 Err(e) => {
