@@ -15,9 +15,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 
 /// Size of the stack array of `httparse::Header` that callers hand to
-/// [`crate::request::parse`]. 256 headers × 32 bytes = 8 KiB of stack, which is
-/// affordable per shard; `Limits::max_headers` may not exceed it.
-pub const MAX_HEADERS_CAP: usize = 256;
+/// [`crate::request::parse`]. 128 headers × 32 bytes = 4 KiB of stack. The
+/// array is zeroed for every request parsed, so it is kept just above the
+/// default limit rather than generous; `Limits::max_headers` may not exceed it.
+pub const MAX_HEADERS_CAP: usize = 128;
 
 /// Default cap on the request-target. RFC 9112 §3 recommends that recipients
 /// support request lines of at least 8000 octets; 8 KiB meets that with room.

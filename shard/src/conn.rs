@@ -80,7 +80,8 @@ pub(crate) struct Conn {
     reading_body: bool,
     /// Whether this connection currently counts as busy for draining.
     busy: bool,
-    read_timeout: Option<Duration>,
+    /// This connection's slot in the shard's read-deadline table.
+    timeout_slot: usize,
 }
 
 impl Conn {
@@ -97,7 +98,6 @@ impl Conn {
         Conn {
             stream,
             peer,
-            shard,
             app,
             rbuf: None,
             chunked: None,
@@ -105,7 +105,8 @@ impl Conn {
             head_started: None,
             reading_body: false,
             busy: false,
-            read_timeout: None,
+            timeout_slot: shard.timeouts.register(),
+            shard,
         }
     }
 
@@ -115,6 +116,7 @@ impl Conn {
         if let Some(b) = self.rbuf.take() {
             self.shard.pool.put_read(b);
         }
+        self.shard.timeouts.release(self.timeout_slot);
     }
 
     fn set_busy(&mut self, busy: bool) {
@@ -137,7 +139,7 @@ impl Conn {
                     .shard
                     .limits
                     .header_read_timeout
-                    .saturating_sub(started.elapsed())
+                    .saturating_sub(self.shard.timeouts.now().saturating_duration_since(started))
                     .max(Duration::from_millis(1)),
                 _ => self.shard.limits.idle_timeout,
             };
@@ -159,7 +161,7 @@ impl Conn {
             }
             self.set_busy(true);
             if self.head_started.is_none() {
-                self.head_started = Some(Instant::now());
+                self.head_started = Some(self.shard.timeouts.now());
             }
 
             loop {
@@ -197,18 +199,26 @@ impl Conn {
     /// from the pool only for the instant a read succeeds: glommio's
     /// `poll_read` is readiness-based (a non-blocking `recv`, then a poll
     /// request to the ring), so a pending read holds no buffer.
+    ///
+    /// `timeout` is enforced by the shard's deadline sweep (`timeouts`), not
+    /// a timer per read.
     async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
-        if self.read_timeout != Some(timeout) {
-            self.stream
-                .set_read_timeout(Some(timeout))
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            self.read_timeout = Some(timeout);
-        }
+        let timeouts = &self.shard.timeouts;
+        let slot = self.timeout_slot;
+        timeouts.arm(slot, timeout);
         let max_bytes = self.shard.max_read_buffer_bytes;
         let pool = &self.shard.pool;
         let stream = &mut self.stream;
         let rbuf = &mut self.rbuf;
-        poll_fn(|cx| {
+        let res = poll_fn(|cx| {
+            if timeouts.expired(slot) {
+                if rbuf.as_ref().is_some_and(ReadBuf::is_empty) {
+                    if let Some(b) = rbuf.take() {
+                        pool.put_read(b);
+                    }
+                }
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
             let buf = rbuf.get_or_insert_with(|| pool.take_read());
             if !buf.make_room(max_bytes) {
                 // Only reachable if a request outgrew every limit check.
@@ -227,11 +237,14 @@ impl Conn {
                             pool.put_read(b);
                         }
                     }
+                    timeouts.set_waker(slot, cx.waker());
                     Poll::Pending
                 }
             }
         })
-        .await
+        .await;
+        timeouts.disarm(slot);
+        res
     }
 
     /// Closes after an error or `Connection: close` without losing the
@@ -415,7 +428,7 @@ impl Conn {
             self.head_started = if rbuf.is_empty() {
                 None
             } else {
-                Some(Instant::now())
+                Some(shard.timeouts.now())
             };
             if !keep {
                 return Next::Close;

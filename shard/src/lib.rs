@@ -17,6 +17,7 @@
 //! - [`buffers`]: per-shard read/write buffer pools (idle connections hold none).
 //! - [`cpus`]: CPU lists and the process affinity mask.
 //! - `event`: a shard-local one-shot event (drain).
+//! - [`timeouts`]: read deadlines checked by one coarse sweep per shard.
 
 pub mod app;
 pub mod buffers;
@@ -26,6 +27,7 @@ mod event;
 pub mod router;
 pub mod set;
 mod shard;
+pub mod timeouts;
 
 pub use app::{App, AppFactory, Exchange, ShardInfo};
 pub use router::{Match, Methods, Params, RouteError, Router};

@@ -18,6 +18,7 @@ use crate::buffers::BufferPool;
 use crate::conn::Conn;
 use crate::event::LocalEvent;
 use crate::set::{Control, ShardLimits};
+use crate::timeouts::{Timeouts, TIMEOUT_TICK_MS};
 
 /// How often a shard looks at the process-wide shutdown flag. Signals
 /// arrive on another thread; polling a flag this rarely costs nothing
@@ -48,6 +49,8 @@ pub struct ShardState {
     pub pool: BufferPool,
     pub date: RefCell<DateCache>,
     pub counters: ShardCounters,
+    /// Read deadlines of this shard's connections.
+    pub(crate) timeouts: Timeouts,
     busy: Cell<usize>,
     drain: LocalEvent,
 }
@@ -64,6 +67,7 @@ impl ShardState {
             max_read_buffer_bytes,
             date: RefCell::new(DateCache::new(unix_now())),
             counters: ShardCounters::default(),
+            timeouts: Timeouts::default(),
             busy: Cell::new(0),
             drain: LocalEvent::new(),
         }
@@ -132,6 +136,15 @@ pub(crate) async fn run(
             let to_next = 1_000_000_000 - u64::from(now.subsec_nanos());
             sleep(Duration::from_nanos(to_next + 1_000_000)).await;
             date_state.date.borrow_mut().update(unix_now());
+        }
+    })
+    .detach();
+
+    let sweep_state = Rc::clone(&state);
+    glommio::spawn_local(async move {
+        loop {
+            sleep(Duration::from_millis(TIMEOUT_TICK_MS)).await;
+            sweep_state.timeouts.sweep();
         }
     })
     .detach();
