@@ -13,7 +13,10 @@ use httparse::Header;
 use crate::error::{Error, ErrorKind};
 use crate::framing::{check_framing, BodyFraming};
 use crate::limits::{Limits, MAX_LEADING_EMPTY_LINES, REQUEST_LINE_SLACK_BYTES};
-use crate::syntax::{hex_val, is_pchar, is_sub_delim, is_tchar, is_unreserved, list_elements};
+use crate::syntax::{
+    hex_val, is_pchar, is_sub_delim, is_tchar, is_unreserved, list_elements, TARGET_CLASS,
+    TARGET_PATH, TARGET_QUERY,
+};
 
 /// Protocol version of a request (RFC 9112 §2.3). Only these two are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -638,6 +641,12 @@ fn split_path_query(pq: &[u8]) -> Result<(&str, Option<&str>), Error> {
 /// and escapes that decode to a control character (`%00`, `%0d%0a`: these
 /// only serve header injection and C-string truncation attacks).
 fn validate_path(p: &[u8]) -> Result<(), Error> {
+    // Fast path: most paths have no escapes at all.
+    if p.iter()
+        .all(|&b| TARGET_CLASS[usize::from(b)] & TARGET_PATH != 0)
+    {
+        return Ok(());
+    }
     let mut i = 0;
     while i < p.len() {
         let b = p[i];
@@ -666,6 +675,11 @@ const QUERY_EXTRA_BYTES: &[u8] = b"[]{}|^`";
 /// [`QUERY_EXTRA_BYTES`]. `%00` is refused for the same reason as in paths;
 /// other encoded controls are legitimate form data here.
 fn validate_query(q: &[u8]) -> Result<(), Error> {
+    if q.iter()
+        .all(|&b| TARGET_CLASS[usize::from(b)] & TARGET_QUERY != 0)
+    {
+        return Ok(());
+    }
     let mut i = 0;
     while i < q.len() {
         let b = q[i];

@@ -30,6 +30,27 @@ pub(crate) const fn is_pchar(b: u8) -> bool {
     is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'@'
 }
 
+/// Byte classes for request-target validation, one table lookup per byte
+/// instead of a chain of range tests (the target is scanned on every
+/// request).
+pub(crate) const TARGET_PATH: u8 = 1; // pchar (minus '%') or '/'
+pub(crate) const TARGET_QUERY: u8 = 2; // pchar (minus '%'), '/', '?'
+
+pub(crate) static TARGET_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if is_pchar(b) || b == b'/' {
+            t[i] = TARGET_PATH | TARGET_QUERY;
+        } else if b == b'?' {
+            t[i] = TARGET_QUERY;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// Value of an ASCII hex digit.
 pub(crate) const fn hex_val(b: u8) -> Option<u8> {
     match b {

@@ -147,20 +147,29 @@ impl App for GatewayApp {
                     content_type,
                     headers,
                 } => {
-                    // At most a handful of configured headers; a small stack
-                    // array avoids a per-request Vec.
-                    let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] =
-                        [("", &[]); MAX_RESPOND_HEADERS];
-                    let n = headers.len().min(MAX_RESPOND_HEADERS);
-                    for (slot, (name, value)) in hs.iter_mut().zip(headers.iter()) {
-                        *slot = (name.as_str(), value);
+                    if headers.is_empty() {
+                        ex.respond(&ProtoResponse {
+                            status: *status,
+                            headers: &[],
+                            content_type: content_type.as_deref(),
+                            body,
+                        });
+                    } else {
+                        // At most MAX_RESPOND_HEADERS (checked at load): a
+                        // stack array, no per-request Vec.
+                        let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] =
+                            [("", &[]); MAX_RESPOND_HEADERS];
+                        let n = headers.len().min(MAX_RESPOND_HEADERS);
+                        for (slot, (name, value)) in hs.iter_mut().zip(headers.iter()) {
+                            *slot = (name.as_str(), value);
+                        }
+                        ex.respond(&ProtoResponse {
+                            status: *status,
+                            headers: &hs[..n],
+                            content_type: content_type.as_deref(),
+                            body,
+                        });
                     }
-                    ex.respond(&ProtoResponse {
-                        status: *status,
-                        headers: &hs[..n],
-                        content_type: content_type.as_deref(),
-                        body,
-                    });
                 }
                 ShardAction::Handler(h) => {
                     let req = Request::new(ex, params);

@@ -15,8 +15,9 @@ use std::fmt;
 
 /// Most `{param}` captures one template may hold. Templates with more are
 /// rejected at build time, so the per-request capture array can live on the
-/// stack.
-pub const MAX_PATH_PARAMS: usize = 16;
+/// stack; it is initialised and moved on every match, so it is kept small
+/// (8 x 32 bytes) rather than generous.
+pub const MAX_PATH_PARAMS: usize = 8;
 
 /// A template that could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
