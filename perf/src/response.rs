@@ -141,10 +141,22 @@ impl ResponseReader {
 
     /// The next complete response from the buffered bytes, if there is one.
     pub fn next_response(&mut self) -> Result<Option<ResponseMeta>, ResponseError> {
+        self.next_response_to(false)
+    }
+
+    /// Like [`ResponseReader::next_response`], for the answer to a HEAD request
+    /// when `head_request` is set: its Content-Length describes a body that is
+    /// not sent (RFC 9110 §9.3.2).
+    pub fn next_response_to(
+        &mut self,
+        head_request: bool,
+    ) -> Result<Option<ResponseMeta>, ResponseError> {
         loop {
             match &mut self.state {
                 State::Head => {
-                    let Some((len, next)) = parse_head(&self.buf[self.start..self.end])? else {
+                    let Some((len, next)) =
+                        parse_head(&self.buf[self.start..self.end], head_request)?
+                    else {
                         if self.buffered() > MAX_RESPONSE_HEAD_BYTES {
                             return Err(ResponseError::HeadTooLarge);
                         }
@@ -212,7 +224,8 @@ enum Head {
 }
 
 /// Parses one head at the start of `bytes`: `None` if it is not complete yet.
-fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, ResponseError> {
+/// `head_request`: the response answers a HEAD request and has no body.
+fn parse_head(bytes: &[u8], head_request: bool) -> Result<Option<(usize, Head)>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(bytes).map_err(ResponseError::Malformed)? {
@@ -253,7 +266,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, ResponseError> {
     let meta = ResponseMeta { status, close };
 
     // RFC 9112 §6.3 rule 1: these responses never have a body.
-    if status == 204 || status == 304 {
+    if head_request || status == 204 || status == 304 {
         return Ok(Some((len, Head::Done(meta))));
     }
     let head = if chunked {
@@ -337,6 +350,33 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         let statuses: Vec<u16> = got.iter().map(|m| m.status).collect();
         assert_eq!(statuses, [200, 204, 404]);
         assert!(got[2].close);
+    }
+
+    #[test]
+    fn head_responses_have_no_body() {
+        let input = [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"[..],
+            PLAINTEXT,
+        ]
+        .concat();
+        let mut reader = ResponseReader::new();
+        let mut src = input.as_slice();
+        reader.read_from(&mut src).expect("reading from a slice");
+        assert_eq!(
+            reader
+                .next_response_to(true)
+                .expect("valid")
+                .map(|m| m.status),
+            Some(200)
+        );
+        assert_eq!(
+            reader
+                .next_response_to(false)
+                .expect("valid")
+                .map(|m| m.status),
+            Some(200)
+        );
+        assert_eq!(reader.buffered(), 0);
     }
 
     #[test]

@@ -1,10 +1,30 @@
 //! The one module of this crate that calls into libc with `unsafe`: CPU pinning,
-//! the open-files limit, epoll and the clock-tick rate. Everything outside gets a
-//! safe wrapper that returns `io::Result`.
+//! timer slack, the open-files limit, epoll and the clock-tick rate. Everything
+//! outside gets a safe wrapper that returns `io::Result`.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Set once `epoll_pwait2` (Linux 5.11+) turned out to be unavailable; waits then
+/// fall back to `epoll_wait` and its millisecond timeout.
+static NO_EPOLL_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// Sets the calling thread's timer slack (how late the kernel may fire its timers
+/// to batch wake-ups; 50 µs by default). The open-loop generator sets 1 ns so its
+/// sends are not late by the slack, which would count as latency.
+pub fn set_timer_slack(ns: u64) -> io::Result<()> {
+    let ns = libc::c_ulong::try_from(ns.max(1)).unwrap_or(libc::c_ulong::MAX);
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Pins the calling thread to `cpu` (sched_setaffinity with pid 0 = this thread).
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
@@ -181,6 +201,48 @@ impl Epoll {
             };
         }
         Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Waits up to `timeout` with nanosecond resolution (`epoll_pwait2`); where the
+    /// kernel lacks it, falls back to [`Epoll::wait`] with the timeout rounded up
+    /// to whole milliseconds.
+    pub fn wait_for(&mut self, timeout: Duration) -> io::Result<usize> {
+        if !NO_EPOLL_PWAIT2.load(Ordering::Relaxed) {
+            let capacity = libc::c_int::try_from(self.events.len()).unwrap_or(libc::c_int::MAX);
+            let ts = libc::timespec {
+                tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+                // Below 1e9, so it fits a c_long on every target.
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `events` holds `capacity` initialised epoll_event slots that the
+            // kernel may overwrite; `ts` is a valid timespec it only reads; a null
+            // signal mask (size 0) means "leave the mask alone".
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.fd.as_raw_fd(),
+                    self.events.as_mut_ptr(),
+                    capacity,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n >= 0 {
+                return Ok(usize::try_from(n).unwrap_or(0));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => return Ok(0),
+                // Old kernel, or a seccomp filter that does not know the call.
+                Some(libc::ENOSYS) | Some(libc::EPERM) => {
+                    NO_EPOLL_PWAIT2.store(true, Ordering::Relaxed);
+                }
+                _ => return Err(err),
+            }
+        }
+        let ms = timeout.as_nanos().div_ceil(1_000_000);
+        self.wait(i32::try_from(ms).unwrap_or(i32::MAX))
     }
 
     /// Ready descriptor `i` of the last [`Epoll::wait`].
