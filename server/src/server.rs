@@ -15,17 +15,9 @@ use crate::app::GatewayFactory;
 use crate::config::Config;
 use crate::handler::HandlerFactory;
 
-/// Why the server could not start: one line, fit for `shardline: error: …`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
+/// Why the server could not start (one line, fit for `shardline: error: …`):
+/// the shard layer's error type, which the server's own checks reuse.
+pub use shardline_shard::StartError;
 
 /// A server to be started: a config plus the Rust handlers routes may name.
 pub struct Server {
@@ -122,8 +114,7 @@ impl Server {
             limits,
             listeners,
             drain_timeout: s.drain_timeout,
-        })
-        .map_err(|e| StartError(e.0))?;
+        })?;
         let addrs = set.local_addrs();
         let local_addr = addrs[0];
         let admin_addr = addrs.get(1).copied();
@@ -178,7 +169,7 @@ impl RunningServer {
     /// Waits until every shard has finished (after `shutdown`).
     pub fn wait(mut self) -> Result<(), StartError> {
         match self.set.take() {
-            Some(set) => set.join().map_err(|e| StartError(e.0)),
+            Some(set) => set.join(),
             None => Ok(()),
         }
     }
