@@ -28,7 +28,8 @@ pub const SHUTDOWN_POLL_MS: u64 = 20;
 /// How often a draining shard checks whether its in-flight requests are done.
 pub const DRAIN_POLL_MS: u64 = 5;
 
-/// Shard-local counters; read by the admin endpoints and, later, metrics.
+/// Shard-local counters, kept for the Prometheus endpoint (a later issue)
+/// and tests; plain `Cell`s: a shard never shares them.
 #[derive(Debug, Default)]
 pub struct ShardCounters {
     pub accepted: Cell<u64>,
