@@ -720,6 +720,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../shardline.example.toml");
+        let c = Config::from_toml_str(text).expect("shardline.example.toml");
+        assert_eq!(c.routes.len(), 4);
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let c = Config::from_toml_str(DEFAULT_CONFIG_TOML).expect("default config");
         assert_eq!(c.routes.len(), 4);
