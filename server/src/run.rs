@@ -17,6 +17,23 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Runs the binary; returns the process exit code.
 pub fn main() -> ExitCode {
+    // A panic anywhere (ours or a dependency's) is reported as one line, not
+    // a multi-line message with a backtrace; it is still a bug to report.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let at = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!(
+            "shardline: internal error: {}{at} (please report this)",
+            msg.replace('\n', " ")
+        );
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

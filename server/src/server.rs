@@ -67,6 +67,7 @@ impl Server {
                 cpus.len()
             );
         }
+        crate::system::check_io_uring().map_err(StartError)?;
         match crate::system::ensure_memlock(cpus.len(), s.io_memory) {
             Ok(None) => {}
             Ok(Some(warning)) => eprintln!("shardline: warning: {warning}"),

@@ -1,6 +1,40 @@
 //! Process resource limits io_uring and many connections need: raise them
 //! when allowed, or explain exactly what to do.
 
+/// Size of the kernel's `struct io_uring_params` (io_uring_setup(2)).
+const IO_URING_PARAMS_BYTES: usize = 120;
+
+/// Sets up (and closes) a tiny io_uring, so that a kernel without io_uring,
+/// the `kernel.io_uring_disabled` sysctl or a seccomp profile that blocks it
+/// (Docker's default) is reported in one line before any shard starts,
+/// instead of as a panic inside glommio.
+#[allow(unsafe_code)]
+pub fn check_io_uring() -> Result<(), String> {
+    let mut params = [0u8; IO_URING_PARAMS_BYTES];
+    // SAFETY: io_uring_setup(2) reads and writes one `struct io_uring_params`
+    // at the pointer; `params` is a writable buffer of exactly that size that
+    // outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        let why = match e.raw_os_error() {
+            Some(libc::ENOSYS) => "this kernel has no io_uring (Linux 5.8 or newer is required)",
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                "io_uring is not permitted here: check the kernel.io_uring_disabled sysctl, \
+                 and run containers with a seccomp profile that allows io_uring_setup, \
+                 io_uring_enter and io_uring_register"
+            }
+            _ => "io_uring could not be set up",
+        };
+        return Err(format!("{why} ({e})"));
+    }
+    let fd = i32::try_from(fd).unwrap_or(-1);
+    // SAFETY: `fd` is the descriptor io_uring_setup just returned to us; it
+    // is closed exactly once and not used afterwards.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 /// glommio refuses to start an executor when RLIMIT_MEMLOCK is below this
 /// (it locks its rings' memory).
 pub const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 << 10;
