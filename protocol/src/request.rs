@@ -331,45 +331,51 @@ fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadScan<'b>, Error> 
     let mut line_start = start;
     let mut line: Option<RequestLine<'b>> = None;
     let mut fields_start = 0;
-    let mut first_sp: Option<usize> = None;
 
-    for (i, &b) in buf.iter().enumerate().take(scan_end).skip(start) {
-        match b {
-            b'\n' => {
-                // buf[start] is neither CR nor LF, so i > start here.
-                if buf[i - 1] != b'\r' {
-                    return Err(ErrorKind::BareLf.into());
-                }
-                let content = &buf[line_start..i - 1];
-                if line.is_none() {
-                    line = Some(parse_request_line(content, limits)?);
-                    fields_start = i + 1;
-                } else if content.is_empty() {
-                    if let Some(line) = line {
-                        let fields = &buf[fields_start..i + 1];
-                        return Ok(HeadScan::Complete(Scan {
-                            line,
-                            fields,
-                            head_len: i + 1,
-                        }));
-                    }
-                }
-                line_start = i + 1;
-            }
-            b'\r' => {
-                // A CR must be followed by LF; at the end of input we cannot
-                // tell yet.
-                if matches!(buf.get(i + 1), Some(&next) if next != b'\n') {
-                    return Err(ErrorKind::BareCr.into());
-                }
-            }
-            b' ' | b'\t' if i == line_start && line.is_some() => {
-                return Err(ErrorKind::ObsFold.into());
-            }
-            b' ' if line.is_none() && first_sp.is_none() => first_sp = Some(i),
-            _ => {}
+    // Line by line: the next CR or LF (found a word at a time) must be a CR
+    // followed by LF; anything else is a bare CR or bare LF.
+    while let Some(off) = find_cr_or_lf(&buf[line_start..scan_end]) {
+        let cr = line_start + off;
+        if buf[cr] == b'\n' {
+            return Err(ErrorKind::BareLf.into());
         }
+        match buf.get(cr + 1) {
+            Some(b'\n') if cr + 1 < scan_end => {}
+            // A CR must be followed by LF; at the end of the scanned bytes
+            // we cannot tell yet.
+            Some(b'\n') | None => break,
+            Some(_) => return Err(ErrorKind::BareCr.into()),
+        }
+        let content = &buf[line_start..cr];
+        if line.is_none() {
+            line = Some(parse_request_line(content, limits)?);
+            fields_start = cr + 2;
+        } else if content.is_empty() {
+            if let Some(line) = line {
+                return Ok(HeadScan::Complete(Scan {
+                    line,
+                    fields: &buf[fields_start..cr + 2],
+                    head_len: cr + 2,
+                }));
+            }
+        } else if matches!(content[0], b' ' | b'\t') {
+            // RFC 9112 §5.2 obs-fold, and whitespace before the first field.
+            return Err(ErrorKind::ObsFold.into());
+        }
+        line_start = cr + 2;
     }
+    // An unfinished field line that already starts with whitespace.
+    if line.is_some() && line_start < scan_end && matches!(buf[line_start], b' ' | b'\t') {
+        return Err(ErrorKind::ObsFold.into());
+    }
+    let first_sp = if line.is_none() {
+        buf[start..scan_end]
+            .iter()
+            .position(|&b| b == b' ')
+            .map(|p| start + p)
+    } else {
+        None
+    };
 
     // Incomplete. A request line that is still open and already longer than
     // any target within the limit could need -> 414 now (RFC 9110 §15.5.15).
@@ -399,6 +405,34 @@ fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadScan<'b>, Error> 
             line_bytes: &buf[fields_start..line_start],
         },
     })
+}
+
+/// Offset of the first CR or LF in `s`, eight bytes at a time: a head is
+/// scanned on every request, and a byte-at-a-time loop was most of the
+/// parser's cost over httparse's.
+fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // A byte of `x` is zero where `w` holds CR (resp. LF); the classic
+        // has-zero-byte test flags it. Only bytes after a true match can be
+        // false positives, and the lowest flag is the first match.
+        let x = w ^ (ONES * u64::from(b'\r'));
+        let y = w ^ (ONES * u64::from(b'\n'));
+        let hits = (x.wrapping_sub(ONES) & !x & HIGHS) | (y.wrapping_sub(ONES) & !y & HIGHS);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map(|p| i + p)
 }
 
 /// Bytes that no request-target may contain (RFC 3986 §2, RFC 9112 §3.2),
@@ -976,6 +1010,25 @@ mod tests {
         });
         with_head(&get("/"), |h| assert_eq!(h.version, Version::Http11));
         assert_eq!(Version::Http10.as_str(), "HTTP/1.0");
+    }
+
+    #[test]
+    fn rfc9112_2_2_word_scan_finds_the_first_cr_or_lf_like_a_byte_scan() {
+        // Every position and every byte value around it, plus high bytes
+        // (0x80+) that stress the has-zero-byte arithmetic.
+        for len in 0..40usize {
+            for pos in 0..=len {
+                for &b in &[b'\r', b'\n', 0x8d, 0x8a, 0x0c, 0xff] {
+                    let mut v = vec![b'a'; len];
+                    v.extend_from_slice(&[0x80, 0x0e]);
+                    if pos < len {
+                        v[pos] = b;
+                    }
+                    let naive = v.iter().position(|&c| c == b'\r' || c == b'\n');
+                    assert_eq!(find_cr_or_lf(&v), naive, "len {len} pos {pos} byte {b:#x}");
+                }
+            }
+        }
     }
 
     #[test]
