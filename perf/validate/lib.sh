@@ -12,6 +12,14 @@ need() { # command package
     fi
 }
 
+# A scratch directory ($work) and the one background server a script starts
+# ($bg_pid, set by the caller), both cleaned up on exit however it ends.
+scratch_and_cleanup() {
+    work="$(mktemp -d)"
+    bg_pid=""
+    trap 'if [[ -n "$bg_pid" ]]; then kill "$bg_pid" 2>/dev/null || true; wait "$bg_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+}
+
 build_perf() {
     (cd "$root" && cargo build --release -q -p shardline-perf)
 }

@@ -36,17 +36,11 @@ LOAD_CPU="${LOAD_CPU:-1}"
 need wrk wrk
 build_perf
 
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-    if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_and_cleanup
 
 taskset -c "$SERVER_CPU" "$perf" stall-server --listen 127.0.0.1:0 \
     --stall-every 1s --stall-for 100ms --exit-after 10m >"$work/server.out" &
-server_pid=$!
+bg_pid=$!
 addr=""
 for _ in $(seq 50); do
     sleep 0.1
@@ -55,7 +49,7 @@ for _ in $(seq 50); do
 done
 [[ -n "$addr" ]] || { echo "stall-server did not start" >&2; exit 1; }
 url="http://$addr/"
-echo "stall-server $addr (pid $server_pid, CPU $SERVER_CPU): 100 ms freeze every 1 s"
+echo "stall-server $addr (pid $bg_pid, CPU $SERVER_CPU): 100 ms freeze every 1 s"
 
 wait_quiet
 echo "1. $perf load --url $url --rate $RATE --connections $CONNECTIONS --duration $DURATION --warmup 1s --cpus $LOAD_CPU --json"

@@ -38,13 +38,7 @@ need wrk wrk
 need nginx nginx-light
 build_perf
 
-work="$(mktemp -d)"
-nginx_pid=""
-cleanup() {
-    if [[ -n "$nginx_pid" ]]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_and_cleanup
 
 case "$VARIANT" in
 plain)
@@ -93,10 +87,10 @@ http {
 }
 CONF
     taskset -c "$SERVER_CPU" nginx -p "$work" -c "$work/nginx.conf" &
-    nginx_pid=$!
+    bg_pid=$!
     for _ in $(seq 50); do
         sleep 0.1
-        if ! kill -0 "$nginx_pid" 2>/dev/null; then nginx_pid=""; return 1; fi
+        if ! kill -0 "$bg_pid" 2>/dev/null; then bg_pid=""; return 1; fi
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     done
     return 1
@@ -108,7 +102,7 @@ for _ in 1 2 3 4 5; do
     if start_nginx "$candidate"; then port=$candidate; break; fi
 done
 [[ -n "$port" ]] || { echo "could not start nginx: $(cat "$work/error.log" 2>/dev/null)" >&2; exit 1; }
-worker_pid="$(pgrep -P "$nginx_pid" | head -1)"
+worker_pid="$(pgrep -P "$bg_pid" | head -1)"
 url="http://127.0.0.1:$port$path"
 
 echo "variant $VARIANT: nginx location { $(cut -c1-60 <<<"$location")... } $gzip"
