@@ -25,6 +25,9 @@
 //!   decoder (RFC 9112 §7.1).
 //! - [`response`]: [`response::encode`], [`response::encode_problem`] and
 //!   [`response::encode_error`] (RFC 9457 problem details).
+//! - [`response_head`]: [`response_head::parse_response`], the gateway's
+//!   strict parser of upstream response heads (status line, framing per
+//!   RFC 9112 §6.3, keep-alive), with its own [`response_head::ResponseError`].
 //! - [`date`]: [`date::DateCache`], the IMF-fixdate Date value (RFC 9110 §5.6.7).
 //! - [`json`]: JSON string escaping (RFC 8259 §7) and a simd-json validity check.
 //!
@@ -66,6 +69,7 @@ pub mod json;
 pub mod limits;
 pub mod request;
 pub mod response;
+pub mod response_head;
 mod syntax;
 
 pub use chunked::{ChunkedDecoder, Decoded};

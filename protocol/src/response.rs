@@ -208,6 +208,103 @@ pub fn encode_error(out: &mut Vec<u8>, err: &Error, opts: EncodeOptions, date: &
     );
 }
 
+/// How the body of a response written by the caller (a proxied or
+/// streamed response) is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyDelimit {
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`; the caller writes chunks with
+    /// [`encode_chunk_header`] and ends with [`LAST_CHUNK`]. Only for
+    /// HTTP/1.1 clients (RFC 9112 §6.1).
+    Chunked,
+    /// The body ends when the connection closes; `opts.keep_alive` must be
+    /// false (RFC 9112 §6.3 rule 8).
+    Close,
+    /// No body: 1xx, 204, 304 or a HEAD response with no known length.
+    None,
+}
+
+/// The terminating chunk with an empty trailer section (RFC 9112 §7.1).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends a chunk-size line (`HEX CRLF`) for a chunk of `len` bytes
+/// (RFC 9112 §7.1); the caller appends the data and a CRLF.
+pub fn encode_chunk_header(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut n = len;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the head of a response whose header fields come from elsewhere
+/// (an upstream) and whose body the caller writes. `headers` must already be
+/// free of hop-by-hop and framing fields (Connection, Transfer-Encoding,
+/// Content-Length, ...); this writes the framing that `delimit` names and
+/// the Connection field for `opts`. A Date is added unless `headers` holds
+/// one (RFC 9110 §6.6.1: a proxy keeps the origin's Date). Names that are
+/// not tokens are skipped and CR/LF/NUL in values become SP, as in
+/// [`encode`].
+pub fn encode_forwarded_head<'a>(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    delimit: BodyDelimit,
+    opts: EncodeOptions,
+    date: &DateCache,
+) {
+    let status = sanitize_status(status);
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(num.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        if !is_token(name.as_bytes()) {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case("date");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        write_sanitized_value(out, value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match delimit {
+        BodyDelimit::Length(n) if status_has_content(status) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(num.format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyDelimit::Chunked if status_has_content(status) && !opts.head => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    if !opts.keep_alive || delimit == BodyDelimit::Close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if opts.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 fn sanitize_status(status: u16) -> u16 {
     if (100..=999).contains(&status) {
         status
@@ -485,5 +582,67 @@ mod tests {
         let s = String::from_utf8(out).expect("utf8");
         assert!(s.ends_with("\r\n\r\n"));
         assert!(s.contains("Content-Length: "));
+    }
+
+    #[test]
+    fn rfc9112_7_1_chunk_header_is_lower_hex() {
+        let mut out = Vec::new();
+        encode_chunk_header(&mut out, 0);
+        encode_chunk_header(&mut out, 255);
+        encode_chunk_header(&mut out, 65_536);
+        assert_eq!(out, b"0\r\nff\r\n10000\r\n");
+    }
+
+    #[test]
+    fn rfc9110_6_6_1_forwarded_head_keeps_origin_date_and_frames_body() {
+        let mut out = Vec::new();
+        let hs: [(&str, &[u8]); 2] = [
+            ("Date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("X-A", b"1\r\nX"),
+        ];
+        encode_forwarded_head(
+            &mut out,
+            200,
+            hs.iter().copied(),
+            BodyDelimit::Chunked,
+            opts(Version::Http11, true, false),
+            &date(),
+        );
+        let s = String::from_utf8(out).expect("ascii");
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nX-A: 1  X\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn rfc9112_6_3_forwarded_head_adds_date_length_and_close() {
+        let mut out = Vec::new();
+        encode_forwarded_head(
+            &mut out,
+            404,
+            std::iter::empty(),
+            BodyDelimit::Length(3),
+            opts(Version::Http11, false, false),
+            &date(),
+        );
+        let s = String::from_utf8(out).expect("ascii");
+        assert_eq!(
+            s,
+            format!("HTTP/1.1 404 Not Found\r\nDate: {DATE}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+        );
+        let mut out = Vec::new();
+        encode_forwarded_head(
+            &mut out,
+            204,
+            std::iter::empty(),
+            BodyDelimit::Length(3),
+            opts(Version::Http10, true, false),
+            &date(),
+        );
+        let s = String::from_utf8(out).expect("ascii");
+        assert!(!s.contains("Content-Length"), "{s}");
+        assert!(s.contains("Connection: keep-alive"), "{s}");
     }
 }
