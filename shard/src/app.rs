@@ -6,18 +6,58 @@
 //! the connection's output buffer through [`Exchange`], so answering a
 //! request allocates nothing.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+
+pub use crate::stream::{BodyError, ClientIo, StreamRequest};
 
 use shardline_protocol::date::DateCache;
 use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, EncodeOptions, Response};
 
+/// How a request is served, decided from its head before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// The connection loop buffers the whole body (bounded by the server's
+    /// `max_body_bytes`) and calls [`App::handle`] synchronously; the token
+    /// is handed back through [`Exchange::token`].
+    Inline(usize),
+    /// The app serves the request asynchronously through [`App::stream`],
+    /// reading the body and writing the response itself (a proxy). The body
+    /// may be up to `max_body_bytes` long; it is never buffered whole.
+    Stream { token: usize, max_body_bytes: u64 },
+}
+
+/// The future an [`App::stream`] call returns.
+pub type StreamFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
 /// Answers requests on one shard.
 pub trait App {
+    /// Chooses between the inline and the streaming path. The default
+    /// serves everything inline.
+    fn dispatch(&self, _head: &RequestHead<'_, '_>) -> Dispatch {
+        Dispatch::Inline(0)
+    }
+
     /// Must call one of the `Exchange` respond methods; if it does not, the
     /// connection loop answers 500 so the client is never left hanging.
     fn handle(&self, exchange: &mut Exchange<'_>);
+
+    /// Serves a request that [`App::dispatch`] sent down the streaming
+    /// path. Earlier pipelined responses are already written; the request's
+    /// head is in `req`, its body is read (and the response written)
+    /// through `io`. If the future ends without writing anything the
+    /// connection loop answers 500.
+    fn stream<'a>(
+        &'a self,
+        _token: usize,
+        _req: &'a StreamRequest,
+        _io: &'a mut ClientIo<'_>,
+    ) -> StreamFuture<'a> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Builds each shard's [`App`] on that shard's thread.
@@ -59,6 +99,7 @@ pub struct Exchange<'x> {
     keep_alive: bool,
     draining: bool,
     responded: bool,
+    token: usize,
 }
 
 impl<'x> Exchange<'x> {
@@ -68,6 +109,7 @@ impl<'x> Exchange<'x> {
         conn: ConnContext,
         out: &'x mut Vec<u8>,
         date: &'x DateCache,
+        token: usize,
     ) -> Self {
         Exchange {
             head,
@@ -79,6 +121,7 @@ impl<'x> Exchange<'x> {
             keep_alive: conn.keep_alive,
             draining: conn.draining,
             responded: false,
+            token,
         }
     }
 
@@ -136,6 +179,11 @@ impl<'x> Exchange<'x> {
     /// The shard is draining: this is among the last requests it serves.
     pub fn draining(&self) -> bool {
         self.draining
+    }
+
+    /// The token [`App::dispatch`] returned for this request.
+    pub fn token(&self) -> usize {
+        self.token
     }
 
     pub fn responded(&self) -> bool {

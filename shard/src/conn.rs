@@ -25,15 +25,16 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use shardline_protocol::chunked::ChunkedDecoder;
-use shardline_protocol::error::Error as ProtoError;
+use shardline_protocol::error::{Error as ProtoError, ErrorKind};
 use shardline_protocol::framing::BodyFraming;
 use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::{self, Parsed, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
-use crate::app::{App, ConnContext, Exchange};
+use crate::app::{App, ConnContext, Dispatch, Exchange};
 use crate::buffers::ReadBuf;
 use crate::shard::ShardState;
+use crate::stream::{BodyLeft, ClientIo, StreamRequest};
 
 /// Responses queued in one batch before they are written even though more
 /// pipelined requests are buffered, so a deep pipeline cannot grow the
@@ -55,6 +56,20 @@ enum Next {
     Flush,
     /// Write what is queued, then close.
     Close,
+    /// Write what is queued, then hand the request at the buffer's start
+    /// (its head already consumed) to the app's streaming path.
+    Stream(StreamStart),
+}
+
+/// A request the app serves on the streaming path.
+struct StreamStart {
+    token: usize,
+    head: Vec<u8>,
+    body: BodyLeft,
+    expect_continue: bool,
+    version: Version,
+    is_head: bool,
+    keep_alive: bool,
 }
 
 /// A chunked body being received across reads.
@@ -64,11 +79,11 @@ struct ChunkedInProgress {
 }
 
 pub(crate) struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    shard: Rc<ShardState>,
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) shard: Rc<ShardState>,
     app: Rc<dyn App>,
-    rbuf: Option<ReadBuf>,
+    pub(crate) rbuf: Option<ReadBuf>,
     chunked: Option<ChunkedInProgress>,
     /// `100 Continue` already sent for the request at the buffer's start.
     continue_sent: bool,
@@ -182,6 +197,15 @@ impl Conn {
                         self.linger().await;
                         return Ok(());
                     }
+                    Next::Stream(start) => {
+                        if !self.serve_stream(start).await {
+                            self.set_busy(false);
+                            self.linger().await;
+                            return Ok(());
+                        }
+                        // Go on with any pipelined request behind it.
+                        continue;
+                    }
                 }
             }
 
@@ -202,7 +226,7 @@ impl Conn {
     ///
     /// `timeout` is enforced by the shard's deadline sweep (`timeouts`), not
     /// a timer per read.
-    async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
+    pub(crate) async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
         let timeouts = &self.shard.timeouts;
         let slot = self.timeout_slot;
         timeouts.arm(slot, timeout);
@@ -245,6 +269,45 @@ impl Conn {
         .await;
         timeouts.disarm(slot);
         res
+    }
+
+    /// Runs one streamed request; false when the connection must close.
+    async fn serve_stream(&mut self, start: StreamStart) -> bool {
+        let shard = Rc::clone(&self.shard);
+        let app = Rc::clone(&self.app);
+        let req = StreamRequest::new(start.head, shard.limits.protocol, self.peer, shard.info);
+        let outcome = {
+            let mut io = ClientIo::new(
+                self,
+                start.body,
+                start.expect_continue,
+                start.version,
+                start.is_head,
+                start.keep_alive,
+            );
+            app.stream(start.token, &req, &mut io).await;
+            if !io.started() {
+                io.send_problem(
+                    500,
+                    "https://shardline.dev/problems/no-response",
+                    "Internal Server Error",
+                    "the route's action produced no response",
+                    &[],
+                )
+                .await;
+            }
+            io.outcome()
+        };
+        shard.pool.put_write(req.into_bytes());
+        shard.count_request();
+        self.continue_sent = false;
+        self.reading_body = false;
+        self.head_started = if self.has_pending() {
+            Some(shard.timeouts.now())
+        } else {
+            None
+        };
+        outcome.started && outcome.reusable
     }
 
     /// Closes after an error or `Connection: close` without losing the
@@ -338,12 +401,51 @@ impl Conn {
             let head_len = head.head_len;
             let expect_continue = head.expect_continue;
             let keep_alive = head.keep_alive && !shard.draining();
+            let token = match self.app.dispatch(&head) {
+                Dispatch::Inline(token) => token,
+                Dispatch::Stream {
+                    token,
+                    max_body_bytes,
+                } => {
+                    let body = match head.framing {
+                        BodyFraming::None => BodyLeft::Done,
+                        BodyFraming::ContentLength(n) if n > max_body_bytes => {
+                            write_error(out, &ProtoError::new(ErrorKind::BodyTooLarge), &shard);
+                            return Next::Close;
+                        }
+                        BodyFraming::ContentLength(n) => BodyLeft::Length(n),
+                        BodyFraming::Chunked => {
+                            let mut l = *limits;
+                            l.max_body_bytes = max_body_bytes;
+                            BodyLeft::Chunked(Box::new(ChunkedDecoder::new(&l)))
+                        }
+                    };
+                    let mut copy = shard.pool.take_write();
+                    copy.extend_from_slice(&rbuf.data[start..start + head_len]);
+                    let start_info = StreamStart {
+                        token,
+                        head: copy,
+                        body,
+                        expect_continue,
+                        version: head.version,
+                        is_head: head.is_head(),
+                        keep_alive,
+                    };
+                    rbuf.consume(head_len);
+                    return Next::Stream(start_info);
+                }
+            };
+            let inline_limit = shard.limits.inline_max_body_bytes;
 
             // Body: find it in the buffer, or ask for more bytes.
             let (body_range, chunked_body, consumed) = match head.framing {
                 BodyFraming::None => (0..0, None, head_len),
+                BodyFraming::ContentLength(n) if n > inline_limit => {
+                    write_error(out, &ProtoError::new(ErrorKind::BodyTooLarge), &shard);
+                    return Next::Close;
+                }
                 BodyFraming::ContentLength(n) => {
-                    // parse() already refused n > max_body_bytes, so n fits.
+                    // n <= the inline limit, which bounds the read buffer.
                     let n = usize::try_from(n).unwrap_or(usize::MAX);
                     let available = end - start - head_len;
                     if available < n {
@@ -359,9 +461,13 @@ impl Conn {
                     (b..b + n, None, head_len + n)
                 }
                 BodyFraming::Chunked => {
-                    let in_progress = self.chunked.get_or_insert_with(|| ChunkedInProgress {
-                        decoder: ChunkedDecoder::new(limits),
-                        body: shard.pool.take_write(),
+                    let in_progress = self.chunked.get_or_insert_with(|| {
+                        let mut l = *limits;
+                        l.max_body_bytes = inline_limit;
+                        ChunkedInProgress {
+                            decoder: ChunkedDecoder::new(&l),
+                            body: shard.pool.take_write(),
+                        }
                     });
                     let raw_start = start + head_len;
                     match in_progress
@@ -405,7 +511,7 @@ impl Conn {
                     keep_alive,
                     draining: shard.draining(),
                 };
-                let mut ex = Exchange::new(&head, body, conn, out, &date);
+                let mut ex = Exchange::new(&head, body, conn, out, &date, token);
                 self.app.handle(&mut ex);
                 if !ex.responded() {
                     ex.problem(

@@ -27,9 +27,10 @@ mod event;
 pub mod router;
 pub mod set;
 mod shard;
+pub mod stream;
 pub mod timeouts;
 
-pub use app::{App, AppFactory, Exchange, ShardInfo};
+pub use app::{App, AppFactory, Dispatch, Exchange, ShardInfo, StreamFuture};
 pub use router::{Match, Methods, Params, RouteError, Router};
 pub use set::{
     ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
@@ -37,3 +38,4 @@ pub use set::{
 };
 pub use shard::ShardState;
 pub use shardline_protocol as protocol;
+pub use stream::{BodyError, ClientIo, StreamRequest};

@@ -26,6 +26,9 @@ pub struct ShardLimits {
     pub max_connections_per_shard: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Body limit for requests served inline (buffered whole); the
+    /// protocol limit's `max_body_bytes` may be higher for streamed routes.
+    pub inline_max_body_bytes: u64,
     pub protocol: Limits,
 }
 

@@ -60,7 +60,7 @@ impl ShardState {
     fn new(info: ShardInfo, limits: ShardLimits) -> Self {
         let max_read_buffer_bytes = limits
             .read_buffer_bytes
-            .max(limits.protocol.max_header_bytes + limits.protocol.max_body_bytes as usize);
+            .max(limits.protocol.max_header_bytes + limits.inline_max_body_bytes as usize);
         ShardState {
             info,
             pool: BufferPool::new(limits.read_buffer_bytes),
