@@ -3,11 +3,23 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use shardline_protocol::limits::MAX_HEADERS_CAP;
+use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::Response as ProtoResponse;
-use shardline_shard::{App, AppFactory, Exchange, Match, Methods, Router, ShardInfo};
+use shardline_shard::{
+    App, AppFactory, ClientIo, Dispatch, Exchange, Match, Methods, Router, ShardInfo, StreamFuture,
+    StreamRequest,
+};
 
+use crate::aggregate::{self, Aggregate};
 use crate::config::{Action, Config};
 use crate::handler::{self, Handler, HandlerFactory, Request, Response};
+use crate::proxy::{self, GatewayShard, Proxy};
+use crate::upstream::{self, Upstream};
+
+/// Token for requests no route matches (404, 405, 501, OPTIONS): they are
+/// answered inline by matching again, a cold path.
+const NO_ROUTE: usize = usize::MAX;
 
 /// Route table and handler factories shared (immutably) by all shards.
 pub(crate) struct GatewayFactory {
@@ -91,17 +103,35 @@ enum ShardAction {
         headers: Vec<(String, Box<[u8]>)>,
     },
     Handler(Box<dyn Handler>),
+    Proxy(Box<Proxy>),
+    Aggregate(Aggregate),
 }
 
 struct GatewayApp {
     router: Arc<Router<usize>>,
     actions: Vec<ShardAction>,
+    /// Body limit per route (streamed routes may exceed the server's).
+    body_limits: Vec<u64>,
+    gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
 }
 
 impl AppFactory for GatewayFactory {
     fn build(&self, shard: ShardInfo) -> Rc<dyn App> {
+        // This shard's own upstream state; health checks run as tasks of
+        // this shard's executor.
+        let upstreams: Vec<Rc<Upstream>> = self
+            .config
+            .upstreams
+            .iter()
+            .map(|u| Rc::new(Upstream::new(Arc::new(u.clone()), shard.id)))
+            .collect();
+        for u in &upstreams {
+            if u.cfg.health_check.is_some() {
+                glommio::spawn_local(upstream::health::run(Rc::clone(u))).detach();
+            }
+        }
         let actions = self
             .config
             .routes
@@ -125,11 +155,34 @@ impl AppFactory for GatewayFactory {
                         None => ShardAction::Handler(Box::new(handler::echo)),
                     }
                 }
+                Action::Upstream(pr) => ShardAction::Proxy(Box::new(Proxy {
+                    up: Rc::clone(&upstreams[pr.upstream]),
+                    strip_prefix: pr.strip_prefix.clone(),
+                    rewrite: pr.rewrite.clone(),
+                    timeout: pr
+                        .timeout
+                        .unwrap_or(self.config.upstreams[pr.upstream].request_timeout),
+                    cache: pr.cache.as_ref().map(crate::cache_glue::RouteCache::new),
+                })),
+                Action::Aggregate(parts) => {
+                    ShardAction::Aggregate(Aggregate::new(parts, &upstreams))
+                }
+            })
+            .collect();
+        let body_limits = self
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                r.max_body_bytes
+                    .unwrap_or(self.config.server.max_body_bytes)
             })
             .collect();
         Rc::new(GatewayApp {
             router: Arc::clone(&self.router),
             actions,
+            body_limits,
+            gw: GatewayShard::new(),
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
         })
@@ -137,8 +190,81 @@ impl AppFactory for GatewayFactory {
 }
 
 impl App for GatewayApp {
+    fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
+        match self.router.at(head.method, head.path) {
+            Match::Found(&i, _) => match &self.actions[i] {
+                ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
+                    token: i,
+                    max_body_bytes: self.body_limits[i],
+                },
+                _ => Dispatch::Inline(i),
+            },
+            _ => Dispatch::Inline(NO_ROUTE),
+        }
+    }
+
+    fn stream<'a>(
+        &'a self,
+        token: usize,
+        req: &'a StreamRequest,
+        io: &'a mut ClientIo<'_>,
+    ) -> StreamFuture<'a> {
+        Box::pin(async move {
+            let Some(action) = self.actions.get(token) else {
+                return;
+            };
+            // The path sent upstream, from the route's params.
+            let path = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+                let Some(head) = req.head(&mut headers) else {
+                    return;
+                };
+                let params = match self.router.at(head.method, head.path) {
+                    Match::Found(_, params) => params,
+                    _ => Default::default(),
+                };
+                match action {
+                    ShardAction::Proxy(p) => proxy::upstream_path(
+                        head.path,
+                        p.strip_prefix.as_deref(),
+                        p.rewrite.as_deref(),
+                        &params,
+                    ),
+                    ShardAction::Aggregate(a) => {
+                        aggregate::serve(a, &self.gw, &head, &params, io).await;
+                        return;
+                    }
+                    _ => return,
+                }
+            };
+            if let ShardAction::Proxy(p) = action {
+                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+            }
+        })
+    }
+
     fn handle(&self, ex: &mut Exchange<'_>) {
         let head = ex.head;
+        let token = ex.token();
+        if token != NO_ROUTE {
+            if let Some(ShardAction::Respond {
+                status,
+                body,
+                content_type,
+                headers,
+            }) = self.actions.get(token)
+            {
+                if headers.is_empty() {
+                    ex.respond(&ProtoResponse {
+                        status: *status,
+                        headers: &[],
+                        content_type: content_type.as_deref(),
+                        body,
+                    });
+                    return;
+                }
+            }
+        }
         match self.router.at(head.method, head.path) {
             Match::Found(&i, params) => match &self.actions[i] {
                 ShardAction::Respond {
@@ -176,6 +302,14 @@ impl App for GatewayApp {
                     let mut res = Response::new(ex);
                     h.call(&req, &mut res);
                 }
+                // Dispatched to the streaming path; never reached.
+                ShardAction::Proxy(_) | ShardAction::Aggregate(_) => ex.problem(
+                    500,
+                    "https://shardline.dev/problems/internal",
+                    "Internal Server Error",
+                    "routing changed between dispatch and handling",
+                    &[],
+                ),
             },
             // Cold paths from here on: nothing matched method and path.
             _ if head.method == "CONNECT" => ex.problem(

@@ -16,6 +16,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use shardline_shard::router::{Methods, Router};
 
+use crate::config_gateway::{
+    self as gw, AggregatePart, FileAggregatePart, FileCache, FileUpstream, ProxyRoute,
+    UpstreamConfig,
+};
 use crate::units::{parse_duration, parse_size};
 
 /// Default listen address (ARCHITECTURE.md "Default config").
@@ -88,6 +92,7 @@ fn err<T>(key: &str, msg: impl fmt::Display) -> Result<T, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -121,12 +126,17 @@ pub struct RouteConfig {
     pub methods: Option<Vec<String>>,
     pub path: String,
     pub action: Action,
+    /// This route's body limit, when it differs from `server.max_body_bytes`
+    /// (only upstream routes, whose bodies stream, may set it).
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Action {
     Respond(Respond),
     Handler(String),
+    Upstream(ProxyRoute),
+    Aggregate(Vec<AggregatePart>),
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +213,7 @@ impl Default for Config {
             // The embedded text is tested; this arm keeps start-up panic-free.
             Err(_) => Config {
                 server: ServerConfig::default(),
+                upstreams: Vec::new(),
                 routes: Vec::new(),
             },
         }
@@ -220,7 +231,8 @@ struct FileConfig {
     routes: Vec<FileRoute>,
     // Documented in ARCHITECTURE.md, not implemented yet: accepted by the
     // parser only so that the error can say so instead of "unknown field".
-    upstreams: Option<toml::Value>,
+    #[serde(default)]
+    upstreams: Vec<FileUpstream>,
     auth: Option<toml::Value>,
     slos: Option<toml::Value>,
     observability: Option<toml::Value>,
@@ -259,15 +271,17 @@ struct FileRoute {
     respond: Option<FileRespond>,
     handler: Option<String>,
     // Documented in ARCHITECTURE.md; later issues implement them.
-    upstream: Option<toml::Value>,
-    aggregate: Option<toml::Value>,
-    strip_prefix: Option<toml::Value>,
-    timeout: Option<toml::Value>,
+    upstream: Option<String>,
+    aggregate: Option<Vec<FileAggregatePart>>,
+    strip_prefix: Option<String>,
+    rewrite: Option<String>,
+    timeout: Option<String>,
+    max_body_bytes: Option<toml::Value>,
     auth: Option<toml::Value>,
     scopes: Option<toml::Value>,
     rate_limit: Option<toml::Value>,
     quota: Option<toml::Value>,
-    cache: Option<toml::Value>,
+    cache: Option<FileCache>,
     validate: Option<toml::Value>,
     idempotency: Option<toml::Value>,
     cors: Option<toml::Value>,
@@ -326,7 +340,6 @@ impl Config {
             file.routes = default.routes;
         }
         for (key, present) in [
-            ("upstreams", file.upstreams.is_some()),
             ("auth", file.auth.is_some()),
             ("slos", file.slos.is_some()),
             ("observability", file.observability.is_some()),
@@ -337,9 +350,20 @@ impl Config {
             }
         }
         let server = validate_server(&file.server, overrides)?;
+        let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(file.upstreams.len());
+        for (i, u) in file.upstreams.into_iter().enumerate() {
+            let u = gw::validate_upstream(i, u)?;
+            if upstreams.iter().any(|o| o.name == u.name) {
+                return err(
+                    "upstreams",
+                    format!("two upstreams are named {:?}; names must be unique", u.name),
+                );
+            }
+            upstreams.push(u);
+        }
         let mut routes = Vec::with_capacity(file.routes.len());
         for (i, r) in file.routes.into_iter().enumerate() {
-            routes.push(validate_route(i, r)?);
+            routes.push(validate_route(i, r, &upstreams)?);
         }
         let mut seen = std::collections::HashSet::new();
         for r in &routes {
@@ -359,7 +383,11 @@ impl Config {
                 .insert(methods, &r.path, i)
                 .map_err(|e| ConfigError(format!("routes[{i}] ({}): {e}", r.name)))?;
         }
-        Ok(Config { server, routes })
+        Ok(Config {
+            server,
+            upstreams,
+            routes,
+        })
     }
 
     /// Applies command-line overrides to the embedded default config.
@@ -578,22 +606,21 @@ const RESERVED_HEADERS: [&str; 6] = [
     "keep-alive",
 ];
 
-fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
+fn validate_route(
+    i: usize,
+    r: FileRoute,
+    upstreams: &[UpstreamConfig],
+) -> Result<RouteConfig, ConfigError> {
     let label = match &r.name {
         Some(n) => format!("routes[{i}] ({n})"),
         None => format!("routes[{i}]"),
     };
     let key = |k: &str| format!("{label}.{k}");
     for (k, present) in [
-        ("upstream", r.upstream.is_some()),
-        ("aggregate", r.aggregate.is_some()),
-        ("strip_prefix", r.strip_prefix.is_some()),
-        ("timeout", r.timeout.is_some()),
         ("auth", r.auth.is_some()),
         ("scopes", r.scopes.is_some()),
         ("rate_limit", r.rate_limit.is_some()),
         ("quota", r.quota.is_some()),
-        ("cache", r.cache.is_some()),
         ("validate", r.validate.is_some()),
         ("idempotency", r.idempotency.is_some()),
         ("cors", r.cors.is_some()),
@@ -629,19 +656,85 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
             }
         }
     }
+    let actions = usize::from(r.respond.is_some())
+        + usize::from(r.handler.is_some())
+        + usize::from(r.upstream.is_some())
+        + usize::from(r.aggregate.is_some());
+    if actions > 1 {
+        return err(
+            &label,
+            "has more than one of respond, handler, upstream, aggregate; a route has exactly one action",
+        );
+    }
+    if actions == 0 {
+        return err(
+            &label,
+            "has no action: add respond = { ... }, handler = \"NAME\", upstream = \"NAME\" or aggregate = [ ... ]",
+        );
+    }
+    let is_upstream = r.upstream.is_some();
+    let is_aggregate = r.aggregate.is_some();
+    for (k, present) in [
+        ("strip_prefix", r.strip_prefix.is_some()),
+        ("rewrite", r.rewrite.is_some()),
+        ("cache", r.cache.is_some()),
+        ("max_body_bytes", r.max_body_bytes.is_some()),
+    ] {
+        if present && !is_upstream {
+            return err(&key(k), "applies only to routes with upstream = \"NAME\"");
+        }
+    }
+    if r.timeout.is_some() && !is_upstream && !is_aggregate {
+        return err(
+            &key("timeout"),
+            "applies only to upstream and aggregate routes",
+        );
+    }
+    let timeout = gw::route_timeout(&key("timeout"), &r.timeout)?;
+    let max_body_bytes = gw::route_body_limit(&key("max_body_bytes"), &r.max_body_bytes)?;
     let action = match (r.respond, r.handler) {
-        (Some(_), Some(_)) => {
-            return err(
-                &label,
-                "has both respond and handler; a route has exactly one action",
-            )
+        _ if is_upstream => {
+            let name = r.upstream.unwrap_or_default();
+            let upstream = gw::upstream_index(&key("upstream"), &name, upstreams)?;
+            let strip_prefix = gw::path_key(&key("strip_prefix"), &r.strip_prefix)?;
+            let rewrite = gw::path_key(&key("rewrite"), &r.rewrite)?;
+            if let Some(rw) = &rewrite {
+                check_template_params(&key("rewrite"), rw, &path)?;
+            }
+            let cache = match r.cache {
+                Some(c) => Some(gw::validate_cache(&key("cache"), c)?),
+                None => None,
+            };
+            Action::Upstream(ProxyRoute {
+                upstream,
+                strip_prefix,
+                rewrite,
+                timeout,
+                cache,
+            })
         }
-        (None, None) => {
-            return err(
-                &label,
-                "has no action: add respond = { ... } or handler = \"NAME\"",
-            )
+        _ if is_aggregate => {
+            let parts_in = r.aggregate.unwrap_or_default();
+            if parts_in.is_empty() || parts_in.len() > gw::max_parts() {
+                return err(
+                    &key("aggregate"),
+                    format!("needs 1 to {} parts", gw::max_parts()),
+                );
+            }
+            let default_timeout = timeout.unwrap_or(gw::DEFAULT_AGGREGATE_PART_TIMEOUT);
+            let mut parts: Vec<AggregatePart> = Vec::with_capacity(parts_in.len());
+            for (j, p) in parts_in.into_iter().enumerate() {
+                let pkey = key(&format!("aggregate[{j}]"));
+                let part = gw::validate_part(&pkey, p, upstreams, default_timeout)?;
+                check_template_params(&format!("{pkey}.path"), &part.path, &path)?;
+                if parts.iter().any(|q| q.name == part.name) {
+                    return err(&pkey, format!("two parts are named {:?}", part.name));
+                }
+                parts.push(part);
+            }
+            Action::Aggregate(parts)
         }
+        (None, None) | (Some(_), Some(_)) => return err(&label, "has no action"),
         (None, Some(h)) => {
             if h.is_empty() {
                 return err(&key("handler"), "must not be empty");
@@ -712,7 +805,30 @@ fn validate_route(i: usize, r: FileRoute) -> Result<RouteConfig, ConfigError> {
         methods,
         path,
         action,
+        max_body_bytes,
     })
+}
+
+/// Every `{name}` / `{*name}` in a rewrite or aggregate path template must
+/// be a parameter of the route's own path.
+fn check_template_params(key: &str, template: &str, route_path: &str) -> Result<(), ConfigError> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return err(key, format!("{template:?} has an unclosed '{{'"));
+        };
+        let name = rest[open + 1..open + close].trim_start_matches('*');
+        let in_route = route_path.contains(&format!("{{{name}}}"))
+            || route_path.contains(&format!("{{*{name}}}"));
+        if name.is_empty() || !in_route {
+            return err(
+                key,
+                format!("{{{name}}} is not a parameter of the route's path {route_path:?}"),
+            );
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
 }
 
 #[cfg(test)]

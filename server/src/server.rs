@@ -75,9 +75,18 @@ impl Server {
         }
         crate::system::raise_nofile();
 
+        // Streamed (upstream) routes may allow larger bodies than the
+        // server-wide limit that bounds buffered ones; the parser checks
+        // Content-Length against the largest, the shard against the route's.
+        let largest_body = self
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| r.max_body_bytes)
+            .fold(s.max_body_bytes, u64::max);
         let protocol = Limits {
             max_header_bytes: to_usize(s.max_header_bytes),
-            max_body_bytes: s.max_body_bytes,
+            max_body_bytes: largest_body,
             ..Limits::default()
         };
         let limits = ShardLimits {
@@ -85,6 +94,7 @@ impl Server {
             max_connections_per_shard: s.max_connections_per_shard,
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
+            inline_max_body_bytes: s.max_body_bytes,
             protocol,
         };
         let config = Arc::new(self.config.clone());

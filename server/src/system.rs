@@ -126,3 +126,40 @@ fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<(), 
     }
     Ok(())
 }
+
+/// What a non-blocking peek says about an idle pooled upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleSocket {
+    /// Nothing to read: still open, safe to send a request on.
+    Quiet,
+    /// EOF, an error, or unsolicited bytes: the upstream closed it or broke
+    /// the protocol; it must not be reused.
+    Unusable,
+}
+
+/// Checks an idle keep-alive connection before reuse without waiting, so a
+/// request is never written into a socket the upstream already closed
+/// (which would turn a non-idempotent request into a 502). One `recv`
+/// with MSG_PEEK | MSG_DONTWAIT: cheap, and it consumes nothing.
+#[allow(unsafe_code)]
+pub(crate) fn peek_idle(fd: std::os::fd::RawFd) -> IdleSocket {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) writes at most 1 byte into `byte`, a valid writable
+    // location that outlives the call; `fd` is borrowed from a live socket
+    // owned by the caller for the duration of the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return IdleSocket::Quiet;
+        }
+    }
+    IdleSocket::Unusable
+}

@@ -242,12 +242,12 @@ fn route_without_action_is_refused() {
 }
 
 #[test]
-fn upstreams_section_is_refused_for_now() {
+fn upstream_without_targets_is_refused() {
     assert_config_refused(
         "upstreams",
-        "[[upstreams]]\nname = \"users\"\ntargets = [\"127.0.0.1:9000\"]\n",
+        "[[upstreams]]\nname = \"users\"\n",
         SAFE,
-        "upstreams",
+        "upstreams[0] (users).targets",
     );
 }
 

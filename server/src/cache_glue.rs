@@ -1,0 +1,371 @@
+//! The response cache in front of an upstream route: lookup, request
+//! coalescing, storing, conditional requests and stale-if-error. The rules
+//! themselves (keys, Cache-Control, Vary, ETag, LRU) live in `cache`; this
+//! file is the async part that talks to the client and the upstream.
+//!
+//! Per shard and per route: each shard caches what its own connections
+//! fetched, so a route's `max_entries`/`max_bytes` are per shard and a key
+//! may be fetched once per shard (never once per concurrent request:
+//! concurrent misses on a shard wait for the first one).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use shardline_protocol::limits::MAX_HEADERS_CAP;
+use shardline_protocol::request::RequestHead;
+use shardline_protocol::response::{self, BodyDelimit};
+use shardline_protocol::response_head::ResponseFraming;
+use shardline_shard::{ClientIo, StreamRequest};
+
+use crate::cache::{
+    is_cacheable_method, primary_key, request_bypasses, CacheLimits, CachedResponse, InFlight,
+    Lookup, NewEntry, ResponseCache,
+};
+use crate::config_gateway::CacheConfig;
+use crate::proxy::{self, Answer, GatewayShard, Outcome, Proxy};
+use crate::upstream::client::BodyReader;
+
+/// One route's cache on one shard.
+pub(crate) struct RouteCache {
+    store: RefCell<ResponseCache>,
+    inflight: RefCell<InFlight>,
+}
+
+impl RouteCache {
+    pub(crate) fn new(cfg: &CacheConfig) -> Self {
+        RouteCache {
+            store: RefCell::new(ResponseCache::new(CacheLimits {
+                ttl: cfg.ttl,
+                max_entries: cfg.max_entries,
+                max_bytes: cfg.max_bytes,
+                max_entry_bytes: cfg.max_entry_bytes,
+                stale_if_error: cfg.stale_if_error,
+            })),
+            inflight: RefCell::new(InFlight::new()),
+        }
+    }
+}
+
+/// Ends a coalescing leadership however the leader's future ends (an
+/// answer, an error, or the client going away and the future being
+/// dropped), so followers never wait on a leader that is gone.
+struct Leader<'a> {
+    cache: &'a RouteCache,
+    key: Box<[u8]>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.cache.inflight.borrow_mut().finish(&self.key);
+    }
+}
+
+fn values<'b>(head: &RequestHead<'b, '_>, name: &str) -> Vec<&'b [u8]> {
+    head.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+        .collect()
+}
+
+pub(crate) async fn serve(
+    p: &Proxy,
+    gw: &GatewayShard,
+    req: &StreamRequest,
+    io: &mut ClientIo<'_>,
+    path: &str,
+) {
+    let Some(cache) = &p.cache else {
+        proxy::serve(p, gw, req, io, path, &[]).await;
+        return;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let Some(head) = req.head(&mut headers) else {
+        return;
+    };
+    if !is_cacheable_method(head.method) {
+        // RFC 9111 §4.4: an unsafe method on a URI invalidates what is
+        // stored for it (done before forwarding: a stale entry must not
+        // outlive a change that may succeed).
+        if !matches!(head.method, "OPTIONS" | "TRACE") {
+            cache.store.borrow_mut().invalidate(head.path, head.query);
+        }
+        proxy::serve(p, gw, req, io, path, &[]).await;
+        return;
+    }
+    if request_bypasses(&values(&head, "cache-control")) {
+        proxy::serve(p, gw, req, io, path, &[("X-Cache", b"BYPASS")]).await;
+        return;
+    }
+    let Some(key) = primary_key("GET", head.path, head.query) else {
+        proxy::serve(p, gw, req, io, path, &[]).await;
+        return;
+    };
+    let inm = values(&head, "if-none-match");
+    let mut waited = false;
+    let mut stale: Option<Rc<CachedResponse>> = None;
+    let mut leader: Option<Leader<'_>> = None;
+    loop {
+        let now = Instant::now();
+        let found = cache.store.borrow_mut().lookup(
+            head.method,
+            head.path,
+            head.query,
+            |n| head.header(n),
+            now,
+        );
+        match found {
+            Lookup::Fresh(entry) => {
+                respond_cached(io, &entry, b"HIT", &inm).await;
+                return;
+            }
+            Lookup::Stale(entry) => stale = Some(entry),
+            Lookup::Miss => {}
+        }
+        if waited {
+            // The request we waited for did not leave a usable entry (not
+            // storable, or another Vary variant): go upstream ourselves.
+            break;
+        }
+        if cache.inflight.borrow_mut().begin(&key) {
+            leader = Some(Leader {
+                cache,
+                key: key.clone(),
+            });
+            break;
+        }
+        std::future::poll_fn(|cx| {
+            if cache.inflight.borrow_mut().wait(&key, cx.waker()) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        waited = true;
+    }
+
+    let Ok(out) = proxy::prepare(&head, path, &p.up, io).await else {
+        return;
+    };
+    let outcome = proxy::exchange(&p.up, gw, &out, io, p.timeout).await;
+    io.put_buffer(out.bytes);
+    let answer = match outcome {
+        Outcome::Answer(a) if a.head.status >= 500 && stale.is_some() => {
+            gw.put_read(a.buf);
+            None
+        }
+        Outcome::Answer(a) => Some(a),
+        Outcome::ClientGone => return,
+        other => {
+            if stale.is_none() {
+                proxy::answer_failure(io, other).await;
+                return;
+            }
+            None
+        }
+    };
+    let Some(answer) = answer else {
+        if let Some(entry) = stale {
+            cache.store.borrow_mut().record_stale_served();
+            respond_cached(io, &entry, b"STALE", &inm).await;
+        }
+        return;
+    };
+    store_and_forward(p, gw, cache, &head, io, *answer, &inm).await;
+    drop(leader);
+}
+
+/// Forwards a fresh upstream answer, storing it when its head says it may
+/// be stored.
+async fn store_and_forward(
+    p: &Proxy,
+    gw: &GatewayShard,
+    cache: &RouteCache,
+    head: &RequestHead<'_, '_>,
+    io: &mut ClientIo<'_>,
+    answer: Answer,
+    inm: &[&[u8]],
+) {
+    let miss: &[(&str, &[u8])] = &[("X-Cache", b"MISS")];
+    let buf = &answer.buf.data;
+    let ah = &answer.head;
+    let cc: Vec<&[u8]> = ah
+        .fields(buf)
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+        .map(|(_, v)| v)
+        .collect();
+    let vary: Vec<&[u8]> = ah
+        .fields(buf)
+        .filter(|(n, _)| n.eq_ignore_ascii_case("vary"))
+        .map(|(_, v)| v)
+        .collect();
+    let declared = match ah.framing {
+        ResponseFraming::ContentLength(n) => n,
+        _ => 0,
+    };
+    // A response that sets a cookie is one user's, whatever its
+    // Cache-Control says; a HEAD response has no body to store.
+    let storable = !head.is_head() && ah.get(buf, "set-cookie").is_none();
+    let decision = if storable {
+        cache.store.borrow().decide_store(
+            ah.status,
+            &cc,
+            &vary,
+            declared,
+            head.header("authorization").is_some(),
+        )
+    } else {
+        None
+    };
+    let Some(decision) = decision else {
+        proxy::forward(&p.up, gw, io, answer, miss, None).await;
+        return;
+    };
+    let stored_headers: Vec<(Box<str>, Box<[u8]>)> = ah
+        .fields(buf)
+        .filter(|(n, _)| !proxy::is_framing_or_hop(n))
+        .map(|(n, v)| (Box::from(n), Box::from(v)))
+        .collect();
+    let limit =
+        usize::try_from(cache.store.borrow().limits().max_entry_bytes).unwrap_or(usize::MAX);
+    if let ResponseFraming::ContentLength(n) = ah.framing {
+        // Length known and within the entry limit: read it whole, store,
+        // and answer from the entry (so the MISS carries the ETag too).
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        let Answer {
+            mut stream,
+            head: up_head,
+            mut buf,
+            target,
+        } = answer;
+        let mut body = Vec::with_capacity(n);
+        let mut reader = BodyReader::new(up_head.framing);
+        let mut ok = true;
+        loop {
+            match reader
+                .next(&mut stream, &mut buf, &mut body, p.up.cfg.request_timeout)
+                .await
+            {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        if !ok {
+            p.up.record(target, false, now);
+            gw.put_read(buf);
+            io.send_problem(
+                502,
+                proxy::PROBLEM_BAD_GATEWAY,
+                "Bad Gateway",
+                "the upstream broke off the response body",
+                &[],
+            )
+            .await;
+            return;
+        }
+        if up_head.keep_alive && reader.done() && buf.pending().is_empty() {
+            p.up.targets[target].pool.put(stream, now);
+        }
+        gw.put_read(buf);
+        let entry = NewEntry {
+            decision,
+            headers: stored_headers,
+            body: Rc::from(body),
+        };
+        let stored = cache.store.borrow_mut().insert(
+            "GET",
+            head.path,
+            head.query,
+            |name| head.header(name),
+            entry,
+            now,
+        );
+        match stored {
+            Some(e) => respond_cached(io, &e, b"MISS", inm).await,
+            None => {
+                io.send_problem(
+                    500,
+                    "https://shardline.dev/problems/internal",
+                    "Internal Server Error",
+                    "the cached response could not be kept",
+                    &[],
+                )
+                .await
+            }
+        }
+        return;
+    }
+    // Length unknown (chunked or until close): stream it, keeping a copy
+    // up to the entry limit, and store it if it fit.
+    let copy = proxy::forward(&p.up, gw, io, answer, miss, Some((Vec::new(), limit))).await;
+    if let Some(body) = copy {
+        let entry = NewEntry {
+            decision,
+            headers: stored_headers,
+            body: Rc::from(body),
+        };
+        cache.store.borrow_mut().insert(
+            "GET",
+            head.path,
+            head.query,
+            |name| head.header(name),
+            entry,
+            Instant::now(),
+        );
+    }
+}
+
+/// Answers from a cache entry: 304 when If-None-Match matches its ETag
+/// (RFC 9110 §13.1.2), else the stored response with Age (RFC 9111 §5.1).
+async fn respond_cached(
+    io: &mut ClientIo<'_>,
+    entry: &CachedResponse,
+    x_cache: &[u8],
+    inm: &[&[u8]],
+) {
+    let now = Instant::now();
+    let age = entry.age_secs(now).to_string();
+    let extra: [(&str, &[u8]); 2] = [("Age", age.as_bytes()), ("X-Cache", x_cache)];
+    let opts = io.encode_options();
+    let mut out = io.take_buffer();
+    if !inm.is_empty() && entry.matches_if_none_match(inm) {
+        io.with_date(|date| {
+            response::encode_forwarded_head(
+                &mut out,
+                304,
+                entry.not_modified_headers().chain(extra.iter().copied()),
+                BodyDelimit::None,
+                opts,
+                date,
+            );
+        });
+    } else {
+        io.with_date(|date| {
+            response::encode_forwarded_head(
+                &mut out,
+                entry.status,
+                entry
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (&**n, &**v))
+                    .chain(extra.iter().copied()),
+                BodyDelimit::Length(entry.body.len() as u64),
+                opts,
+                date,
+            );
+        });
+        if !opts.head {
+            out.extend_from_slice(&entry.body);
+        }
+    }
+    let _ = io.write_all(&out).await;
+    io.put_buffer(out);
+}

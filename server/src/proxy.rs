@@ -1,0 +1,834 @@
+//! The `upstream` route action: forward a request to a target chosen by the
+//! balancer, with retries, timeouts and the circuit breaker, and stream the
+//! response back.
+//!
+//! A request body is read up to [`REPLAYABLE_BODY_BYTES`] before anything
+//! is sent: a body that fits is forwarded with Content-Length in the same
+//! write as the head, and can be sent again on a retry. A longer body is
+//! streamed (Content-Length kept, or re-chunked) and is never retried once
+//! it has started. Response bodies stream to the client as they arrive.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+use shardline_protocol::limits::MAX_HEADERS_CAP;
+use shardline_protocol::request::{RequestHead, Version};
+use shardline_protocol::response::{self, BodyDelimit, LAST_CHUNK};
+use shardline_protocol::response_head::ResponseFraming;
+use shardline_shard::{BodyError, ClientIo, StreamRequest};
+
+use crate::config_gateway::HostMode;
+use crate::upstream::client::{self, BodyReader, Failure, Head, RespBuf};
+use crate::upstream::{InFlight, Pick, Upstream};
+
+/// Request bodies up to this size are read whole before the upstream is
+/// contacted: forwarded in one write with the head, replayable on retry.
+/// 64 KiB covers nearly every API payload while bounding per-request memory.
+pub const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
+
+/// Response bytes gathered before a write to the client: large enough for
+/// few syscalls on big bodies, small enough to stay in cache.
+pub const RESPONSE_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Size of the per-request buffer an upstream response is read into.
+pub const UPSTREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Free upstream read buffers a shard keeps (each
+/// `UPSTREAM_READ_BUFFER_BYTES`): 64 x 64 KiB = 4 MiB per shard at most.
+const READ_BUFFER_POOL_MAX: usize = 64;
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded either way.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+pub(crate) const PROBLEM_BAD_GATEWAY: &str = "https://shardline.dev/problems/bad-gateway";
+pub(crate) const PROBLEM_GATEWAY_TIMEOUT: &str = "https://shardline.dev/problems/gateway-timeout";
+pub(crate) const PROBLEM_UNAVAILABLE: &str = "https://shardline.dev/problems/upstream-unavailable";
+
+/// Per-shard resources the gateway's actions share.
+pub(crate) struct GatewayShard {
+    read_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+impl GatewayShard {
+    pub(crate) fn new() -> Self {
+        GatewayShard {
+            read_buffers: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn take_read(&self) -> RespBuf {
+        let data = self
+            .read_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0; UPSTREAM_READ_BUFFER_BYTES]);
+        RespBuf::new(data)
+    }
+
+    pub(crate) fn put_read(&self, buf: RespBuf) {
+        let mut pool = self.read_buffers.borrow_mut();
+        if pool.len() < READ_BUFFER_POOL_MAX && buf.data.len() == UPSTREAM_READ_BUFFER_BYTES {
+            pool.push(buf.data);
+        }
+    }
+}
+
+/// One upstream route on one shard.
+pub(crate) struct Proxy {
+    pub up: Rc<Upstream>,
+    pub strip_prefix: Option<String>,
+    pub rewrite: Option<String>,
+    pub timeout: Duration,
+    pub cache: Option<crate::cache_glue::RouteCache>,
+}
+
+/// RFC 9110 §9.2.2 idempotent methods, plus any request carrying an
+/// Idempotency-Key (the client promises a repeat is safe).
+pub(crate) fn is_idempotent(head: &RequestHead<'_, '_>) -> bool {
+    matches!(
+        head.method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    ) || head.header("idempotency-key").is_some()
+}
+
+/// The path sent upstream: `rewrite` filled with the route's params, or the
+/// request path with `strip_prefix` removed (at a segment boundary).
+pub(crate) fn upstream_path(
+    path: &str,
+    strip_prefix: Option<&str>,
+    rewrite: Option<&str>,
+    params: &shardline_shard::Params<'_, '_>,
+) -> String {
+    if let Some(template) = rewrite {
+        return fill_template(template, params);
+    }
+    if let Some(prefix) = strip_prefix {
+        let prefix = prefix.trim_end_matches('/');
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.is_empty() {
+                return "/".to_string();
+            }
+            if rest.starts_with('/') {
+                return rest.to_string();
+            }
+        }
+    }
+    path.to_string()
+}
+
+/// Replaces `{name}` and `{*name}` with the captured values (raw, as the
+/// client sent them, so percent-encoding is preserved).
+pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_, '_>) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = rest[open + 1..open + close].trim_start_matches('*');
+        out.push_str(params.get(name).unwrap_or(""));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Fields a stored or forwarded response never carries over: hop-by-hop
+/// ones and the framing we write ourselves.
+pub(crate) fn is_framing_or_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.eq_ignore_ascii_case("content-length")
+}
+
+fn is_hop_by_hop(name: &str, connection_tokens: &[&[u8]]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_tokens
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// The field names listed in Connection fields (RFC 9110 §7.6.1), at most
+/// 16 (more are not forwarded either: the whole field set is refused below).
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>, out: &mut Vec<&'a [u8]>) {
+    for v in values {
+        for t in v.split(|&b| b == b',') {
+            let t = trim(t);
+            if !t.is_empty() {
+                out.push(t);
+            }
+        }
+    }
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// How the request body goes upstream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyPlan {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Builds the request head sent upstream.
+/// Returns where the Host field line goes for `HostMode::Target` (the
+/// target is only known per try, so that line is spliced in then).
+fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead<'_, '_>,
+    path: &str,
+    host: &HostMode,
+    peer: std::net::SocketAddr,
+    body: BodyPlan,
+) -> usize {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = head.query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host_at = out.len();
+    let client_host = head.header("host").unwrap_or(b"");
+    match host {
+        HostMode::Preserve => {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(client_host);
+            out.extend_from_slice(b"\r\n");
+        }
+        HostMode::Target => {}
+        HostMode::Literal(h) => {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    connection_tokens(
+        head.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value),
+        &mut tokens,
+    );
+    let mut xff: Option<Vec<u8>> = None;
+    let mut forwarded: Option<Vec<u8>> = None;
+    for h in head.headers {
+        let n = h.name;
+        if is_hop_by_hop(n, &tokens)
+            || n.eq_ignore_ascii_case("host")
+            || n.eq_ignore_ascii_case("content-length")
+            || n.eq_ignore_ascii_case("expect")
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+        {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("x-forwarded-for") {
+            let v = xff.get_or_insert_with(Vec::new);
+            if !v.is_empty() {
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(h.value);
+            continue;
+        }
+        if n.eq_ignore_ascii_case("forwarded") {
+            let v = forwarded.get_or_insert_with(Vec::new);
+            if !v.is_empty() {
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(h.value);
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let ip = peer.ip().to_string();
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(v) = &xff {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
+    if let Some(v) = &forwarded {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+    if peer.is_ipv6() {
+        out.extend_from_slice(b"for=\"[");
+        out.extend_from_slice(ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(ip.as_bytes());
+    }
+    out.extend_from_slice(b";proto=http");
+    if !client_host.is_empty()
+        && client_host
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"')
+    {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(client_host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n");
+    match body {
+        BodyPlan::None => {}
+        BodyPlan::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyPlan::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    host_at
+}
+
+/// What one try produced.
+pub(crate) struct Answer {
+    pub stream: TcpStream,
+    pub head: Head,
+    pub buf: RespBuf,
+    pub target: usize,
+}
+
+/// A try failed, on a target (for the breaker) or on the client's side.
+pub(crate) enum TryError {
+    Upstream(Failure),
+    /// Reading the client's body failed: answer or abort, never retry.
+    Client(BodyError),
+}
+
+/// The parts of a request an exchange needs, computed once.
+pub(crate) struct Outgoing {
+    /// Request head (and the whole body when `replayable`).
+    pub bytes: Vec<u8>,
+    pub replayable: bool,
+    pub chunked_rest: bool,
+    /// Where to splice `Host: <target>` in (`HostMode::Target` only).
+    pub host_at: Option<usize>,
+    pub idempotent: bool,
+    pub is_head: bool,
+}
+
+/// Sends `out` on a pooled or new connection to `target` and reads the
+/// response head. A request on a reused connection that breaks before any
+/// response byte is sent again once on a fresh connection when that is
+/// safe (replayable and idempotent).
+async fn try_target(
+    up: &Upstream,
+    gw: &GatewayShard,
+    target: usize,
+    out: &Outgoing,
+    io: &mut ClientIo<'_>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Answer, TryError> {
+    let t = &up.targets[target];
+    let spliced;
+    let bytes: &[u8] = match out.host_at {
+        Some(at) => {
+            let mut b = Vec::with_capacity(out.bytes.len() + t.name.len() + 8);
+            b.extend_from_slice(&out.bytes[..at]);
+            b.extend_from_slice(b"Host: ");
+            b.extend_from_slice(t.name.as_bytes());
+            b.extend_from_slice(b"\r\n");
+            b.extend_from_slice(&out.bytes[at..]);
+            spliced = b;
+            &spliced
+        }
+        None => &out.bytes,
+    };
+    let mut fresh_retry_left = true;
+    loop {
+        let now = Instant::now();
+        let (mut stream, reused) = match t.pool.take(now, up.cfg.idle_timeout) {
+            Some(s) => (s, true),
+            None => {
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() {
+                    return Err(TryError::Upstream(Failure::Timeout));
+                }
+                let s = client::connect(t.addr, up.cfg.connect_timeout.min(left))
+                    .await
+                    .map_err(TryError::Upstream)?;
+                t.pool.count_opened();
+                (s, false)
+            }
+        };
+        let _ = stream.set_write_timeout(Some(up.cfg.request_timeout));
+        let mut buf = gw.take_read();
+        let mut deadline = deadline;
+        let res: Result<Head, TryError> = async {
+            client::send(&mut stream, bytes)
+                .await
+                .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+            if !out.replayable {
+                stream_body(&mut stream, io, out.chunked_rest).await?;
+                // The deadline counts from the end of a streamed body.
+                deadline = deadline.max(Instant::now() + timeout);
+            }
+            match client::with_deadline(
+                deadline,
+                client::read_head(&mut stream, &mut buf, out.is_head),
+            )
+            .await
+            {
+                None => Err(TryError::Upstream(Failure::Timeout)),
+                Some(r) => r.map_err(TryError::Upstream),
+            }
+        }
+        .await;
+        match res {
+            Ok(head) => {
+                return Ok(Answer {
+                    stream,
+                    head,
+                    buf,
+                    target,
+                })
+            }
+            Err(TryError::Upstream(Failure::Io(_)))
+                if reused && fresh_retry_left && out.replayable && out.idempotent =>
+            {
+                gw.put_read(buf);
+                fresh_retry_left = false;
+            }
+            Err(e) => {
+                gw.put_read(buf);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Streams the rest of the client's body (after the replayable prefix
+/// already sent) to the upstream.
+async fn stream_body(
+    stream: &mut TcpStream,
+    io: &mut ClientIo<'_>,
+    chunked: bool,
+) -> Result<(), TryError> {
+    let mut piece = io.take_buffer();
+    let mut framed = io.take_buffer();
+    let res = async {
+        loop {
+            piece.clear();
+            let n = io
+                .read_body(&mut piece, RESPONSE_FLUSH_BYTES)
+                .await
+                .map_err(TryError::Client)?;
+            if n == 0 {
+                if chunked {
+                    client::send(stream, LAST_CHUNK)
+                        .await
+                        .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+                }
+                return Ok(());
+            }
+            let bytes: &[u8] = if chunked {
+                framed.clear();
+                response::encode_chunk_header(&mut framed, n);
+                framed.extend_from_slice(&piece);
+                framed.extend_from_slice(b"\r\n");
+                &framed
+            } else {
+                &piece
+            };
+            client::send(stream, bytes)
+                .await
+                .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+        }
+    }
+    .await;
+    io.put_buffer(piece);
+    io.put_buffer(framed);
+    res
+}
+
+/// Reads the replayable prefix of the client's body and builds the bytes
+/// to send. `Err` has already been answered (or the connection is lost).
+pub(crate) async fn prepare(
+    head: &RequestHead<'_, '_>,
+    path: &str,
+    up: &Upstream,
+    io: &mut ClientIo<'_>,
+) -> Result<Outgoing, ()> {
+    let mut body = io.take_buffer();
+    let declared = io.content_length();
+    let had_body = io.has_body() || declared.is_some_and(|n| n > 0);
+    while io.has_body() && body.len() < REPLAYABLE_BODY_BYTES {
+        let want = REPLAYABLE_BODY_BYTES - body.len();
+        match io.read_body(&mut body, want).await {
+            Ok(_) => {}
+            Err(e) => {
+                client_body_failed(io, e).await;
+                io.put_buffer(body);
+                return Err(());
+            }
+        }
+    }
+    let complete = !io.has_body();
+    let plan = if complete {
+        if had_body || !body.is_empty() || head.header("content-length").is_some() {
+            BodyPlan::Length(body.len() as u64)
+        } else {
+            BodyPlan::None
+        }
+    } else {
+        match declared {
+            Some(n) => BodyPlan::Length(n),
+            None => BodyPlan::Chunked,
+        }
+    };
+    let mut bytes = io.take_buffer();
+    let host_at = write_request_head(&mut bytes, head, path, &up.cfg.host, io.peer(), plan);
+    if plan == BodyPlan::Chunked {
+        if !body.is_empty() {
+            response::encode_chunk_header(&mut bytes, body.len());
+            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(b"\r\n");
+        }
+    } else {
+        bytes.extend_from_slice(&body);
+    }
+    io.put_buffer(body);
+    Ok(Outgoing {
+        bytes,
+        replayable: complete,
+        chunked_rest: plan == BodyPlan::Chunked,
+        host_at: (up.cfg.host == HostMode::Target).then_some(host_at),
+        idempotent: is_idempotent(head),
+        is_head: head.is_head(),
+    })
+}
+
+/// Answers a client whose body could not be read (if it can still hear).
+pub(crate) async fn client_body_failed(io: &mut ClientIo<'_>, e: BodyError) {
+    match e {
+        BodyError::Framing(err) => {
+            io.close_after();
+            io.send_problem(
+                err.status(),
+                err.problem_type(),
+                err.title(),
+                err.detail(),
+                &[],
+            )
+            .await;
+        }
+        _ => io.abort(),
+    }
+}
+
+/// The outcome of the whole attempt loop.
+pub(crate) enum Outcome {
+    Answer(Box<Answer>),
+    /// Every target is ejected.
+    Unavailable(Duration),
+    Failed(Failure),
+    /// The client side failed and has been dealt with.
+    ClientGone,
+}
+
+/// Tries targets until one answers acceptably, retries are used up, the
+/// budget says no, or the deadline passes.
+pub(crate) async fn exchange(
+    up: &Upstream,
+    gw: &GatewayShard,
+    out: &Outgoing,
+    io: &mut ClientIo<'_>,
+    timeout: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    up.budget.borrow_mut().record_request(start);
+    let mut attempt = 1u32;
+    let mut avoid = None;
+    let mut last_failure: Option<Failure> = None;
+    loop {
+        let now = Instant::now();
+        let target = match up.pick(now, avoid) {
+            Pick::Target(i) => i,
+            Pick::NoneAvailable(after) => {
+                return match last_failure {
+                    Some(f) => Outcome::Failed(f),
+                    None => Outcome::Unavailable(after),
+                }
+            }
+        };
+        let result = {
+            let _busy = InFlight::new(&up.targets[target]);
+            try_target(up, gw, target, out, io, deadline, timeout).await
+        };
+        let now = Instant::now();
+        let retry_ok = |failure_nothing_sent: bool| {
+            attempt < up.cfg.retry.attempts
+                && out.idempotent
+                && (out.replayable || failure_nothing_sent)
+                && now < deadline
+        };
+        match result {
+            Ok(answer) => {
+                let bad = matches!(answer.head.status, 502..=504);
+                up.record(target, !bad, now);
+                if bad && retry_ok(false) && up.budget.borrow_mut().try_retry(now) {
+                    gw.put_read(answer.buf);
+                    drop(answer.stream);
+                } else {
+                    return Outcome::Answer(Box::new(answer));
+                }
+            }
+            Err(TryError::Client(e)) => {
+                client_body_failed(io, e).await;
+                return Outcome::ClientGone;
+            }
+            Err(TryError::Upstream(f)) => {
+                up.record(target, false, now);
+                let timed_out = matches!(f, Failure::Timeout);
+                if timed_out
+                    || !retry_ok(f.nothing_sent())
+                    || !up.budget.borrow_mut().try_retry(now)
+                {
+                    return Outcome::Failed(f);
+                }
+                last_failure = Some(f);
+            }
+        }
+        avoid = Some(target);
+        // Exponential backoff with full jitter, never past the deadline.
+        let cap = up
+            .cfg
+            .retry
+            .backoff
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(up.cfg.retry.max_backoff);
+        let jitter = (up.random() % 1_000_000) as f64 / 1_000_000.0;
+        let pause = cap
+            .mul_f64(jitter)
+            .min(deadline.saturating_duration_since(now));
+        if !pause.is_zero() {
+            glommio::timer::sleep(pause).await;
+        }
+        attempt += 1;
+    }
+}
+
+/// Answers the client for a failed outcome.
+pub(crate) async fn answer_failure(io: &mut ClientIo<'_>, outcome: Outcome) {
+    match outcome {
+        Outcome::Unavailable(after) => {
+            let secs = after.as_secs().max(1).to_string();
+            io.send_problem(
+                503,
+                PROBLEM_UNAVAILABLE,
+                "Service Unavailable",
+                "every target of this upstream is failing its health checks or circuit breaker",
+                &[("Retry-After", secs.as_bytes())],
+            )
+            .await;
+        }
+        Outcome::Failed(f) => {
+            let (ty, title) = if f.status() == 504 {
+                (PROBLEM_GATEWAY_TIMEOUT, "Gateway Timeout")
+            } else {
+                (PROBLEM_BAD_GATEWAY, "Bad Gateway")
+            };
+            io.send_problem(f.status(), ty, title, &f.detail(), &[])
+                .await;
+        }
+        Outcome::ClientGone | Outcome::Answer(_) => {}
+    }
+}
+
+/// Streams an upstream response to the client, optionally keeping a copy
+/// of the body (for the cache) up to `capture_limit` bytes; returns the
+/// captured body when it is complete and within the limit.
+pub(crate) async fn forward(
+    up: &Upstream,
+    gw: &GatewayShard,
+    io: &mut ClientIo<'_>,
+    answer: Answer,
+    extra: &[(&str, &[u8])],
+    mut capture: Option<(Vec<u8>, usize)>,
+) -> Option<Vec<u8>> {
+    let Answer {
+        mut stream,
+        head,
+        mut buf,
+        target,
+    } = answer;
+    let opts = io.encode_options();
+    let delimit = match head.framing {
+        ResponseFraming::ContentLength(n) => BodyDelimit::Length(n),
+        ResponseFraming::None => match head
+            .get(&buf.data, "content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            // RFC 9110 §8.6: a HEAD response keeps the GET's length.
+            Some(n) if opts.head => BodyDelimit::Length(n),
+            _ => BodyDelimit::None,
+        },
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => {
+            if opts.version == Version::Http11 {
+                BodyDelimit::Chunked
+            } else {
+                BodyDelimit::Close
+            }
+        }
+    };
+    if delimit == BodyDelimit::Close {
+        io.close_after();
+    }
+    let opts = io.encode_options();
+    let mut out = io.take_buffer();
+    {
+        let mut tokens: Vec<&[u8]> = Vec::new();
+        connection_tokens(
+            head.fields(&buf.data)
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .map(|(_, v)| v),
+            &mut tokens,
+        );
+        let fields = head.fields(&buf.data).filter(|(n, _)| {
+            !is_hop_by_hop(n, &tokens) && !n.eq_ignore_ascii_case("content-length")
+        });
+        io.with_date(|date| {
+            response::encode_forwarded_head(
+                &mut out,
+                head.status,
+                fields.chain(extra.iter().copied()),
+                delimit,
+                opts,
+                date,
+            );
+        });
+    }
+    let mut reader = BodyReader::new(head.framing);
+    let chunked_out = delimit == BodyDelimit::Chunked;
+    let mut piece = if chunked_out {
+        io.take_buffer()
+    } else {
+        Vec::new()
+    };
+    let read_timeout = up.cfg.request_timeout;
+    let mut failed = false;
+    loop {
+        let target_buf: &mut Vec<u8> = if chunked_out { &mut piece } else { &mut out };
+        let before = target_buf.len();
+        let n = match reader
+            .next(&mut stream, &mut buf, target_buf, read_timeout)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                failed = true;
+                0
+            }
+        };
+        if let Some((copy, limit)) = capture.as_mut() {
+            let got = &target_buf[before..before + n];
+            if copy.len() + n <= *limit {
+                copy.extend_from_slice(got);
+            } else {
+                capture = None;
+            }
+        }
+        if chunked_out && n > 0 {
+            response::encode_chunk_header(&mut out, n);
+            out.extend_from_slice(&piece);
+            out.extend_from_slice(b"\r\n");
+            piece.clear();
+        }
+        if failed {
+            break;
+        }
+        if n == 0 {
+            if chunked_out {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            break;
+        }
+        if out.len() >= RESPONSE_FLUSH_BYTES {
+            if io.write_all(&out).await.is_err() {
+                failed = true;
+                break;
+            }
+            out.clear();
+        }
+    }
+    if !out.is_empty() && io.write_all(&out).await.is_err() {
+        failed = true;
+    }
+    io.put_buffer(out);
+    if chunked_out {
+        io.put_buffer(piece);
+    }
+    if failed {
+        // The head is out: the only honest signal left is to cut the
+        // connection (the client sees a short body or no last chunk).
+        io.abort();
+        up.record(target, false, Instant::now());
+        gw.put_read(buf);
+        return None;
+    }
+    if head.keep_alive && reader.done() && buf.pending().is_empty() {
+        up.targets[target].pool.put(stream, Instant::now());
+    }
+    gw.put_read(buf);
+    capture.map(|(copy, _)| copy)
+}
+
+/// The whole upstream action, without cache.
+pub(crate) async fn serve(
+    p: &Proxy,
+    gw: &GatewayShard,
+    req: &StreamRequest,
+    io: &mut ClientIo<'_>,
+    path: &str,
+    extra: &[(&str, &[u8])],
+) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let Some(head) = req.head(&mut headers) else {
+        return;
+    };
+    let Ok(out) = prepare(&head, path, &p.up, io).await else {
+        return;
+    };
+    let outcome = exchange(&p.up, gw, &out, io, p.timeout).await;
+    io.put_buffer(out.bytes);
+    match outcome {
+        Outcome::Answer(a) => {
+            forward(&p.up, gw, io, *a, extra, None).await;
+        }
+        other => answer_failure(io, other).await,
+    }
+}

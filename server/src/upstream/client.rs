@@ -1,0 +1,381 @@
+//! One HTTP/1.1 exchange with an upstream target: connect (or reuse),
+//! send the request bytes, read the response head, then the body as a
+//! stream of decoded pieces.
+//!
+//! Strictness matters here as much as on the client side: a response we
+//! cannot frame unambiguously (see `protocol::response_head`) is a
+//! [`Failure::Malformed`], the connection is dropped, and the client gets a
+//! 502 (or, once its response has started, a cut connection); a pooled
+//! connection is only returned to the pool when its response ended exactly
+//! where its framing said.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use shardline_protocol::chunked::ChunkedDecoder;
+use shardline_protocol::limits::Limits;
+use shardline_protocol::response_head::{
+    self, ParsedResponse, ResponseError, ResponseFraming, DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+};
+
+/// Most header fields accepted in an upstream response head. Matches the
+/// request side's default; an upstream sending more is misbehaving.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// Interim (1xx) responses skipped before the final one; an upstream that
+/// sends more is stuck in a loop, not informing us.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Why a try failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Connecting failed (refused, unreachable): nothing was sent.
+    Connect(io::Error),
+    /// Connecting did not finish within `connect_timeout`: nothing was sent.
+    ConnectTimeout,
+    /// The connection broke before a response head arrived.
+    Io(io::Error),
+    /// The response head is malformed or ambiguously framed.
+    Malformed(ResponseError),
+    /// The request's deadline passed.
+    Timeout,
+}
+
+impl Failure {
+    /// Nothing reached the upstream, so any request may be tried again.
+    pub(crate) fn nothing_sent(&self) -> bool {
+        matches!(self, Failure::Connect(_) | Failure::ConnectTimeout)
+    }
+
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Failure::ConnectTimeout | Failure::Timeout => 504,
+            _ => 502,
+        }
+    }
+
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            Failure::Connect(e) => format!("could not connect to the upstream: {e}"),
+            Failure::ConnectTimeout => "connecting to the upstream timed out".to_string(),
+            Failure::Io(e) => format!("the upstream connection failed before a response: {e}"),
+            Failure::Malformed(e) => {
+                format!("the upstream sent an invalid response: {}", e.reason())
+            }
+            Failure::Timeout => "the upstream did not answer in time".to_string(),
+        }
+    }
+}
+
+/// Runs `fut` until `deadline`; `None` if the deadline passed first.
+pub(crate) async fn with_deadline<T>(deadline: Instant, fut: impl Future<Output = T>) -> Option<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(left).await;
+        None
+    })
+    .await
+}
+
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
+    match TcpStream::connect_timeout(addr, timeout).await {
+        Ok(s) => {
+            // Requests are written whole; Nagle would only delay them.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Err(e) => {
+            let e: io::Error = e.into();
+            if e.kind() == io::ErrorKind::TimedOut {
+                Err(Failure::ConnectTimeout)
+            } else {
+                Err(Failure::Connect(e))
+            }
+        }
+    }
+}
+
+/// A read buffer for an upstream response: `data[start..end]` is unread.
+pub(crate) struct RespBuf {
+    pub data: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl RespBuf {
+    pub(crate) fn new(data: Vec<u8>) -> Self {
+        RespBuf {
+            data,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads once from `stream` behind the unread bytes; `Ok(0)` is EOF.
+    pub(crate) async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start == 0 {
+                return Err(io::Error::other("upstream read buffer full"));
+            }
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = stream.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// A parsed response head. The bytes stay in the buffer the head was read
+/// into, and header fields are kept as ranges into it, so nothing is
+/// copied; they stay valid until the buffer is next filled (forward the
+/// head before reading the body).
+pub(crate) struct Head {
+    pub status: u16,
+    pub framing: ResponseFraming,
+    pub keep_alive: bool,
+    pub head_len: usize,
+    pub fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Head {
+    pub(crate) fn field<'a>(&self, buf: &'a [u8], i: usize) -> (&'a str, &'a [u8]) {
+        let (n, v) = &self.fields[i];
+        (
+            std::str::from_utf8(&buf[n.clone()]).unwrap_or(""),
+            &buf[v.clone()],
+        )
+    }
+
+    pub(crate) fn fields<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        (0..self.fields.len()).map(move |i| self.field(buf, i))
+    }
+
+    pub(crate) fn get<'a>(&'a self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        self.fields(buf)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// Reads the final response head (interim 1xx responses are skipped; a 101
+/// we never asked for is malformed). `buf.start` is moved past the head;
+/// its bytes stay in place until the next fill.
+pub(crate) async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut RespBuf,
+    request_was_head: bool,
+) -> Result<Head, Failure> {
+    let mut interim = 0;
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let pending = &buf.data[buf.start..buf.end];
+            match response_head::parse_response(
+                pending,
+                &mut headers,
+                DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+                request_was_head,
+            ) {
+                Ok(ParsedResponse::Complete(h)) => {
+                    let base = &buf.data[..];
+                    let fields = h
+                        .headers
+                        .iter()
+                        .map(|f| (range_in(base, f.name.as_bytes()), range_in(base, f.value)))
+                        .collect();
+                    Some(Head {
+                        status: h.status,
+                        framing: h.framing,
+                        keep_alive: h.keep_alive,
+                        head_len: h.head_len,
+                        fields,
+                    })
+                }
+                Ok(ParsedResponse::Partial) => None,
+                Err(e) => return Err(Failure::Malformed(e)),
+            }
+        };
+        match parsed {
+            Some(h) if h.status == 101 => {
+                return Err(Failure::Malformed(ResponseError::Malformed(
+                    "101 Switching Protocols without an upgrade request",
+                )))
+            }
+            Some(h) if h.status < 200 => {
+                interim += 1;
+                if interim > MAX_INTERIM_RESPONSES {
+                    return Err(Failure::Malformed(ResponseError::Malformed(
+                        "too many interim responses",
+                    )));
+                }
+                buf.consume(h.head_len);
+            }
+            Some(h) => {
+                buf.start += h.head_len;
+                return Ok(h);
+            }
+            None => match buf.fill(stream).await {
+                Ok(0) => {
+                    return Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Io(e)),
+            },
+        }
+    }
+}
+
+/// Reads a response body as decoded pieces.
+pub(crate) struct BodyReader {
+    state: BodyState,
+    /// Bytes of body passed on so far.
+    pub delivered: u64,
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    UntilClose,
+    Done,
+}
+
+/// Why reading an upstream body failed after its head was accepted.
+#[derive(Debug)]
+pub(crate) enum BodyFailure {
+    /// Closed before the framing said the body ended.
+    Truncated,
+    /// A chunked framing error.
+    Framing,
+    Io,
+    Timeout,
+}
+
+impl BodyReader {
+    pub(crate) fn new(framing: ResponseFraming) -> Self {
+        let state = match framing {
+            ResponseFraming::None | ResponseFraming::ContentLength(0) => BodyState::Done,
+            ResponseFraming::ContentLength(n) => BodyState::Length(n),
+            ResponseFraming::Chunked => {
+                let limits = Limits {
+                    max_body_bytes: u64::MAX,
+                    ..Limits::default()
+                };
+                BodyState::Chunked(Box::new(ChunkedDecoder::new(&limits)))
+            }
+            ResponseFraming::UntilClose => BodyState::UntilClose,
+        };
+        BodyReader {
+            state,
+            delivered: 0,
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    /// Appends the next decoded body bytes to `out`; `Ok(0)` is the end.
+    /// Each read from the socket must make progress within `read_timeout`.
+    pub(crate) async fn next(
+        &mut self,
+        stream: &mut TcpStream,
+        buf: &mut RespBuf,
+        out: &mut Vec<u8>,
+        read_timeout: Duration,
+    ) -> Result<usize, BodyFailure> {
+        loop {
+            let pending = buf.end - buf.start;
+            match &mut self.state {
+                BodyState::Done => return Ok(0),
+                BodyState::Length(left) if pending > 0 => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(pending);
+                    out.extend_from_slice(&buf.data[buf.start..buf.start + take]);
+                    buf.consume(take);
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.state = BodyState::Done;
+                    }
+                    self.delivered += take as u64;
+                    return Ok(take);
+                }
+                BodyState::UntilClose if pending > 0 => {
+                    out.extend_from_slice(&buf.data[buf.start..buf.end]);
+                    buf.consume(pending);
+                    self.delivered += pending as u64;
+                    return Ok(pending);
+                }
+                BodyState::Chunked(dec) if pending > 0 => {
+                    let before = out.len();
+                    let d = dec
+                        .decode(&buf.data[buf.start..buf.end], out)
+                        .map_err(|_| BodyFailure::Framing)?;
+                    buf.consume(d.consumed);
+                    let produced = out.len() - before;
+                    self.delivered += produced as u64;
+                    if d.done {
+                        self.state = BodyState::Done;
+                        return Ok(produced);
+                    }
+                    if produced > 0 {
+                        return Ok(produced);
+                    }
+                    if d.consumed > 0 {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            let deadline = Instant::now() + read_timeout;
+            match with_deadline(deadline, buf.fill(stream)).await {
+                None => return Err(BodyFailure::Timeout),
+                Some(Ok(0)) => {
+                    if matches!(self.state, BodyState::UntilClose) {
+                        self.state = BodyState::Done;
+                        return Ok(0);
+                    }
+                    return Err(BodyFailure::Truncated);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return Err(BodyFailure::Io),
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes` to the upstream.
+pub(crate) async fn send(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await
+}

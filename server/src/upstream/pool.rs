@@ -1,0 +1,65 @@
+//! Idle keep-alive connections to one target, on one shard.
+//!
+//! Last in, first out: the most recently used connection is the one least
+//! likely to have been closed by the upstream, and the ones at the bottom
+//! age out. A connection is checked with a non-blocking peek before reuse
+//! (`system::peek_idle`): one the upstream closed, or that holds bytes
+//! nobody asked for, is dropped instead of being handed a request.
+
+use std::cell::RefCell;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+
+use crate::system::{peek_idle, IdleSocket};
+
+pub(crate) struct IdlePool {
+    max: usize,
+    idle: RefCell<Vec<(TcpStream, Instant)>>,
+    reused: std::cell::Cell<u64>,
+    opened: std::cell::Cell<u64>,
+}
+
+impl IdlePool {
+    pub(crate) fn new(max: usize) -> Self {
+        IdlePool {
+            max,
+            idle: RefCell::new(Vec::new()),
+            reused: std::cell::Cell::new(0),
+            opened: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A usable idle connection, if one is pooled and younger than
+    /// `idle_timeout`.
+    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        // Everything older than the newest expired one is expired too.
+        if let Some(pos) = idle
+            .iter()
+            .rposition(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout)
+        {
+            idle.drain(..=pos);
+        }
+        while let Some((stream, _)) = idle.pop() {
+            if peek_idle(stream.as_raw_fd()) == IdleSocket::Quiet {
+                self.reused.set(self.reused.get() + 1);
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after a complete exchange.
+    pub(crate) fn put(&self, stream: TcpStream, now: Instant) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < self.max {
+            idle.push((stream, now));
+        }
+    }
+
+    pub(crate) fn count_opened(&self) {
+        self.opened.set(self.opened.get() + 1);
+    }
+}
