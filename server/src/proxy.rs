@@ -742,6 +742,17 @@ pub(crate) async fn forward(
     let read_timeout = up.cfg.request_timeout;
     let mut failed = false;
     loop {
+        // Nothing more buffered from the upstream: send what we have before
+        // waiting, so a slow stream (SSE, long polling) reaches the client
+        // as it arrives. A small response is all in the buffer already and
+        // still goes out in one write.
+        if !reader.done() && buf.pending().is_empty() && !out.is_empty() {
+            if io.write_all(&out).await.is_err() {
+                failed = true;
+                break;
+            }
+            out.clear();
+        }
         let target_buf: &mut Vec<u8> = if chunked_out { &mut piece } else { &mut out };
         let before = target_buf.len();
         let n = match reader

@@ -12,12 +12,14 @@
 //! - [`server`]: start an in-process server ([`server::TestServer`]) from the
 //!   embedded default or a TOML snippet, bound to `127.0.0.1:0`.
 //! - [`request`]: builders for request bytes.
+//! - [`upstream`]: scriptable upstream servers for the gateway tests.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod client;
 pub mod request;
 pub mod server;
+pub mod upstream;
 
 use std::time::Duration;
 

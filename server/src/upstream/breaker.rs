@@ -71,6 +71,17 @@ impl Breaker {
         }
     }
 
+    /// The try in flight ended without an outcome being recorded yet (it
+    /// is recorded right after, or never if the client went away): let the
+    /// next request probe instead of leaving the target stuck half-open.
+    pub(crate) fn on_release(&mut self) {
+        if let BreakerState::HalfOpen { .. } = self.state {
+            self.state = BreakerState::HalfOpen {
+                probe_in_flight: false,
+            };
+        }
+    }
+
     /// How long until the target may be tried again (None: it may be now).
     pub(crate) fn retry_after(&self, now: Instant) -> Option<Duration> {
         match self.state {

@@ -286,6 +286,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let n = self.target.in_flight.get();
         self.target.in_flight.set(n.saturating_sub(1));
+        self.target.breaker.borrow_mut().on_release();
     }
 }
 
