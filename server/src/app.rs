@@ -3,7 +3,6 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::Response as ProtoResponse;
 use shardline_shard::{
@@ -215,10 +214,8 @@ impl App for GatewayApp {
             };
             // The path sent upstream, from the route's params.
             let path = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-                let Some(head) = req.head(&mut headers) else {
-                    return;
-                };
+                let mut fields = Vec::new();
+                let head = req.head(&mut fields);
                 let params = match self.router.at(head.method, head.path) {
                     Match::Found(_, params) => params,
                     _ => Default::default(),

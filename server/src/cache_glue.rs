@@ -13,7 +13,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
-use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::{self, BodyDelimit};
 use shardline_protocol::response_head::ResponseFraming;
@@ -81,10 +80,8 @@ pub(crate) async fn serve(
         proxy::serve(p, gw, req, io, path, &[]).await;
         return;
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let Some(head) = req.head(&mut headers) else {
-        return;
-    };
+    let mut fields = Vec::new();
+    let head = req.head(&mut fields);
     if !is_cacheable_method(head.method) {
         // RFC 9111 §4.4: an unsafe method on a URI invalidates what is
         // stored for it (done before forwarding: a stale entry must not

@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
-use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, BodyDelimit, LAST_CHUNK};
 use shardline_protocol::response_head::ResponseFraming;
@@ -827,10 +826,8 @@ pub(crate) async fn serve(
     path: &str,
     extra: &[(&str, &[u8])],
 ) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let Some(head) = req.head(&mut headers) else {
-        return;
-    };
+    let mut fields = Vec::new();
+    let head = req.head(&mut fields);
     let Ok(out) = prepare(&head, path, &p.up, io).await else {
         return;
     };

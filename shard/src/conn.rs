@@ -58,13 +58,13 @@ enum Next {
     Close,
     /// Write what is queued, then hand the request at the buffer's start
     /// (its head already consumed) to the app's streaming path.
-    Stream(StreamStart),
+    Stream(Box<StreamStart>),
 }
 
 /// A request the app serves on the streaming path.
 struct StreamStart {
     token: usize,
-    head: Vec<u8>,
+    req: StreamRequest,
     body: BodyLeft,
     expect_continue: bool,
     version: Version,
@@ -272,10 +272,11 @@ impl Conn {
     }
 
     /// Runs one streamed request; false when the connection must close.
-    async fn serve_stream(&mut self, start: StreamStart) -> bool {
+    async fn serve_stream(&mut self, start: Box<StreamStart>) -> bool {
+        let start = *start;
         let shard = Rc::clone(&self.shard);
         let app = Rc::clone(&self.app);
-        let req = StreamRequest::new(start.head, shard.limits.protocol, self.peer, shard.info);
+        let req = start.req;
         let outcome = {
             let mut io = ClientIo::new(
                 self,
@@ -420,11 +421,16 @@ impl Conn {
                             BodyLeft::Chunked(Box::new(ChunkedDecoder::new(&l)))
                         }
                     };
-                    let mut copy = shard.pool.take_write();
-                    copy.extend_from_slice(&rbuf.data[start..start + head_len]);
+                    let req = StreamRequest::new(
+                        &head,
+                        &rbuf.data[start..end],
+                        shard.pool.take_write(),
+                        self.peer,
+                        shard.info,
+                    );
                     let start_info = StreamStart {
                         token,
-                        head: copy,
+                        req,
                         body,
                         expect_continue,
                         version: head.version,
@@ -432,7 +438,7 @@ impl Conn {
                         keep_alive,
                     };
                     rbuf.consume(head_len);
-                    return Next::Stream(start_info);
+                    return Next::Stream(Box::new(start_info));
                 }
             };
             let inline_limit = shard.limits.inline_max_body_bytes;

@@ -11,51 +11,114 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use futures_lite::io::AsyncWriteExt;
 use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::date::DateCache;
 use shardline_protocol::error::Error as ProtoError;
-use shardline_protocol::limits::Limits;
-use shardline_protocol::request::{self, Parsed, RequestHead, Version};
+use shardline_protocol::framing::BodyFraming;
+use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::ShardInfo;
 use crate::conn::Conn;
 
 /// A streamed request's head, copied out of the read buffer so the buffer
-/// can take the body.
+/// can take the body. The parse result is kept as offsets into the copy, so
+/// the app gets its [`RequestHead`] back without parsing again and without
+/// a 4 KiB header array living inside its (boxed) future.
 pub struct StreamRequest {
-    head: Vec<u8>,
-    limits: Limits,
+    bytes: Vec<u8>,
+    method: Range<usize>,
+    target: Range<usize>,
+    path: Range<usize>,
+    query: Option<Range<usize>>,
+    version: Version,
+    head_len: usize,
+    framing: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
+    fields: Vec<(Range<usize>, Range<usize>)>,
     pub peer: SocketAddr,
     pub shard: ShardInfo,
 }
 
+/// Where `part` lies inside `base` (both from the same buffer).
+fn offsets(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    if start > base.len() {
+        // Not inside the head (an empty static slice): an empty range.
+        return 0..0;
+    }
+    start..start + part.len()
+}
+
 impl StreamRequest {
-    pub(crate) fn new(head: Vec<u8>, limits: Limits, peer: SocketAddr, shard: ShardInfo) -> Self {
+    /// `base` is the buffer `head` was parsed from, starting at the
+    /// request's first byte; `copy` receives the head's bytes.
+    pub(crate) fn new(
+        head: &RequestHead<'_, '_>,
+        base: &[u8],
+        mut copy: Vec<u8>,
+        peer: SocketAddr,
+        shard: ShardInfo,
+    ) -> Self {
+        copy.clear();
+        copy.extend_from_slice(&base[..head.head_len]);
+        let base = &base[..head.head_len];
         StreamRequest {
-            head,
-            limits,
+            method: offsets(base, head.method.as_bytes()),
+            target: offsets(base, head.target.as_bytes()),
+            path: offsets(base, head.path.as_bytes()),
+            query: head.query.map(|q| offsets(base, q.as_bytes())),
+            version: head.version,
+            head_len: head.head_len,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            fields: head
+                .headers
+                .iter()
+                .map(|h| (offsets(base, h.name.as_bytes()), offsets(base, h.value)))
+                .collect(),
+            bytes: copy,
             peer,
             shard,
         }
     }
 
-    /// The parsed head. The bytes parsed once already, so this cannot fail
-    /// in practice; `None` is answered 500 by callers rather than trusted.
-    pub fn head<'h>(
-        &'h self,
-        headers: &'h mut [httparse::Header<'h>],
-    ) -> Option<RequestHead<'h, 'h>> {
-        match request::parse(&self.head, headers, &self.limits) {
-            Ok(Parsed::Complete(h)) => Some(h),
-            _ => None,
+    fn str_at(&self, r: &Range<usize>) -> &str {
+        self.bytes
+            .get(r.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The parsed head; `storage` holds its header fields (one small heap
+    /// vector, sized to the request's field count).
+    pub fn head<'h>(&'h self, storage: &'h mut Vec<httparse::Header<'h>>) -> RequestHead<'h, 'h> {
+        storage.clear();
+        storage.extend(self.fields.iter().map(|(n, v)| httparse::Header {
+            name: self.str_at(n),
+            value: self.bytes.get(v.clone()).unwrap_or(&[]),
+        }));
+        RequestHead {
+            method: self.str_at(&self.method),
+            target: self.str_at(&self.target),
+            path: self.str_at(&self.path),
+            query: self.query.as_ref().map(|q| self.str_at(q)),
+            version: self.version,
+            headers: storage,
+            head_len: self.head_len,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            expect_continue: self.expect_continue,
         }
     }
 
     pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.head
+        self.bytes
     }
 }
 
