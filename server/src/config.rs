@@ -839,7 +839,8 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let text = include_str!("../../shardline.example.toml");
         let c = Config::from_toml_str(text).expect("shardline.example.toml");
-        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.routes.len(), 7);
+        assert_eq!(c.upstreams.len(), 1);
     }
 
     #[test]
@@ -894,5 +895,40 @@ mod tests {
         assert!(e(t).contains("unique"));
         let t = "[[routes]]\nname=\"a\"\npath=\"/a\"\nhandler=\"echo\"\n[[routes]]\nname=\"b\"\npath=\"/a\"\nhandler=\"echo\"\n";
         assert!(e(t).contains("twice"));
+    }
+
+    #[test]
+    fn gateway_errors_name_the_key() {
+        let up = "[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9000\"]\n";
+        let route =
+            |extra: &str| format!("{up}[[routes]]\nname = \"r\"\npath = \"/a/{{id}}\"\n{extra}\n");
+        assert!(e(&route("upstream = \"nope\""))
+            .starts_with("routes[0] (r).upstream: no upstream named"));
+        assert!(e(&route(
+            "respond = { body = \"x\" }\ncache = { ttl = \"1s\" }"
+        ))
+        .contains("cache: applies only"));
+        assert!(e(&route("upstream = \"u\"\nrewrite = \"/b/{other}\"")).contains("rewrite"));
+        assert!(e(&route("upstream = \"u\"\ncache = { max_entries = 5 }")).contains("cache.ttl"));
+        assert!(e(&route("upstream = \"u\"\nhandler = \"echo\"")).contains("exactly one action"));
+        assert!(e(&route("aggregate = []")).contains("aggregate"));
+        assert!(e(&route(
+            "aggregate = [ { name = \"errors\", upstream = \"u\", path = \"/x\" } ]"
+        ))
+        .contains("reserved"));
+        assert!(e(
+            "[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9000\"]\nbalance = \"random\"\n"
+        )
+        .contains("balance"));
+        assert!(e(
+            "[[upstreams]]\nname = \"u\"\ntargets = [{ addr = \"127.0.0.1:9000\", weight = 0 }]\n"
+        )
+        .contains("weight"));
+        assert!(
+            e("[[upstreams]]\nname = \"u\"\ntargets = [\"https://x:443\"]\n")
+                .contains("targets[0]")
+        );
+        assert!(e("[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9000\"]\nretry = { attempts = 0 }\n").contains("retry.attempts"));
+        assert!(e(&format!("{up}{up}")).contains("unique"));
     }
 }
