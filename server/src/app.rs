@@ -111,6 +111,10 @@ struct GatewayApp {
     actions: Vec<ShardAction>,
     /// Body limit per route (streamed routes may exceed the server's).
     body_limits: Vec<u64>,
+    /// A fresh cache entry found by `dispatch` for the request it sent
+    /// inline; `handle` (called right after, for the same request) answers
+    /// with it.
+    cache_hit: std::cell::RefCell<Option<Rc<crate::cache::CachedResponse>>>,
     gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
@@ -181,6 +185,7 @@ impl AppFactory for GatewayFactory {
             router: Arc::clone(&self.router),
             actions,
             body_limits,
+            cache_hit: std::cell::RefCell::new(None),
             gw: GatewayShard::new(),
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
@@ -192,6 +197,18 @@ impl App for GatewayApp {
     fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
         match self.router.at(head.method, head.path) {
             Match::Found(&i, _) => match &self.actions[i] {
+                // A fresh cache hit is answered inline, as cheaply as a
+                // `respond` route; everything else about the route is async.
+                ShardAction::Proxy(p)
+                    if p.cache.as_ref().is_some_and(|c| {
+                        let hit = crate::cache_glue::fresh_hit(c, head);
+                        let found = hit.is_some();
+                        *self.cache_hit.borrow_mut() = hit;
+                        found
+                    }) =>
+                {
+                    Dispatch::Inline(i)
+                }
                 ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
                     token: i,
                     max_body_bytes: self.body_limits[i],
@@ -244,6 +261,12 @@ impl App for GatewayApp {
         let head = ex.head;
         let token = ex.token();
         if token != NO_ROUTE {
+            if let Some(ShardAction::Proxy(_)) = self.actions.get(token) {
+                if let Some(entry) = self.cache_hit.borrow_mut().take() {
+                    crate::cache_glue::answer_hit_inline(ex, &entry);
+                    return;
+                }
+            }
             if let Some(ShardAction::Respond {
                 status,
                 body,
@@ -298,6 +321,11 @@ impl App for GatewayApp {
                     let req = Request::new(ex, params);
                     let mut res = Response::new(ex);
                     h.call(&req, &mut res);
+                }
+                ShardAction::Proxy(_) if self.cache_hit.borrow().is_some() => {
+                    if let Some(entry) = self.cache_hit.borrow_mut().take() {
+                        crate::cache_glue::answer_hit_inline(ex, &entry);
+                    }
                 }
                 // Dispatched to the streaming path; never reached.
                 ShardAction::Proxy(_) | ShardAction::Aggregate(_) => ex.problem(

@@ -16,7 +16,7 @@ use std::time::Instant;
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::{self, BodyDelimit};
 use shardline_protocol::response_head::ResponseFraming;
-use shardline_shard::{ClientIo, StreamRequest};
+use shardline_shard::{ClientIo, Exchange, StreamRequest};
 
 use crate::cache::{
     is_cacheable_method, primary_key, request_bypasses, CacheLimits, CachedResponse, InFlight,
@@ -316,6 +316,60 @@ async fn store_and_forward(
             |name| head.header(name),
             entry,
             Instant::now(),
+        );
+    }
+}
+
+/// The fresh entry for this request, when it can be answered from the
+/// cache without going upstream: the connection loop then serves it inline
+/// (synchronously, like a `respond` route) instead of taking the streaming
+/// path. Misses, stale entries and bypassing requests return `None` and go
+/// the async way.
+pub(crate) fn fresh_hit(
+    cache: &RouteCache,
+    head: &RequestHead<'_, '_>,
+) -> Option<Rc<CachedResponse>> {
+    if !is_cacheable_method(head.method) {
+        return None;
+    }
+    if head.header("cache-control").is_some() && request_bypasses(&values(head, "cache-control")) {
+        return None;
+    }
+    let found = cache.store.borrow_mut().lookup(
+        head.method,
+        head.path,
+        head.query,
+        |n| head.header(n),
+        Instant::now(),
+    );
+    match found {
+        Lookup::Fresh(entry) => Some(entry),
+        _ => None,
+    }
+}
+
+/// Writes a fresh hit found by [`fresh_hit`] into the inline response.
+pub(crate) fn answer_hit_inline(ex: &mut Exchange<'_>, entry: &CachedResponse) {
+    let inm = values(ex.head, "if-none-match");
+    let age = entry.age_secs(Instant::now());
+    let mut digits = itoa::Buffer::new();
+    let age = digits.format(age).as_bytes();
+    let extra: [(&str, &[u8]); 2] = [("Age", age), ("X-Cache", b"HIT")];
+    if !inm.is_empty() && entry.matches_if_none_match(&inm) {
+        ex.respond_fields(
+            304,
+            entry.not_modified_headers().chain(extra.iter().copied()),
+            b"",
+        );
+    } else {
+        ex.respond_fields(
+            entry.status,
+            entry
+                .headers
+                .iter()
+                .map(|(n, v)| (&**n, &**v))
+                .chain(extra.iter().copied()),
+            &entry.body,
         );
     }
 }

@@ -144,6 +144,32 @@ impl<'x> Exchange<'x> {
         response::encode(self.out, resp, opts, self.date);
     }
 
+    /// A response whose header fields come from elsewhere (a cache entry):
+    /// `headers` must hold no framing or hop-by-hop fields; Content-Length
+    /// is written for `body` (none for 1xx/204/304), and a Date unless
+    /// `headers` has one.
+    pub fn respond_fields<'h>(
+        &mut self,
+        status: u16,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+        body: &[u8],
+    ) {
+        if self.responded {
+            return;
+        }
+        self.responded = true;
+        let opts = self.options();
+        let delimit = if status == 304 {
+            response::BodyDelimit::None
+        } else {
+            response::BodyDelimit::Length(body.len() as u64)
+        };
+        response::encode_forwarded_head(self.out, status, headers, delimit, opts, self.date);
+        if !opts.head && !matches!(status, 100..=199 | 204 | 304) {
+            self.out.extend_from_slice(body);
+        }
+    }
+
     /// An RFC 9457 problem response.
     pub fn problem(
         &mut self,

@@ -473,3 +473,32 @@ fn post_is_not_cached() {
     // A POST did not fill the GET entry.
     expect(&mut c, "/p", &[], "MISS", "/p#3");
 }
+
+/// Fresh hits are answered inline by the connection loop: pipelined behind
+/// one another (and behind a miss) they come back complete and in order.
+#[test]
+fn pipelined_hits_and_misses_are_answered_in_order() {
+    let up = cache_upstream();
+    let srv = TestServer::start_toml(&cache_config(&up, "60s", ""));
+    let mut c = srv.client();
+    expect(&mut c, "/p", &[], "MISS", "/p#1");
+    let mut batch = Vec::new();
+    for path in ["/p", "/q", "/p", "/q", "/p"] {
+        batch.extend_from_slice(&get(path, &[]));
+    }
+    c.send(&batch);
+    let want = [
+        ("HIT", "/p#1"),
+        ("MISS", "/q#2"),
+        ("HIT", "/p#1"),
+        ("HIT", "/q#2"),
+        ("HIT", "/p#1"),
+    ];
+    for (i, (cache, body)) in want.iter().enumerate() {
+        let r = c.response();
+        assert_eq!(r.status, 200, "response {i}: {}", r.summary());
+        assert_eq!(x_cache(&r), *cache, "response {i}: {}", r.summary());
+        assert_eq!(r.text(), *body, "response {i}");
+    }
+    assert_eq!(up.requests(), 2);
+}
