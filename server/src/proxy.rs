@@ -265,7 +265,8 @@ fn write_request_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    let ip = peer.ip().to_string();
+    let mut ip_buf = [0u8; 39];
+    let ip = format_ip(peer.ip(), &mut ip_buf);
     out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(v) = &xff {
         out.extend_from_slice(v);
@@ -308,6 +309,29 @@ fn write_request_head(
     }
     out.extend_from_slice(b"\r\n");
     host_at
+}
+
+/// The textual form of `ip` (RFC 4291 §2.2 for v6, via std) written into
+/// `buf`: IPv4, the common case, without the formatting machinery.
+fn format_ip<'a>(ip: std::net::IpAddr, buf: &'a mut [u8; 39]) -> &'a str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    let _ = cursor.write_all(b".");
+                }
+                let _ = cursor.write_all(digits.format(*octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(cursor, "{v6}");
+        }
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
 
 /// What one try produced.
@@ -684,55 +708,60 @@ pub(crate) async fn forward(
         mut buf,
         target,
     } = answer;
-    let opts = io.encode_options();
-    let delimit = match head.framing {
-        ResponseFraming::ContentLength(n) => BodyDelimit::Length(n),
-        ResponseFraming::None => match head
-            .get(&buf.data, "content-length")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            // RFC 9110 §8.6: a HEAD response keeps the GET's length.
-            Some(n) if opts.head => BodyDelimit::Length(n),
-            _ => BodyDelimit::None,
-        },
-        ResponseFraming::Chunked | ResponseFraming::UntilClose => {
-            if opts.version == Version::Http11 {
-                BodyDelimit::Chunked
-            } else {
-                BodyDelimit::Close
-            }
-        }
-    };
-    if delimit == BodyDelimit::Close {
-        io.close_after();
-    }
+    let chunked_out: bool;
     let opts = io.encode_options();
     let mut out = io.take_buffer();
     {
+        // The head's fields, converted once (they are scanned three times).
+        let fields: Vec<(&str, &[u8])> = head.fields(&buf.data).collect();
+        let delimit = match head.framing {
+            ResponseFraming::ContentLength(n) => BodyDelimit::Length(n),
+            ResponseFraming::None => match fields
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                // RFC 9110 §8.6: a HEAD response keeps the GET's length.
+                Some(n) if opts.head => BodyDelimit::Length(n),
+                _ => BodyDelimit::None,
+            },
+            ResponseFraming::Chunked | ResponseFraming::UntilClose => {
+                if opts.version == Version::Http11 {
+                    BodyDelimit::Chunked
+                } else {
+                    BodyDelimit::Close
+                }
+            }
+        };
+        if delimit == BodyDelimit::Close {
+            io.close_after();
+        }
+        let opts = io.encode_options();
         let mut tokens: Vec<&[u8]> = Vec::new();
         connection_tokens(
-            head.fields(&buf.data)
+            fields
+                .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-                .map(|(_, v)| v),
+                .map(|(_, v)| *v),
             &mut tokens,
         );
-        let fields = head.fields(&buf.data).filter(|(n, _)| {
+        let kept = fields.iter().copied().filter(|(n, _)| {
             !is_hop_by_hop(n, &tokens) && !n.eq_ignore_ascii_case("content-length")
         });
         io.with_date(|date| {
             response::encode_forwarded_head(
                 &mut out,
                 head.status,
-                fields.chain(extra.iter().copied()),
+                kept.chain(extra.iter().copied()),
                 delimit,
                 opts,
                 date,
             );
         });
+        chunked_out = delimit == BodyDelimit::Chunked;
     }
     let mut reader = BodyReader::new(head.framing);
-    let chunked_out = delimit == BodyDelimit::Chunked;
     let mut piece = if chunked_out {
         io.take_buffer()
     } else {
@@ -838,5 +867,39 @@ pub(crate) async fn serve(
             forward(&p.up, gw, io, *a, extra, None).await;
         }
         other => answer_failure(io, other).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_matches_std() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.200.3",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 39];
+            assert_eq!(format_ip(parsed, &mut buf), parsed.to_string());
+        }
+    }
+
+    #[test]
+    fn strip_prefix_only_at_a_segment_boundary() {
+        let p = shardline_shard::Params::default();
+        assert_eq!(upstream_path("/v1/users", Some("/v1"), None, &p), "/users");
+        assert_eq!(upstream_path("/v1", Some("/v1"), None, &p), "/");
+        assert_eq!(
+            upstream_path("/v1x/users", Some("/v1"), None, &p),
+            "/v1x/users"
+        );
+        assert_eq!(upstream_path("/v1/users", Some("/v1/"), None, &p), "/users");
     }
 }
