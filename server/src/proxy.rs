@@ -313,7 +313,7 @@ fn write_request_head(
 
 /// The textual form of `ip` (RFC 4291 §2.2 for v6, via std) written into
 /// `buf`: IPv4, the common case, without the formatting machinery.
-fn format_ip<'a>(ip: std::net::IpAddr, buf: &'a mut [u8; 39]) -> &'a str {
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 39]) -> &str {
     use std::io::Write;
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     match ip {
