@@ -30,11 +30,17 @@ pub const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
 /// few syscalls on big bodies, small enough to stay in cache.
 pub const RESPONSE_FLUSH_BYTES: usize = 64 * 1024;
 
-/// Size of the per-request buffer an upstream response is read into.
-pub const UPSTREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Size of the per-request buffer an upstream response is read into. It
+/// must hold a whole response head (`DEFAULT_MAX_RESPONSE_HEAD_BYTES`, 16
+/// KiB) with room for the first body bytes; every in-flight proxied request
+/// holds one: 10,000 long-polling requests hold about 312 MiB.
+pub const UPSTREAM_READ_BUFFER_BYTES: usize = 32 * 1024;
+const _: () = assert!(
+    UPSTREAM_READ_BUFFER_BYTES > shardline_protocol::response_head::DEFAULT_MAX_RESPONSE_HEAD_BYTES
+);
 
 /// Free upstream read buffers a shard keeps (each
-/// `UPSTREAM_READ_BUFFER_BYTES`): 64 x 64 KiB = 4 MiB per shard at most.
+/// `UPSTREAM_READ_BUFFER_BYTES`): 64 x 32 KiB = 2 MiB per shard at most.
 const READ_BUFFER_POOL_MAX: usize = 64;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded either way.
