@@ -400,3 +400,34 @@ fn config_errors_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn the_streaming_path_works_over_tls() {
+    use shardline_tests::upstream::{Behaviour, Reply, Upstream};
+    let big_reply: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let up = Upstream::start(Behaviour::reply(Reply::new(200).body(&big_reply)));
+    let pki = Pki::new();
+    let text = format!(
+        "{}\n[[upstreams]]\nname = \"u\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"proxy\"\npath = \"/{{*rest}}\"\nupstream = \"u\"\nmax_body_bytes = \"4MiB\"\n",
+        pki.tls_section(""),
+        up.target()
+    );
+    let server = TestServer::start_toml(&text);
+    let cfg = tls::client_config(&pki.ca, None, Versions::Both);
+    let mut s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 249) as u8).collect();
+    for _ in 0..2 {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        s.flush().unwrap();
+        let r = tls::read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.body, big_reply);
+        assert_eq!(up.last().body.len(), body.len());
+        assert!(up.last().body == body);
+    }
+}
