@@ -11,7 +11,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
 use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, BodyDelimit, LAST_CHUNK};
@@ -20,6 +19,7 @@ use shardline_shard::{BodyError, ClientIo, StreamRequest};
 
 use crate::config_gateway::HostMode;
 use crate::upstream::client::{self, BodyReader, Failure, Head, RespBuf};
+use crate::upstream::tls::UpstreamStream;
 use crate::upstream::{InFlight, Pick, Upstream};
 
 /// Request bodies up to this size are read whole before the upstream is
@@ -313,7 +313,7 @@ fn write_request_head(
 
 /// What one try produced.
 pub(crate) struct Answer {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub head: Head,
     pub buf: RespBuf,
     pub target: usize,
@@ -376,7 +376,7 @@ async fn try_target(
                 if left.is_zero() {
                     return Err(TryError::Upstream(Failure::Timeout));
                 }
-                let s = client::connect(t.addr, up.cfg.connect_timeout.min(left))
+                let s = client::connect(t, up.cfg.connect_timeout.min(left))
                     .await
                     .map_err(TryError::Upstream)?;
                 t.pool.count_opened();
@@ -432,7 +432,7 @@ async fn try_target(
 /// Streams the rest of the client's body (after the replayable prefix
 /// already sent) to the upstream.
 async fn stream_body(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     io: &mut ClientIo<'_>,
     chunked: bool,
 ) -> Result<(), TryError> {

@@ -15,6 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
+use std::ops::DerefMut;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 
 /// A listener's TLS settings, shared by every shard. Replacing the config
 /// affects handshakes that start afterwards; connections already set up
@@ -115,10 +116,12 @@ impl LocalTls {
     }
 }
 
-/// One TLS connection over a TCP stream.
-pub struct TlsStream {
+/// One TLS connection over a TCP stream: the server side of a client
+/// connection (`ServerConnection`), or, for upstream TLS, the client side
+/// (`ClientConnection`).
+pub struct TlsStream<C = ServerConnection> {
     pub(crate) tcp: TcpStream,
-    conn: ServerConnection,
+    conn: C,
     /// The TCP peer sent FIN.
     eof: bool,
     close_notify_queued: bool,
@@ -162,19 +165,45 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl TlsStream {
+impl TlsStream<ServerConnection> {
     pub(crate) fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(tls_error)?;
-        Ok(TlsStream {
+        Ok(TlsStream::wrap(tcp, conn))
+    }
+}
+
+impl TlsStream<ClientConnection> {
+    /// The client side of a TLS connection over `tcp` (upstream TLS); run
+    /// [`TlsStream::handshake`] before use.
+    pub fn client(tcp: TcpStream, conn: ClientConnection) -> Self {
+        TlsStream::wrap(tcp, conn)
+    }
+}
+
+impl<C, D> TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+{
+    fn wrap(tcp: TcpStream, conn: C) -> Self {
+        TlsStream {
             tcp,
             conn,
             eof: false,
             close_notify_queued: false,
-        })
+        }
     }
 
-    pub(crate) fn connection(&self) -> &ServerConnection {
+    pub fn connection(&self) -> &C {
         &self.conn
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Completes the handshake (no deadline: the caller bounds it).
+    pub async fn handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx)).await
     }
 
     /// Writes every queued TLS record to the socket.
@@ -375,7 +404,10 @@ pub fn certificate_dns_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-impl AsyncRead for TlsStream {
+impl<C, D> AsyncRead for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+{
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -385,7 +417,10 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<C, D> AsyncWrite for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

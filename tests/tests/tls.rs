@@ -431,3 +431,72 @@ fn the_streaming_path_works_over_tls() {
         assert!(up.last().body == body);
     }
 }
+
+/// Upstream TLS: a TLS-terminating shardline as the upstream of another.
+fn https_gateway(target: &str, tls_line: &str) -> TestServer {
+    TestServer::start_toml(&format!(
+        "[[upstreams]]\nname = \"u\"\ntargets = [\"{target}\"]\nretry = {{ attempts = 1 }}\n{tls_line}\n\n[[routes]]\nname = \"proxy\"\npath = \"/{{*rest}}\"\nupstream = \"u\"\n"
+    ))
+}
+
+#[test]
+fn upstream_https_targets_are_verified_against_the_ca() {
+    let pki = Pki::new();
+    let backend = pki.start("");
+    let port = backend.tls_addr().port();
+    let ca = pki.dir.write("up-ca.crt", &pki.ca.pem());
+
+    // Verified: the certificate is for localhost and 127.0.0.1.
+    for target in [
+        format!("https://localhost:{port}"),
+        format!("https://127.0.0.1:{port}"),
+    ] {
+        let gw = https_gateway(&target, &format!("tls = {{ ca = \"{ca}\" }}"));
+        let mut c = gw.client();
+        for _ in 0..3 {
+            let r = c.request(&get("/plaintext", &[]));
+            assert_eq!(r.status, 200, "{target}: {}", r.summary());
+            assert_eq!(r.text(), "Hello, World!");
+        }
+    }
+
+    // A CA that did not sign it: 502, nothing proxied.
+    let other = pki.dir.write("other-ca.crt", &Ca::new("other").pem());
+    let target = format!("https://127.0.0.1:{port}");
+    let gw = https_gateway(&target, &format!("tls = {{ ca = \"{other}\" }}"));
+    let r = gw.client().request(&get("/plaintext", &[]));
+    assert_eq!(r.status, 502, "{}", r.summary());
+    assert!(r.text().contains("TLS"), "{}", r.text());
+
+    // The right CA but a name the certificate does not cover: 502.
+    let gw = https_gateway(
+        &target,
+        &format!("tls = {{ ca = \"{ca}\", server_name = \"api.other.test\" }}"),
+    );
+    assert_eq!(gw.client().request(&get("/plaintext", &[])).status, 502);
+
+    // The test-only switch accepts any certificate.
+    let gw = https_gateway(
+        &target,
+        &format!("tls = {{ ca = \"{other}\", insecure_skip_verify_for_tests = true }}"),
+    );
+    assert_eq!(gw.client().request(&get("/plaintext", &[])).status, 200);
+
+    // Plain HTTP to the TLS port is not what an http:// target does.
+    let gw = https_gateway(&format!("http://127.0.0.1:{port}"), "");
+    assert_ne!(gw.client().request(&get("/plaintext", &[])).status, 200);
+}
+
+#[test]
+fn upstream_https_without_a_ca_is_a_config_error() {
+    let e = shardline::Config::from_toml_str(
+        "[[upstreams]]\nname = \"u\"\ntargets = [\"https://127.0.0.1:1\"]\n\n[[routes]]\nname = \"p\"\npath = \"/\"\nupstream = \"u\"\n",
+    )
+    .unwrap_err();
+    assert!(e.0.contains("upstreams[0]") && e.0.contains("tls.ca"), "{e}");
+    let e = shardline::Config::from_toml_str(
+        "[[upstreams]]\nname = \"u\"\ntargets = [\"ftp://127.0.0.1:1\"]\n\n[[routes]]\nname = \"p\"\npath = \"/\"\nupstream = \"u\"\n",
+    )
+    .unwrap_err();
+    assert!(e.0.contains("targets[0]") && e.0.contains("ftp"), "{e}");
+}
