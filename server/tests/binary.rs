@@ -357,12 +357,16 @@ fn self_signed() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-/// Waits (bounded) until stderr contains `needle`.
+/// Waits (bounded) until stderr has a complete line containing `needle`
+/// (stderr is unbuffered: a line may arrive in several writes).
 fn wait_stderr(p: &common::Proc, needle: &str) -> String {
     let deadline = std::time::Instant::now() + common::GUARD;
     loop {
         let text = p.stderr_text();
-        if text.contains(needle) || std::time::Instant::now() > deadline {
+        let complete = text
+            .split_inclusive('\n')
+            .any(|l| l.ends_with('\n') && l.contains(needle));
+        if complete || std::time::Instant::now() > deadline {
             return text;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
