@@ -96,7 +96,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
         let mut stream = match t.pool.take(Instant::now(), up.cfg.idle_timeout) {
             Some(s) => s,
             None => {
-                let s = client::connect(t.addr, up.cfg.connect_timeout.min(part.timeout)).await?;
+                let s = client::connect(t, up.cfg.connect_timeout.min(part.timeout)).await?;
                 t.pool.count_opened();
                 s
             }

@@ -117,6 +117,8 @@ pub struct ServerConfig {
     pub spin_before_park: Duration,
     pub preempt_timer: Duration,
     pub ring_depth: usize,
+    /// The HTTPS listener (`[server.tls]`), beside the plain one.
+    pub tls: Option<crate::config_tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +168,7 @@ impl Default for ServerConfig {
             spin_before_park: Duration::ZERO,
             preempt_timer: DEFAULT_PREEMPT_TIMER,
             ring_depth: DEFAULT_RING_DEPTH,
+            tls: None,
         }
     }
 }
@@ -257,8 +260,7 @@ pub(crate) struct FileServer {
     pub spin_before_park: Option<String>,
     pub preempt_timer: Option<String>,
     pub ring_depth: Option<usize>,
-    // Later-issue key (TLS).
-    tls: Option<toml::Value>,
+    pub tls: Option<crate::config_tls::FileTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,13 +345,24 @@ impl Config {
             ("auth", file.auth.is_some()),
             ("slos", file.slos.is_some()),
             ("observability", file.observability.is_some()),
-            ("server.tls", file.server.tls.is_some()),
         ] {
             if present {
                 return err(key, "is not supported by this build of shardline yet");
             }
         }
-        let server = validate_server(&file.server, overrides)?;
+        let mut server = validate_server(&file.server, overrides)?;
+        if let Some(t) = file.server.tls.take() {
+            let tls = crate::config_tls::validate_tls(t)?;
+            if tls.listen.port() != 0
+                && (tls.listen == server.listen || Some(tls.listen) == server.admin_listen)
+            {
+                return err(
+                    "server.tls.listen",
+                    format!("{} is already used by another listener", tls.listen),
+                );
+            }
+            server.tls = Some(tls);
+        }
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(file.upstreams.len());
         for (i, u) in file.upstreams.into_iter().enumerate() {
             let u = gw::validate_upstream(i, u)?;

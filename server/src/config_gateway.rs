@@ -89,6 +89,8 @@ pub struct TargetConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Set for `https://` targets: the client config and SNI name.
+    pub tls: Option<crate::upstream::tls::TargetTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +181,18 @@ pub(crate) struct FileUpstream {
     retry: Option<FileRetry>,
     circuit_breaker: Option<FileBreaker>,
     health_check: Option<FileHealth>,
+    tls: Option<FileUpstreamTls>,
+}
+
+/// `tls = { ca = "...", server_name = "...", insecure_skip_verify_for_tests = false }`
+/// on an upstream with `https://` targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstreamTls {
+    ca: Option<String>,
+    server_name: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify_for_tests: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,11 +293,18 @@ fn size(key: &str, v: &Option<toml::Value>, default: u64, max: u64) -> Result<u6
     Ok(n)
 }
 
+/// The host part of `HOST:PORT` / `[V6]:PORT` (the SNI name of an
+/// `https://` target).
+fn host_of(host_port: &str) -> &str {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 fn resolve(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
     if addr.contains("://") {
         return err(
             key,
-            format!("{addr:?}: give HOST:PORT (https:// targets are not supported by this build)"),
+            format!("{addr:?}: give HOST:PORT, http://HOST:PORT or https://HOST:PORT"),
         );
     }
     match addr.to_socket_addrs() {
@@ -316,18 +337,73 @@ pub(crate) fn validate_upstream(i: usize, u: FileUpstream) -> Result<UpstreamCon
         return err(&key("targets"), format!("at most {MAX_TARGETS} targets"));
     }
     let mut targets = Vec::with_capacity(file_targets.len());
+    // Built once for all of this upstream's https:// targets.
+    let mut tls_config: Option<std::sync::Arc<rustls::ClientConfig>> = None;
+    let tls_settings = u.tls;
     for (j, t) in file_targets.into_iter().enumerate() {
         let tkey = format!("{label}.targets[{j}]");
         let (addr_text, weight) = match t {
             FileTarget::Addr(a) => (a, None),
             FileTarget::Weighted { addr, weight } => (addr, weight),
         };
-        let addr = resolve(&tkey, &addr_text)?;
+        let (https, host_port) = match addr_text.split_once("://") {
+            None => (false, addr_text.clone()),
+            Some(("http", rest)) => (false, rest.trim_end_matches('/').to_string()),
+            Some(("https", rest)) => (true, rest.trim_end_matches('/').to_string()),
+            Some((scheme, _)) => {
+                return err(
+                    &tkey,
+                    format!("{addr_text:?}: scheme {scheme:?} is not http or https"),
+                )
+            }
+        };
+        let addr = resolve(&tkey, &host_port)?;
         let weight = count(&format!("{tkey}.weight"), weight, 1, 1, MAX_WEIGHT)?;
+        let tls = if https {
+            let settings = tls_settings.as_ref();
+            let config = match &tls_config {
+                Some(c) => std::sync::Arc::clone(c),
+                None => {
+                    let skip = settings.is_some_and(|s| s.insecure_skip_verify_for_tests);
+                    if skip {
+                        eprintln!(
+                            "shardline: warning: {}: insecure_skip_verify_for_tests is set: \
+                             upstream certificates are NOT verified (tests only)",
+                            key("tls")
+                        );
+                    }
+                    let ca = settings
+                        .and_then(|s| s.ca.as_deref())
+                        .map(std::path::Path::new);
+                    let c = crate::upstream::tls::client_config(&key("tls"), ca, skip)
+                        .map_err(ConfigError)?;
+                    tls_config = Some(std::sync::Arc::clone(&c));
+                    c
+                }
+            };
+            let name = match settings.and_then(|s| s.server_name.clone()) {
+                Some(n) => n,
+                None => host_of(&host_port).to_string(),
+            };
+            let server_name =
+                rustls::pki_types::ServerName::try_from(name.clone()).or_else(|_| {
+                    err(
+                        &key("tls.server_name"),
+                        format!("{name:?} is not a DNS name or IP address"),
+                    )
+                })?;
+            Some(crate::upstream::tls::TargetTls {
+                config,
+                server_name,
+            })
+        } else {
+            None
+        };
         targets.push(TargetConfig {
-            name: addr_text,
+            name: host_port,
             addr,
             weight,
+            tls,
         });
     }
     let balance = match u.balance.as_deref() {

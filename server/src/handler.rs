@@ -47,6 +47,8 @@ pub struct Request<'a> {
     params: Params<'a, 'a>,
     peer: SocketAddr,
     shard: ShardInfo,
+    tls: bool,
+    tls_client_identity: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -57,7 +59,21 @@ impl<'a> Request<'a> {
             params,
             peer: ex.peer,
             shard: ex.shard,
+            tls: ex.is_tls(),
+            tls_client_identity: ex.tls_client_identity(),
         }
+    }
+
+    /// The request arrived on the HTTPS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The verified client certificate's identity (mTLS,
+    /// `[server.tls.client_auth]`): its subject common name, else its first
+    /// subject alternative name; `None` without a client certificate.
+    pub fn tls_client_identity(&self) -> Option<&'a str> {
+        self.tls_client_identity
     }
 
     pub fn method(&self) -> &'a str {

@@ -22,6 +22,8 @@
 //! # Layout
 //! - [`config`]: TOML structs, validation with key-naming errors, the
 //!   embedded default config.
+//! - [`config_tls`]: `[server.tls]` (HTTPS listener, certificates, mTLS).
+//! - `tls`: building the rustls server config from it; SNI; reload.
 //! - [`units`]: sizes and durations.
 //! - [`cli`]: clap flags, one per `[server]` key.
 //! - [`server`]: [`Server`] builder, CPU placement, start, [`RunningServer`].
@@ -42,15 +44,17 @@ mod cache_glue;
 pub mod cli;
 pub mod config;
 pub mod config_gateway;
+pub mod config_tls;
 pub mod handler;
 mod proxy;
 pub mod run;
 pub mod server;
 mod system;
+mod tls;
 pub mod units;
 mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use handler::{Handler, HandlerFactory, Request, Response};
-pub use server::{RunningServer, Server, StartError};
+pub use server::{RunningServer, Server, StartError, TlsReloadHandle};
 pub use shardline_shard::ShardInfo;

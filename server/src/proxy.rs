@@ -11,7 +11,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
 use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, BodyDelimit, LAST_CHUNK};
 use shardline_protocol::response_head::ResponseFraming;
@@ -19,6 +18,7 @@ use shardline_shard::{BodyError, ClientIo, StreamRequest};
 
 use crate::config_gateway::HostMode;
 use crate::upstream::client::{self, BodyReader, Failure, Head, RespBuf};
+use crate::upstream::tls::UpstreamStream;
 use crate::upstream::{InFlight, Pick, Upstream};
 
 /// Request bodies up to this size are read whole before the upstream is
@@ -342,7 +342,7 @@ fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 39]) -> &str {
 
 /// What one try produced.
 pub(crate) struct Answer {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub head: Head,
     pub buf: RespBuf,
     pub target: usize,
@@ -405,7 +405,7 @@ async fn try_target(
                 if left.is_zero() {
                     return Err(TryError::Upstream(Failure::Timeout));
                 }
-                let s = client::connect(t.addr, up.cfg.connect_timeout.min(left))
+                let s = client::connect(t, up.cfg.connect_timeout.min(left))
                     .await
                     .map_err(TryError::Upstream)?;
                 t.pool.count_opened();
@@ -461,7 +461,7 @@ async fn try_target(
 /// Streams the rest of the client's body (after the replayable prefix
 /// already sent) to the upstream.
 async fn stream_body(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     io: &mut ClientIo<'_>,
     chunked: bool,
 ) -> Result<(), TryError> {

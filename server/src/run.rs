@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::Cli;
@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
 
     // Registered before the shards start, so a SIGTERM during start-up is
     // queued for the signal thread instead of killing the process mid-bind.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
@@ -78,9 +78,14 @@ pub fn main() -> ExitCode {
         .admin_addr()
         .map_or_else(|| "off".to_string(), |a| a.to_string());
     let mut out = std::io::stdout().lock();
+    // `tls=` only when an HTTPS listener runs, so the line is unchanged
+    // for plain setups.
+    let tls = server
+        .tls_addr()
+        .map_or_else(String::new, |a| format!(" tls={a}"));
     let _ = writeln!(
         out,
-        "shardline ready listen={} admin={admin} shards={}",
+        "shardline ready listen={} admin={admin} shards={}{tls}",
         server.local_addr(),
         server.shards()
     );
@@ -89,11 +94,26 @@ pub fn main() -> ExitCode {
 
     if let Some(handle) = server.shutdown_handle() {
         let signals_handle = signals.handle();
+        let tls_reload = server.tls_reload_handle();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 let mut seen = 0;
                 for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        // Reload what can be reloaded; a bad file keeps the
+                        // old certificate in use.
+                        match &tls_reload {
+                            Some(t) => match t.reload() {
+                                Ok(()) => eprintln!("shardline: SIGHUP: TLS certificates reloaded"),
+                                Err(e) => eprintln!(
+                                    "shardline: SIGHUP: TLS reload failed, keeping the old certificates: {e}"
+                                ),
+                            },
+                            None => eprintln!("shardline: SIGHUP: nothing to reload"),
+                        }
+                        continue;
+                    }
                     seen += 1;
                     if seen == 1 {
                         eprintln!("shardline: signal {sig}: draining");

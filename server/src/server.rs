@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use shardline_protocol::limits::Limits;
 use shardline_shard::{
-    ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
-    ShutdownHandle,
+    AppFactory, ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet,
+    ShardSetConfig, ShutdownHandle,
 };
 
 use crate::admin::{AdminFactory, ADMIN_MAX_CONNECTIONS};
 use crate::app::GatewayFactory;
 use crate::config::Config;
 use crate::handler::HandlerFactory;
+use crate::tls::TlsRuntime;
 
 /// Why the server could not start (one line, fit for `shardline: error: …`):
 /// the shard layer's error type, which the server's own checks reuse.
@@ -100,11 +101,17 @@ impl Server {
         let config = Arc::new(self.config.clone());
         let gateway = GatewayFactory::new(Arc::clone(&config), Arc::new(self.handlers))
             .map_err(StartError)?;
+        let tls = match &s.tls {
+            Some(t) => Some(Arc::new(TlsRuntime::new(t.clone()).map_err(StartError)?)),
+            None => None,
+        };
+        let gateway: Arc<dyn AppFactory> = Arc::new(gateway);
         let mut listeners = vec![ListenerSpec {
             addr: s.listen,
             placement: ListenerPlacement::EveryShard,
-            app: Arc::new(gateway),
+            app: Arc::clone(&gateway),
             max_connections: None,
+            tls: None,
         }];
         if let Some(admin) = s.admin_listen {
             listeners.push(ListenerSpec {
@@ -112,6 +119,20 @@ impl Server {
                 placement: ListenerPlacement::FirstShard,
                 app: Arc::new(AdminFactory),
                 max_connections: Some(ADMIN_MAX_CONNECTIONS),
+                tls: None,
+            });
+        }
+        // The HTTPS listener serves the same routes as the plain one; each
+        // shard builds its own app for it (shard-local state is per
+        // listener).
+        let tls_index = listeners.len();
+        if let (Some(t), Some(rt)) = (&s.tls, &tls) {
+            listeners.push(ListenerSpec {
+                addr: t.listen,
+                placement: ListenerPlacement::EveryShard,
+                app: Arc::clone(&gateway),
+                max_connections: None,
+                tls: Some(rt.acceptor()),
             });
         }
         let set = ShardSet::start(ShardSetConfig {
@@ -128,13 +149,33 @@ impl Server {
         })?;
         let addrs = set.local_addrs();
         let local_addr = addrs[0];
-        let admin_addr = addrs.get(1).copied();
+        let admin_addr = s.admin_listen.and(addrs.get(1).copied());
+        let tls_addr = tls.as_ref().and(addrs.get(tls_index).copied());
         Ok(RunningServer {
             set: Some(set),
             local_addr,
             admin_addr,
+            tls_addr,
+            tls,
             shards: cpus.len(),
         })
+    }
+}
+
+/// Reloads the TLS listener's certificates from any thread.
+#[derive(Clone)]
+pub struct TlsReloadHandle(Arc<TlsRuntime>);
+
+impl std::fmt::Debug for TlsReloadHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsReloadHandle")
+    }
+}
+
+impl TlsReloadHandle {
+    /// See [`RunningServer::reload_tls`].
+    pub fn reload(&self) -> Result<(), String> {
+        self.0.reload()
     }
 }
 
@@ -147,6 +188,8 @@ pub struct RunningServer {
     set: Option<ShardSet>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    tls: Option<Arc<TlsRuntime>>,
     shards: usize,
 }
 
@@ -159,6 +202,27 @@ impl RunningServer {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The HTTPS listener's address (`[server.tls]`), if configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Re-reads the TLS certificates, keys and CA file (SIGHUP). New
+    /// handshakes use them; open connections are untouched. On error the
+    /// old certificates stay in use and the message names the bad file.
+    /// `Ok(false)` when no TLS listener is configured.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// A handle that reloads TLS from another thread (the signal thread).
+    pub fn tls_reload_handle(&self) -> Option<TlsReloadHandle> {
+        self.tls.as_ref().map(|t| TlsReloadHandle(Arc::clone(t)))
     }
 
     pub fn shards(&self) -> usize {

@@ -348,3 +348,81 @@ respond = { status = 200, body = \"hi\", content_type = \"text/plain\" }\n",
     proc_.signal("TERM");
     assert_eq!(proc_.wait_exit().code(), Some(0));
 }
+
+/// A self-signed certificate for localhost, as (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Waits (bounded) until stderr has a complete line containing `needle`
+/// (stderr is unbuffered: a line may arrive in several writes).
+fn wait_stderr(p: &common::Proc, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + common::GUARD;
+    loop {
+        let text = p.stderr_text();
+        let complete = text
+            .split_inclusive('\n')
+            .any(|l| l.ends_with('\n') && l.contains(needle));
+        if complete || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `[server.tls]`: the ready line names the HTTPS listener; SIGHUP reloads
+/// the certificate, a broken file is reported (naming the key and file)
+/// and leaves the server running on the old one.
+#[test]
+fn sighup_reloads_tls_certificates_and_survives_a_bad_file() {
+    let (cert, key) = self_signed();
+    let cert_path = temp_file("hup.crt", &cert);
+    let key_path = temp_file("hup.key", &key);
+    let toml = format!(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let conf = temp_file("hup.toml", &toml);
+    let conf_s = conf.to_string_lossy().into_owned();
+    let (mut p, ready) = start(&[
+        "--config",
+        &conf_s,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--shards",
+        "1",
+    ]);
+    let tls = ready.tls.expect("tls= in the ready line");
+    assert_ne!(tls.port(), 0, "{}", ready.line);
+    assert_ne!(tls, ready.listen);
+
+    let (cert2, key2) = self_signed();
+    std::fs::write(&cert_path, cert2).unwrap();
+    std::fs::write(&key_path, key2).unwrap();
+    p.signal("HUP");
+    let err = wait_stderr(&p, "TLS certificates reloaded");
+    assert!(err.contains("TLS certificates reloaded"), "stderr: {err}");
+
+    std::fs::write(&cert_path, "garbage\n").unwrap();
+    p.signal("HUP");
+    let err = wait_stderr(&p, "TLS reload failed");
+    let line = err
+        .lines()
+        .find(|l| l.contains("TLS reload failed"))
+        .unwrap_or_else(|| panic!("no reload failure line; stderr: {err}"));
+    assert!(
+        line.contains("server.tls.cert") && line.contains("hup.crt"),
+        "{line}"
+    );
+    // Still serving, and still draining on SIGTERM as usual.
+    let mut c = Conn::open(ready.listen);
+    assert_eq!(c.request(&get("/plaintext")).status, 200);
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().code(), Some(0), "stderr: {}", p.stderr_text());
+}

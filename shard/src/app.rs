@@ -78,13 +78,16 @@ pub struct ShardInfo {
 
 /// What the connection loop knows about a request's connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnContext {
+pub(crate) struct ConnContext<'x> {
     pub peer: SocketAddr,
     pub shard: ShardInfo,
     /// The request allows the connection to persist (and the shard is not
     /// draining).
     pub keep_alive: bool,
     pub draining: bool,
+    /// The connection came in on a TLS listener.
+    pub tls: bool,
+    pub tls_client_identity: Option<&'x str>,
 }
 
 /// One request and the means to answer it.
@@ -100,13 +103,15 @@ pub struct Exchange<'x> {
     draining: bool,
     responded: bool,
     token: usize,
+    tls: bool,
+    tls_client_identity: Option<&'x str>,
 }
 
 impl<'x> Exchange<'x> {
     pub(crate) fn new(
         head: &'x RequestHead<'x, 'x>,
         body: &'x [u8],
-        conn: ConnContext,
+        conn: ConnContext<'x>,
         out: &'x mut Vec<u8>,
         date: &'x DateCache,
         token: usize,
@@ -122,6 +127,8 @@ impl<'x> Exchange<'x> {
             draining: conn.draining,
             responded: false,
             token,
+            tls: conn.tls,
+            tls_client_identity: conn.tls_client_identity,
         }
     }
 
@@ -222,5 +229,18 @@ impl<'x> Exchange<'x> {
 
     pub fn version(&self) -> Version {
         self.head.version
+    }
+
+    /// The request arrived over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The identity of the client's verified TLS certificate (mTLS): its
+    /// subject common name, else its first subject alternative name.
+    /// `None` on plain connections and when the client sent no
+    /// certificate (allowed when `client_auth.required` is false).
+    pub fn tls_client_identity(&self) -> Option<&'x str> {
+        self.tls_client_identity
     }
 }

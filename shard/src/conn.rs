@@ -17,13 +17,10 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
 use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::error::{Error as ProtoError, ErrorKind};
 use shardline_protocol::framing::BodyFraming;
@@ -35,6 +32,7 @@ use crate::app::{App, ConnContext, Dispatch, Exchange};
 use crate::buffers::ReadBuf;
 use crate::shard::ShardState;
 use crate::stream::{BodyLeft, ClientIo, StreamRequest};
+use crate::transport::Transport;
 
 /// Responses queued in one batch before they are written even though more
 /// pipelined requests are buffered, so a deep pipeline cannot grow the
@@ -79,7 +77,10 @@ struct ChunkedInProgress {
 }
 
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Transport,
+    /// The verified client certificate's identity (mTLS), set once the
+    /// TLS handshake is done.
+    pub(crate) tls_identity: Option<Box<str>>,
     pub(crate) peer: SocketAddr,
     pub(crate) shard: Rc<ShardState>,
     app: Rc<dyn App>,
@@ -101,7 +102,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: Transport,
         peer: SocketAddr,
         shard: Rc<ShardState>,
         app: Rc<dyn App>,
@@ -112,6 +113,7 @@ impl Conn {
         let _ = stream.set_write_timeout(Some(shard.limits.idle_timeout));
         Conn {
             stream,
+            tls_identity: None,
             peer,
             app,
             rbuf: None,
@@ -125,8 +127,10 @@ impl Conn {
         }
     }
 
-    pub(crate) async fn run(mut self) {
-        let _ = self.serve().await;
+    pub(crate) async fn run(mut self, handshake_timeout: Duration) {
+        if self.handshake(handshake_timeout).await.is_ok() {
+            let _ = self.serve().await;
+        }
         self.set_busy(false);
         if let Some(b) = self.rbuf.take() {
             self.shard.pool.put_read(b);
@@ -219,6 +223,46 @@ impl Conn {
         }
     }
 
+    /// Completes the TLS handshake within `timeout` (nothing to do for
+    /// plain TCP). A client that stalls mid-handshake is cut off by the
+    /// shard's deadline sweep like a slow request head.
+    async fn handshake(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.stream.tls().is_none() {
+            return Ok(());
+        }
+        let timeouts = &self.shard.timeouts;
+        let slot = self.timeout_slot;
+        timeouts.arm(slot, timeout);
+        let stream = &mut self.stream;
+        let res = poll_fn(|cx| {
+            if timeouts.expired(slot) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )));
+            }
+            match stream.poll_handshake(cx) {
+                Poll::Pending => {
+                    timeouts.set_waker(slot, cx.waker());
+                    Poll::Pending
+                }
+                ready => ready,
+            }
+        })
+        .await;
+        timeouts.disarm(slot);
+        if res.is_ok() {
+            self.tls_identity = self
+                .stream
+                .tls()
+                .and_then(|t| crate::tls::client_identity(t.connection()))
+                .map(String::into_boxed_str);
+        } else {
+            self.shard.count_tls_handshake_failure();
+        }
+        res
+    }
+
     /// Reads once into the read buffer. An idle connection borrows a buffer
     /// from the pool only for the instant a read succeeds: glommio's
     /// `poll_read` is readiness-based (a non-blocking `recv`, then a poll
@@ -249,7 +293,7 @@ impl Conn {
                 return Poll::Ready(Err(io::Error::other("read buffer limit reached")));
             }
             let end = buf.end;
-            match Pin::new(&mut *stream).poll_read(cx, &mut buf.data[end..]) {
+            match stream.poll_read(cx, &mut buf.data[end..]) {
                 Poll::Ready(Ok(n)) => {
                     buf.end += n;
                     Poll::Ready(Ok(n))
@@ -318,7 +362,7 @@ impl Conn {
     /// (the client sees EOF after the response), then read and discard what
     /// the client still sends, bounded in bytes and time.
     async fn linger(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = self.stream.shutdown_write().await;
         let mut discarded = 0usize;
         let deadline = Instant::now() + LINGER_MAX;
         if let Some(b) = self.rbuf.take() {
@@ -516,6 +560,8 @@ impl Conn {
                     shard: shard.info,
                     keep_alive,
                     draining: shard.draining(),
+                    tls: self.stream.tls().is_some(),
+                    tls_client_identity: self.tls_identity.as_deref(),
                 };
                 let mut ex = Exchange::new(&head, body, conn, out, &date, token);
                 self.app.handle(&mut ex);

@@ -18,6 +18,9 @@
 //! - [`cpus`]: CPU lists and the process affinity mask.
 //! - `event`: a shard-local one-shot event (drain).
 //! - [`timeouts`]: read deadlines checked by one coarse sweep per shard.
+//! - [`tls`]: TLS termination (rustls over the shard's socket), reloadable
+//!   acceptor, client-certificate identity.
+//! - `transport`: plain TCP or TLS behind one read/write boundary.
 
 pub mod app;
 pub mod buffers;
@@ -29,6 +32,8 @@ pub mod set;
 mod shard;
 pub mod stream;
 pub mod timeouts;
+pub mod tls;
+mod transport;
 
 pub use app::{App, AppFactory, Dispatch, Exchange, ShardInfo, StreamFuture};
 pub use router::{Match, Methods, Params, RouteError, Router};
@@ -39,3 +44,4 @@ pub use set::{
 pub use shard::ShardState;
 pub use shardline_protocol as protocol;
 pub use stream::{BodyError, ClientIo, StreamRequest};
+pub use tls::TlsAcceptor;

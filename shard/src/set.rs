@@ -17,6 +17,7 @@ use shardline_protocol::limits::Limits;
 
 use crate::app::{AppFactory, ShardInfo};
 use crate::shard::{self, BoundListener};
+use crate::tls::{LocalTls, TlsAcceptor};
 
 /// Per-connection limits every shard applies.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct ListenerSpec {
     pub app: Arc<dyn AppFactory>,
     /// Overrides `max_connections_per_shard` for this listener.
     pub max_connections: Option<usize>,
+    /// Terminate TLS on this listener (`None` = plain HTTP).
+    pub tls: Option<Arc<TlsAcceptor>>,
 }
 
 /// Executor knobs passed to glommio, per shard.
@@ -272,6 +275,7 @@ async fn shard_main(
                 .max_connections
                 .unwrap_or(limits.max_connections_per_shard),
             close_on_drain: spec.placement == ListenerPlacement::EveryShard,
+            tls: spec.tls.as_ref().map(|a| LocalTls::new(Arc::clone(a))),
         });
     }
     if tx.send(Ok(bound_addrs)).is_err() {

@@ -19,6 +19,8 @@ use crate::conn::Conn;
 use crate::event::LocalEvent;
 use crate::set::{Control, ShardLimits};
 use crate::timeouts::{Timeouts, TIMEOUT_TICK_MS};
+use crate::tls::{LocalTls, TlsStream};
+use crate::transport::Transport;
 
 /// How often a shard looks at the process-wide shutdown flag. Signals
 /// arrive on another thread; polling a flag this rarely costs nothing
@@ -37,6 +39,8 @@ pub struct ShardCounters {
     pub requests: Cell<u64>,
     pub parse_errors: Cell<u64>,
     pub timeouts: Cell<u64>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Cell<u64>,
 }
 
 /// State shared by every connection on one shard (`Rc`, never crosses
@@ -94,6 +98,11 @@ impl ShardState {
         c.set(c.get() + 1);
     }
 
+    pub(crate) fn count_tls_handshake_failure(&self) {
+        let c = &self.counters.tls_handshake_failures;
+        c.set(c.get() + 1);
+    }
+
     pub(crate) fn count_timeout(&self) {
         let c = &self.counters.timeouts;
         c.set(c.get() + 1);
@@ -115,6 +124,8 @@ pub(crate) struct BoundListener {
     /// Close this listener as soon as a drain starts. The admin listener
     /// stays open so `/readyz` can say 503 while traffic drains.
     pub close_on_drain: bool,
+    /// Terminate TLS on this listener's connections.
+    pub tls: Option<LocalTls>,
 }
 
 /// Runs a shard until shutdown: accept loops, Date timer, then drain.
@@ -221,10 +232,19 @@ async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
         let c = &state.counters;
         c.accepted.set(c.accepted.get() + 1);
         c.open.set(c.open.get() + 1);
+        let (transport, handshake_timeout) = match &bound.tls {
+            None => (Transport::Plain(stream), Duration::ZERO),
+            Some(tls) => match TlsStream::new(stream, tls.current()) {
+                Ok(t) => (Transport::Tls(Box::new(t)), tls.handshake_timeout()),
+                Err(_) => continue,
+            },
+        };
         let st = Rc::clone(&state);
         let app = Rc::clone(&bound.app);
         glommio::spawn_local(async move {
-            Conn::new(stream, peer, Rc::clone(&st), app).run().await;
+            Conn::new(transport, peer, Rc::clone(&st), app)
+                .run(handshake_timeout)
+                .await;
             let c = &st.counters;
             c.open.set(c.open.get().saturating_sub(1));
             drop(permit);

@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use futures_lite::io::AsyncWriteExt;
 use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::date::DateCache;
 use shardline_protocol::error::Error as ProtoError;
@@ -194,6 +193,17 @@ impl<'c> ClientIo<'c> {
 
     pub fn shard(&self) -> ShardInfo {
         self.conn.shard.info
+    }
+
+    /// The request arrived over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.conn.stream.tls().is_some()
+    }
+
+    /// The verified client certificate's identity (see
+    /// [`crate::Exchange::tls_client_identity`]).
+    pub fn tls_client_identity(&self) -> Option<&str> {
+        self.conn.tls_identity.as_deref()
     }
 
     /// Whether the request has a body still to be read.

@@ -13,12 +13,14 @@
 //!   embedded default or a TOML snippet, bound to `127.0.0.1:0`.
 //! - [`request`]: builders for request bytes.
 //! - [`upstream`]: scriptable upstream servers for the gateway tests.
+//! - [`tls`]: rcgen certificates in a scratch directory, a rustls client.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod client;
 pub mod request;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::time::Duration;

@@ -13,6 +13,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin listener's address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// The HTTPS listener's address (`[server.tls]`), if configured.
+    pub tls: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -75,6 +77,7 @@ impl TestServer {
         TestServer {
             addr: running.local_addr(),
             admin: running.admin_addr(),
+            tls: running.tls_addr(),
             running: Some(running),
         }
     }
@@ -82,6 +85,19 @@ impl TestServer {
     /// A new client connection to the main listener.
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Reloads the TLS certificates (what SIGHUP does in the binary).
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.running {
+            Some(r) => r.reload_tls(),
+            None => Ok(false),
+        }
+    }
+
+    /// The HTTPS listener's address; panics if none is configured.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.expect("the test config has no [server.tls]")
     }
 
     /// Begins a graceful drain (non-blocking).

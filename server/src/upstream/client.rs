@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::upstream::tls::UpstreamStream;
+use crate::upstream::Target;
 use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::limits::Limits;
 use shardline_protocol::response_head::{
@@ -85,7 +88,26 @@ pub(crate) async fn with_deadline<T>(deadline: Instant, fut: impl Future<Output 
     .await
 }
 
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
+/// Connects to `target` (and, for an `https://` target, completes the TLS
+/// handshake, all within `timeout`: nothing is sent before it succeeds, so
+/// a failure is retryable like a refused connect).
+pub(crate) async fn connect(target: &Target, timeout: Duration) -> Result<UpstreamStream, Failure> {
+    let started = Instant::now();
+    let tcp = connect_tcp(target.addr, timeout).await?;
+    let Some(tls) = &target.tls else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    match with_deadline(started + timeout, UpstreamStream::tls(tcp, tls)).await {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(e)) => Err(Failure::Connect(io::Error::new(
+            e.kind(),
+            format!("TLS handshake with the upstream failed: {e}"),
+        ))),
+        None => Err(Failure::ConnectTimeout),
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
     match TcpStream::connect_timeout(addr, timeout).await {
         Ok(s) => {
             // Requests are written whole; Nagle would only delay them.
@@ -132,7 +154,7 @@ impl RespBuf {
     }
 
     /// Reads once from `stream` behind the unread bytes; `Ok(0)` is EOF.
-    pub(crate) async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+    pub(crate) async fn fill(&mut self, stream: &mut UpstreamStream) -> io::Result<usize> {
         if self.end == self.data.len() {
             if self.start == 0 {
                 return Err(io::Error::other("upstream read buffer full"));
@@ -191,7 +213,7 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
 /// we never asked for is malformed). `buf.start` is moved past the head;
 /// its bytes stay in place until the next fill.
 pub(crate) async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     buf: &mut RespBuf,
     request_was_head: bool,
 ) -> Result<Head, Failure> {
@@ -311,7 +333,7 @@ impl BodyReader {
     /// Each read from the socket must make progress within `read_timeout`.
     pub(crate) async fn next(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut UpstreamStream,
         buf: &mut RespBuf,
         out: &mut Vec<u8>,
         read_timeout: Duration,
@@ -376,6 +398,9 @@ impl BodyReader {
 }
 
 /// Writes all of `bytes` to the upstream.
-pub(crate) async fn send(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await
+pub(crate) async fn send(stream: &mut UpstreamStream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    // TLS may hold the last record back until flushed; plain TCP's flush
+    // is a no-op.
+    stream.flush().await
 }

@@ -45,7 +45,7 @@ async fn probe(up: &Upstream, i: usize, path: &str, timeout: std::time::Duration
     let t = &up.targets[i];
     let deadline = Instant::now() + timeout;
     let attempt = async {
-        let mut stream = client::connect(t.addr, timeout).await.ok()?;
+        let mut stream = client::connect(t, timeout).await.ok()?;
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: shardline-health-check\r\nConnection: close\r\n\r\n",
             t.name

@@ -16,6 +16,7 @@ pub(crate) mod budget;
 pub(crate) mod client;
 pub(crate) mod health;
 pub(crate) mod pool;
+pub(crate) mod tls;
 pub(crate) mod window;
 
 use std::cell::{Cell, RefCell};
@@ -32,6 +33,8 @@ use pool::IdlePool;
 pub(crate) struct Target {
     pub name: String,
     pub addr: SocketAddr,
+    /// Set for `https://` targets.
+    pub tls: Option<tls::TargetTls>,
     pub weight: u32,
     pub pool: IdlePool,
     pub in_flight: Cell<u32>,
@@ -69,6 +72,7 @@ impl Upstream {
             .map(|t| Target {
                 name: t.name.clone(),
                 addr: t.addr,
+                tls: t.tls.clone(),
                 weight: t.weight,
                 pool: IdlePool::new(cfg.pool_size_per_shard),
                 in_flight: Cell::new(0),
@@ -305,6 +309,7 @@ mod tests {
                 name: format!("127.0.0.1:{}", 9000 + i),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                 weight: w,
+                tls: None,
             })
             .collect();
         let cfg = UpstreamConfig {

@@ -10,13 +10,12 @@ use std::cell::RefCell;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
-
 use crate::system::{peek_idle, IdleSocket};
+use crate::upstream::tls::UpstreamStream;
 
 pub(crate) struct IdlePool {
     max: usize,
-    idle: RefCell<Vec<(TcpStream, Instant)>>,
+    idle: RefCell<Vec<(UpstreamStream, Instant)>>,
     reused: std::cell::Cell<u64>,
     opened: std::cell::Cell<u64>,
 }
@@ -33,7 +32,7 @@ impl IdlePool {
 
     /// A usable idle connection, if one is pooled and younger than
     /// `idle_timeout`.
-    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<TcpStream> {
+    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
         // Everything older than the newest expired one is expired too.
         if let Some(pos) = idle
@@ -52,7 +51,7 @@ impl IdlePool {
     }
 
     /// Returns a connection after a complete exchange.
-    pub(crate) fn put(&self, stream: TcpStream, now: Instant) {
+    pub(crate) fn put(&self, stream: UpstreamStream, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         if idle.len() < self.max {
             idle.push((stream, now));

@@ -18,10 +18,12 @@ pub struct Ready {
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub shards: usize,
+    /// The HTTPS listener (`tls=ADDR`, only when `[server.tls]` is set).
+    pub tls: Option<SocketAddr>,
     pub line: String,
 }
 
-/// Parses `shardline ready listen=ADDR admin=ADDR|off shards=N`.
+/// Parses `shardline ready listen=ADDR admin=ADDR|off shards=N [tls=ADDR]`.
 pub fn parse_ready(line: &str) -> Ready {
     let mut it = line.split_whitespace();
     assert_eq!(it.next(), Some("shardline"), "ready line: {line:?}");
@@ -29,6 +31,7 @@ pub fn parse_ready(line: &str) -> Ready {
     let mut listen = None;
     let mut admin = None;
     let mut shards = None;
+    let mut tls = None;
     for tok in it {
         let (k, v) = tok
             .split_once('=')
@@ -43,6 +46,7 @@ pub fn parse_ready(line: &str) -> Ready {
                 })
             }
             "shards" => shards = Some(v.parse().expect("shard count")),
+            "tls" => tls = Some(v.parse().expect("tls address")),
             other => panic!("unexpected ready line key {other:?} in {line:?}"),
         }
     }
@@ -50,6 +54,7 @@ pub fn parse_ready(line: &str) -> Ready {
         listen: listen.expect("listen= in the ready line"),
         admin: admin.expect("admin= in the ready line"),
         shards: shards.expect("shards= in the ready line"),
+        tls,
         line: line.to_string(),
     }
 }

@@ -1,0 +1,212 @@
+//! `[server.tls]`: the HTTPS listener's settings (file layer and validated
+//! form). The files it names are read when the server starts and again on
+//! every reload (`tls.rs`), not here: validation stays free of I/O.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::units::parse_duration;
+
+/// A client gets this long to complete the TLS handshake: as long as it
+/// gets for a request head, which a slow mobile link also has to manage.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Session-ticket keys are replaced this often; a ticket stays valid for at
+/// most twice this. 6 hours is rustls's own choice and bounds how much
+/// recorded traffic one stolen key could decrypt (forward secrecy of
+/// resumed sessions).
+pub const DEFAULT_TICKET_KEY_ROTATION: Duration = Duration::from_secs(6 * 3600);
+/// Longer than a day gives up most of the forward secrecy tickets allow.
+const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
+/// Shorter than a minute makes resumption fail for ordinary clients.
+const MIN_TICKET_KEY_ROTATION: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTls {
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    sni: Vec<FileSniCert>,
+    handshake_timeout: Option<String>,
+    ticket_key_rotation: Option<String>,
+    min_version: Option<String>,
+    client_auth: Option<FileClientAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSniCert {
+    cert: Option<String>,
+    key: Option<String>,
+    names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClientAuth {
+    ca: Option<String>,
+    required: Option<bool>,
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// Full chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// An extra certificate chosen by SNI.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    pub paths: CertPaths,
+    /// Host names (`*.example.com` allowed) it serves; `None` = the DNS
+    /// names in the certificate itself.
+    pub names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM bundle of the CA certificates client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse clients without a certificate (otherwise they are served
+    /// without an identity).
+    pub required: bool,
+}
+
+/// The validated `[server.tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// Served when SNI names no configured certificate (or is absent).
+    pub default_cert: CertPaths,
+    pub sni: Vec<SniCert>,
+    pub handshake_timeout: Duration,
+    pub ticket_key_rotation: Duration,
+    pub min_version: TlsVersion,
+    pub client_auth: Option<ClientAuth>,
+}
+
+fn err<T>(key: &str, msg: impl std::fmt::Display) -> Result<T, ConfigError> {
+    Err(ConfigError(format!("{key}: {msg}")))
+}
+
+fn path(key: &str, v: Option<String>) -> Result<PathBuf, ConfigError> {
+    match v {
+        Some(p) if !p.trim().is_empty() => Ok(PathBuf::from(p)),
+        Some(_) => err(key, "must not be empty"),
+        None => err(key, "missing (a PEM file)"),
+    }
+}
+
+pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
+    let listen = match f.listen {
+        Some(v) => v.parse().or_else(|_| {
+            err(
+                "server.tls.listen",
+                format!("invalid address {v:?}: expected IP:PORT like \"0.0.0.0:8443\""),
+            )
+        })?,
+        None => {
+            return err(
+                "server.tls.listen",
+                "missing (the HTTPS listener's IP:PORT, e.g. \"0.0.0.0:8443\")",
+            )
+        }
+    };
+    let default_cert = CertPaths {
+        cert: path("server.tls.cert", f.cert)?,
+        key: path("server.tls.key", f.key)?,
+    };
+    let mut sni = Vec::with_capacity(f.sni.len());
+    for (i, s) in f.sni.into_iter().enumerate() {
+        let key = |k: &str| format!("server.tls.sni[{i}].{k}");
+        let names = match s.names {
+            Some(n) if n.is_empty() => return err(&key("names"), "must name at least one host"),
+            Some(n) => {
+                let mut out = Vec::with_capacity(n.len());
+                for name in n {
+                    let lower = name.trim().to_ascii_lowercase();
+                    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+                    if bare.is_empty()
+                        || !bare
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                    {
+                        return err(&key("names"), format!("{name:?} is not a host name"));
+                    }
+                    out.push(lower);
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        sni.push(SniCert {
+            paths: CertPaths {
+                cert: path(&key("cert"), s.cert)?,
+                key: path(&key("key"), s.key)?,
+            },
+            names,
+        });
+    }
+    let handshake_timeout = match f.handshake_timeout {
+        Some(v) => {
+            let d = parse_duration(&v).or_else(|e| err("server.tls.handshake_timeout", e))?;
+            if d.is_zero() {
+                return err("server.tls.handshake_timeout", "must be greater than zero");
+            }
+            d
+        }
+        None => DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    let ticket_key_rotation = match f.ticket_key_rotation {
+        Some(v) => {
+            let d = parse_duration(&v).or_else(|e| err("server.tls.ticket_key_rotation", e))?;
+            if !(MIN_TICKET_KEY_ROTATION..=MAX_TICKET_KEY_ROTATION).contains(&d) {
+                return err(
+                    "server.tls.ticket_key_rotation",
+                    format!("{v:?} is out of range (1m to 24h)"),
+                );
+            }
+            d
+        }
+        None => DEFAULT_TICKET_KEY_ROTATION,
+    };
+    let min_version = match f.min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(v) => {
+            return err(
+                "server.tls.min_version",
+                format!("{v:?}: expected \"1.2\" or \"1.3\" (older versions are never offered)"),
+            )
+        }
+    };
+    let client_auth = match f.client_auth {
+        Some(c) => Some(ClientAuth {
+            ca: path("server.tls.client_auth.ca", c.ca)?,
+            required: c.required.unwrap_or(true),
+        }),
+        None => None,
+    };
+    Ok(TlsConfig {
+        listen,
+        default_cert,
+        sni,
+        handshake_timeout,
+        ticket_key_rotation,
+        min_version,
+        client_auth,
+    })
+}

@@ -1,0 +1,455 @@
+//! TLS termination inside the shard: rustls driven over the shard's own
+//! socket, no thread hop.
+//!
+//! - [`TlsAcceptor`] is what a listener is configured with: the current
+//!   `rustls::ServerConfig` (swapped whole on reload) and the handshake
+//!   timeout. It is shared by every shard.
+//! - `LocalTls` is a shard's view of it: the config it hands to new
+//!   connections, refreshed only when the acceptor's generation changed.
+//!   Checking costs one atomic load per accepted connection; the mutex is
+//!   taken once per shard per reload, never per request.
+//! - `TlsStream` is one connection: a `rustls::ServerConnection` fed from
+//!   and flushed to the `TcpStream` with non-blocking reads and writes (an
+//!   adapter turns "would wait" into `WouldBlock` for rustls and back into
+//!   `Poll::Pending` for the caller, with glommio's waker registered).
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::ops::DerefMut;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+
+/// A listener's TLS settings, shared by every shard. Replacing the config
+/// affects handshakes that start afterwards; connections already set up
+/// keep the config (and certificate) they were accepted with.
+pub struct TlsAcceptor {
+    config: Mutex<Arc<ServerConfig>>,
+    /// Bumped by every [`TlsAcceptor::replace`]; shards compare it with the
+    /// generation they hold before taking the mutex.
+    generation: AtomicU64,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+impl TlsAcceptor {
+    /// `handshake_timeout` bounds the whole handshake, from accept to the
+    /// first application byte the server may read.
+    pub fn new(config: Arc<ServerConfig>, handshake_timeout: Duration) -> Self {
+        TlsAcceptor {
+            config: Mutex::new(config),
+            generation: AtomicU64::new(0),
+            handshake_timeout,
+        }
+    }
+
+    /// New handshakes use `config` from now on (each shard picks it up at
+    /// its next accept).
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        let mut cur = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cur = config;
+        // Bumped under the lock so a shard that sees the new generation
+        // also finds the new config.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> (u64, Arc<ServerConfig>) {
+        let cur = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), Arc::clone(&cur))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+}
+
+/// One shard's cached copy of a listener's TLS config.
+pub(crate) struct LocalTls {
+    acceptor: Arc<TlsAcceptor>,
+    generation: Cell<u64>,
+    config: RefCell<Arc<ServerConfig>>,
+}
+
+impl LocalTls {
+    pub(crate) fn new(acceptor: Arc<TlsAcceptor>) -> Self {
+        let (generation, config) = acceptor.snapshot();
+        LocalTls {
+            acceptor,
+            generation: Cell::new(generation),
+            config: RefCell::new(config),
+        }
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.acceptor.handshake_timeout
+    }
+
+    /// The config for a new connection: the cached one unless a reload
+    /// happened since it was cached.
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
+        if self.acceptor.generation.load(Ordering::Acquire) != self.generation.get() {
+            let (generation, config) = self.acceptor.snapshot();
+            self.generation.set(generation);
+            *self.config.borrow_mut() = config;
+        }
+        Arc::clone(&self.config.borrow())
+    }
+}
+
+/// One TLS connection over a TCP stream: the server side of a client
+/// connection (`ServerConnection`), or, for upstream TLS, the client side
+/// (`ClientConnection`).
+pub struct TlsStream<C = ServerConnection> {
+    pub(crate) tcp: TcpStream,
+    conn: C,
+    /// The TCP peer sent FIN.
+    eof: bool,
+    close_notify_queued: bool,
+}
+
+/// `io::Read` over a glommio stream for rustls: `Pending` becomes
+/// `WouldBlock` (glommio has registered the waker by then).
+struct ReadAdapter<'a, 'b> {
+    tcp: &'a mut TcpStream,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for ReadAdapter<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_read(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+struct WriteAdapter<'a, 'b> {
+    tcp: &'a mut TcpStream,
+    cx: &'a mut Context<'b>,
+}
+
+impl Write for WriteAdapter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream<ServerConnection> {
+    pub(crate) fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let conn = ServerConnection::new(config).map_err(tls_error)?;
+        Ok(TlsStream::wrap(tcp, conn))
+    }
+}
+
+impl TlsStream<ClientConnection> {
+    /// The client side of a TLS connection over `tcp` (upstream TLS); run
+    /// [`TlsStream::handshake`] before use.
+    pub fn client(tcp: TcpStream, conn: ClientConnection) -> Self {
+        TlsStream::wrap(tcp, conn)
+    }
+}
+
+impl<C, D> TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+{
+    fn wrap(tcp: TcpStream, conn: C) -> Self {
+        TlsStream {
+            tcp,
+            conn,
+            eof: false,
+            close_notify_queued: false,
+        }
+    }
+
+    pub fn connection(&self) -> &C {
+        &self.conn
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Completes the handshake (no deadline: the caller bounds it).
+    pub async fn handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx)).await
+    }
+
+    /// Writes every queued TLS record to the socket.
+    pub(crate) fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.conn.wants_write() {
+            let mut w = WriteAdapter {
+                tcp: &mut self.tcp,
+                cx,
+            };
+            match self.conn.write_tls(&mut w) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads records from the socket and processes them. `Ok(false)` when
+    /// the socket is at EOF.
+    fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut r = ReadAdapter {
+            tcp: &mut self.tcp,
+            cx,
+        };
+        let n = match self.conn.read_tls(&mut r) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if n == 0 {
+            self.eof = true;
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            // rustls queued an alert saying why; try to send it.
+            let _ = self.poll_flush_tls(cx);
+            return Poll::Ready(Err(tls_error(e)));
+        }
+        Poll::Ready(Ok(n > 0))
+    }
+
+    /// Drives the handshake to its end (including the server's final
+    /// flight and TLS 1.3 session tickets).
+    pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.poll_flush_tls(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_read_tls(cx) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection during the TLS handshake",
+                    )))
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads decrypted bytes. A peer that closes without `close_notify`
+    /// reads as a plain EOF: HTTP/1.1 framing, not the TLS close, tells
+    /// whether a request was complete.
+    pub(crate) fn poll_read_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if self.eof {
+                return Poll::Ready(Ok(0));
+            }
+            // Anything rustls wants to say first (an alert, a key update
+            // reply) goes out; if the socket is full it goes with the next
+            // write.
+            if self.conn.wants_write() {
+                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            match self.poll_read_tls(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Encrypts and writes `buf` whole.
+    pub(crate) fn poll_write_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut &[u8],
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.poll_flush_tls(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if buf.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            // rustls bounds what it buffers (64 KiB by default): this takes
+            // a part of a large body, which the flush above then sends.
+            let n = self.conn.writer().write(buf)?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *buf = &buf[n..];
+        }
+    }
+
+    /// Sends `close_notify`.
+    pub(crate) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.close_notify_queued {
+            self.close_notify_queued = true;
+            self.conn.send_close_notify();
+        }
+        self.poll_flush_tls(cx)
+    }
+}
+
+/// What the client proved with its certificate, if it sent one: the
+/// subject's common name, else the first subject alternative name (DNS
+/// name, e-mail address or URI). `None` without a client certificate or
+/// when the certificate names nothing usable.
+pub fn client_identity(conn: &ServerConnection) -> Option<String> {
+    let der = conn.peer_certificates()?.first()?;
+    certificate_identity(der.as_ref())
+}
+
+/// The identity [`client_identity`] derives from one DER certificate.
+pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok())
+        .filter(|s| !s.is_empty())
+    {
+        return Some(cn.to_string());
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+            Some((*s).to_string())
+        }
+        _ => None,
+    })
+}
+
+/// The DNS names a certificate is valid for (its subject alternative
+/// names; the common name when it has none), lower-cased.
+pub fn certificate_dns_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(s) => Some(s.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    names
+}
+
+impl<C, D> AsyncRead for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_read_plain(cx, buf)
+    }
+}
+
+impl<C, D> AsyncWrite for TlsStream<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>> + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.poll_flush_tls(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let n = this.conn.writer().write(buf)?;
+        // Start sending at once; what does not fit goes with the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_flush_tls(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_close_notify(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.tcp).poll_close(cx),
+            other => other,
+        }
+    }
+}

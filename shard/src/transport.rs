@@ -1,0 +1,87 @@
+//! The connection's byte stream: plain TCP or TLS. The connection loop
+//! reads and writes through [`Transport`] and never asks which it is; the
+//! plain arm calls glommio's stream directly, so plain HTTP pays one
+//! branch for the boundary.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::tls::TlsStream;
+
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.tcp,
+        }
+    }
+
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp().set_nodelay(on).map_err(io::Error::from)
+    }
+
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(t).map_err(io::Error::from)
+    }
+
+    #[inline]
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(t) => t.poll_read_plain(cx, buf),
+        }
+    }
+
+    /// Writes `buf` whole; for TLS, until every record is on the socket.
+    pub(crate) async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Tls(t) => {
+                let mut rest = buf;
+                poll_fn(|cx| t.poll_write_all(cx, &mut rest)).await
+            }
+        }
+    }
+
+    /// Ends our sending side (after `close_notify` for TLS) so the client
+    /// sees the end of the response stream.
+    pub(crate) async fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Transport::Tls(t) = self {
+            poll_fn(|cx| t.poll_close_notify(cx)).await?;
+        }
+        self.tcp()
+            .shutdown(std::net::Shutdown::Write)
+            .await
+            .map_err(io::Error::from)
+    }
+
+    /// Runs the TLS handshake (nothing for plain TCP).
+    pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(_) => Poll::Ready(Ok(())),
+            Transport::Tls(t) => t.poll_handshake(cx),
+        }
+    }
+
+    pub(crate) fn tls(&self) -> Option<&TlsStream> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(t) => Some(t),
+        }
+    }
+}
