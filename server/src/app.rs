@@ -14,12 +14,20 @@ use shardline_shard::{
 use crate::aggregate::{self, Aggregate};
 use crate::config::{Action, Config};
 use crate::handler::{self, Handler, HandlerFactory, Request, Response};
+use crate::policy::{self as pol, Passed, Rejected, ShardPolicies};
 use crate::proxy::{self, GatewayShard, Proxy};
 use crate::upstream::{self, Upstream};
 
 /// Token for requests no route matches (404, 405, 501, OPTIONS): they are
 /// answered inline by matching again, a cold path.
 const NO_ROUTE: usize = usize::MAX;
+/// Token for CORS preflights a route's policy answers.
+const PREFLIGHT: usize = usize::MAX - 1;
+
+/// Bodies buffered whole for validation on streamed routes are bounded by
+/// this (and by the route's own limit): a JSON document to check against a
+/// schema has no business being bigger, and it is held in memory.
+const MAX_VALIDATED_BODY_BYTES: u64 = 16 << 20;
 
 /// Route table and handler factories shared (immutably) by all shards.
 pub(crate) struct GatewayFactory {
@@ -115,6 +123,7 @@ struct GatewayApp {
     gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
+    policies: ShardPolicies,
 }
 
 impl AppFactory for GatewayFactory {
@@ -185,12 +194,19 @@ impl AppFactory for GatewayFactory {
             gw: GatewayShard::new(),
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
+            policies: ShardPolicies::new(&self.config, shard),
         })
     }
 }
 
 impl App for GatewayApp {
     fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
+        if self.policies.any_cors
+            && head.method == "OPTIONS"
+            && self.preflight_route(head).is_some()
+        {
+            return Dispatch::Inline(PREFLIGHT);
+        }
         match self.router.at(head.method, head.path) {
             Match::Found(&i, _) => match &self.actions[i] {
                 ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
@@ -212,6 +228,18 @@ impl App for GatewayApp {
         Box::pin(async move {
             let Some(action) = self.actions.get(token) else {
                 return;
+            };
+            let rewritten;
+            let req: &StreamRequest = if self.policies.active(token) {
+                match self.stream_policies(token, req, io).await {
+                    Some(r) => {
+                        rewritten = r;
+                        &rewritten
+                    }
+                    None => return,
+                }
+            } else {
+                req
             };
             // The path sent upstream, from the route's params.
             let path = {
@@ -243,10 +271,17 @@ impl App for GatewayApp {
         })
     }
 
+    fn shutdown(&self) {
+        self.policies.shutdown();
+    }
+
     fn handle(&self, ex: &mut Exchange<'_>) {
         let head = ex.head;
         let token = ex.token();
-        if token != NO_ROUTE {
+        if token == PREFLIGHT && self.answer_preflight(ex) {
+            return;
+        }
+        if token != NO_ROUTE && !self.policies.active(token) {
             if let Some(ShardAction::Respond {
                 status,
                 body,
@@ -265,7 +300,110 @@ impl App for GatewayApp {
                 }
             }
         }
-        match self.router.at(head.method, head.path) {
+        let mut passed = Passed::default();
+        let matched = self.router.at(head.method, head.path);
+        if let Match::Found(&i, params) = &matched {
+            if self.policies.active(i) {
+                let checked = self
+                    .policies
+                    .check(i, head, ex.peer, params, &mut passed)
+                    .and_then(|()| self.policies.check_body(i, head, ex.body));
+                if let Err(r) = checked {
+                    reject_inline(ex, &r);
+                    ex.insert_headers(&passed.response_headers);
+                    return;
+                }
+            }
+        }
+        self.run_inline(ex, matched);
+        ex.insert_headers(&passed.response_headers);
+    }
+}
+
+impl GatewayApp {
+    /// The route whose CORS policy answers this preflight, if any.
+    fn preflight_route(&self, head: &RequestHead<'_, '_>) -> Option<usize> {
+        head.header("origin")?;
+        let method = std::str::from_utf8(head.header("access-control-request-method")?).ok()?;
+        match self.router.at(method, head.path) {
+            Match::Found(&i, _) if self.policies.has_cors(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn answer_preflight(&self, ex: &mut Exchange<'_>) -> bool {
+        let head = ex.head;
+        let Some(i) = self.preflight_route(head) else {
+            return false;
+        };
+        match self.policies.preflight(i, head) {
+            Some(Ok(hs)) => {
+                let refs: Vec<(&str, &[u8])> = hs.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                ex.respond(&ProtoResponse {
+                    status: 204,
+                    headers: &refs,
+                    content_type: None,
+                    body: b"",
+                });
+                true
+            }
+            Some(Err(r)) => {
+                reject_inline(ex, &r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The head and body policies of a streamed route; `None` when the
+    /// request was refused (and answered). The request returned carries
+    /// the head to send on (request id, traceparent).
+    async fn stream_policies(
+        &self,
+        token: usize,
+        req: &StreamRequest,
+        io: &mut ClientIo<'_>,
+    ) -> Option<StreamRequest> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let head = req.head(&mut headers)?;
+        let params = match self.router.at(head.method, head.path) {
+            Match::Found(_, params) => params,
+            _ => Default::default(),
+        };
+        let mut passed = Passed::default();
+        let checked = self.policies.check(token, &head, io.peer(), &params, &mut passed);
+        io.add_response_headers(&passed.response_headers);
+        if let Err(r) = checked {
+            // The body is not read: close rather than read it for nothing.
+            if io.has_body() {
+                io.close_after();
+            }
+            reject_stream(io, &r).await;
+            return None;
+        }
+        if self.policies.validates_body(token) {
+            let limit = self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let res = match io.buffer_body(limit).await {
+                Ok(body) => self.policies.check_body(token, &head, body),
+                Err(e) => {
+                    proxy::client_body_failed(io, e).await;
+                    return None;
+                }
+            };
+            if let Err(r) = res {
+                reject_stream(io, &r).await;
+                return None;
+            }
+        }
+        let mut h = io.take_buffer();
+        pol::upstream_head(&head, &passed, &mut h);
+        Some(req.with_head(h))
+    }
+
+    fn run_inline(&self, ex: &mut Exchange<'_>, matched: Match<'_, '_, usize>) {
+        let head = ex.head;
+        match matched {
             Match::Found(&i, params) => match &self.actions[i] {
                 ShardAction::Respond {
                     status,
@@ -350,6 +488,48 @@ impl App for GatewayApp {
                 "no route matches this path",
                 &[],
             ),
+        }
+    }
+}
+
+fn reject_inline(ex: &mut Exchange<'_>, r: &Rejected) {
+    let hs = r.header_refs();
+    match &r.body {
+        Some(body) => ex.respond(&ProtoResponse {
+            status: r.status,
+            headers: &hs,
+            content_type: Some(b"application/problem+json"),
+            body,
+        }),
+        None => ex.problem(r.status, &r.problem_type, r.title, &r.detail, &hs),
+    }
+}
+
+async fn reject_stream(io: &mut ClientIo<'_>, r: &Rejected) {
+    let hs = r.header_refs();
+    match &r.body {
+        Some(body) => {
+            let mut out = io.take_buffer();
+            let opts = io.encode_options();
+            io.with_date(|date| {
+                shardline_protocol::response::encode(
+                    &mut out,
+                    &ProtoResponse {
+                        status: r.status,
+                        headers: &hs,
+                        content_type: Some(b"application/problem+json"),
+                        body,
+                    },
+                    opts,
+                    date,
+                )
+            });
+            let _ = io.write_all(&out).await;
+            io.put_buffer(out);
+        }
+        None => {
+            io.send_problem(r.status, &r.problem_type, r.title, &r.detail, &hs)
+                .await
         }
     }
 }

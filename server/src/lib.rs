@@ -43,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod config_gateway;
 pub mod handler;
+pub mod policy;
 mod proxy;
 pub mod run;
 pub mod server;

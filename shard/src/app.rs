@@ -58,6 +58,10 @@ pub trait App {
     ) -> StreamFuture<'a> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Called once on the shard's thread when the shard has drained, before
+    /// it ends: the place to save state that must survive a restart.
+    fn shutdown(&self) {}
 }
 
 /// Builds each shard's [`App`] on that shard's thread.
@@ -100,6 +104,9 @@ pub struct Exchange<'x> {
     draining: bool,
     responded: bool,
     token: usize,
+    /// Where this exchange's response starts in `out` (earlier pipelined
+    /// responses come before it).
+    start: usize,
 }
 
 impl<'x> Exchange<'x> {
@@ -111,6 +118,7 @@ impl<'x> Exchange<'x> {
         date: &'x DateCache,
         token: usize,
     ) -> Self {
+        let start = out.len();
         Exchange {
             head,
             body,
@@ -122,7 +130,25 @@ impl<'x> Exchange<'x> {
             draining: conn.draining,
             responded: false,
             token,
+            start,
         }
+    }
+
+    /// Adds header field lines (`Name: value\r\n` each, already validated
+    /// by the caller) to the response already encoded, right after its
+    /// status line. For fields a policy adds to whatever the route's action
+    /// answered (request id, CORS, rate-limit state). No effect before
+    /// [`Exchange::respond`].
+    pub fn insert_headers(&mut self, raw: &[u8]) {
+        if !self.responded || raw.is_empty() {
+            return;
+        }
+        let resp = &self.out[self.start..];
+        let Some(eol) = resp.windows(2).position(|w| w == b"\r\n") else {
+            return;
+        };
+        let at = self.start + eol + 2;
+        self.out.splice(at..at, raw.iter().copied());
     }
 
     fn options(&self) -> EncodeOptions {

@@ -54,10 +54,36 @@ impl StreamRequest {
         }
     }
 
+    /// The same request with another head (a policy added or replaced
+    /// header fields, e.g. the request id sent upstream). The head must be a
+    /// complete, valid request head; the header limits grow with it so the
+    /// fields the policy added never make it unparseable.
+    pub fn with_head(&self, head: Vec<u8>) -> StreamRequest {
+        let mut limits = self.limits;
+        limits.max_header_bytes = limits.max_header_bytes.max(head.len());
+        limits.max_headers = (limits.max_headers + POLICY_ADDED_HEADERS_MAX)
+            .min(shardline_protocol::limits::MAX_HEADERS_CAP);
+        StreamRequest {
+            head,
+            limits,
+            peer: self.peer,
+            shard: self.shard,
+        }
+    }
+
+    /// The head's bytes as received (request line through the blank line).
+    pub fn head_bytes(&self) -> &[u8] {
+        &self.head
+    }
+
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.head
     }
 }
+
+/// Header fields a policy may add to a streamed request's head
+/// ([`StreamRequest::with_head`]): request id and traceparent.
+pub const POLICY_ADDED_HEADERS_MAX: usize = 4;
 
 /// Why reading a streamed request body failed.
 #[derive(Debug)]
@@ -102,6 +128,17 @@ pub struct ClientIo<'c> {
     started: bool,
     /// A write failed or the app abandoned the response mid-way.
     broken: bool,
+    /// Header field lines to add after the status line of the response
+    /// (policies: request id, CORS, rate-limit state).
+    inject: Vec<u8>,
+    /// A body read ahead whole by a policy (validation, idempotency) and
+    /// handed back: `read_body` serves it before anything else.
+    replay: Vec<u8>,
+    replay_at: usize,
+    /// Every response byte written, kept while `capture_limit` allows
+    /// (an idempotency key stores the response it replays).
+    capture: Option<Vec<u8>>,
+    capture_limit: usize,
 }
 
 impl<'c> ClientIo<'c> {
@@ -122,7 +159,67 @@ impl<'c> ClientIo<'c> {
             keep_alive,
             started: false,
             broken: false,
+            inject: Vec::new(),
+            replay: Vec::new(),
+            replay_at: 0,
+            capture: None,
+            capture_limit: 0,
         }
+    }
+
+    /// Adds header field lines (`Name: value\r\n` each, validated by the
+    /// caller) to the response this request gets, whoever writes it: they
+    /// are spliced in after the status line of the first response head
+    /// written through [`ClientIo::write_all`].
+    pub fn add_response_headers(&mut self, raw: &[u8]) {
+        self.inject.extend_from_slice(raw);
+    }
+
+    /// Reads the rest of the body whole (at most `max` bytes more; the
+    /// route's own limit applies too) and keeps it to be read again through
+    /// [`ClientIo::read_body`]. Returns the whole body.
+    pub async fn buffer_body(&mut self, max: usize) -> Result<&[u8], BodyError> {
+        let mut all = std::mem::take(&mut self.replay);
+        all.drain(..self.replay_at);
+        self.replay_at = 0;
+        while !self.original_body_done() {
+            let room = max.saturating_sub(all.len()).max(1);
+            let n = self.read_original(&mut all, room.min(64 * 1024)).await;
+            match n {
+                Ok(0) => break,
+                Ok(_) if all.len() > max => {
+                    self.replay = all;
+                    return Err(BodyError::Framing(ProtoError::new(
+                        shardline_protocol::error::ErrorKind::BodyTooLarge,
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.replay = all;
+                    return Err(e);
+                }
+            }
+        }
+        self.replay = all;
+        Ok(&self.replay)
+    }
+
+    /// Starts keeping a copy of every response byte written, up to `limit`
+    /// bytes (past it the copy is dropped).
+    pub fn capture_response(&mut self, limit: usize) {
+        self.capture = Some(Vec::new());
+        self.capture_limit = limit;
+    }
+
+    /// The response bytes captured, if they all fit.
+    pub fn take_captured(&mut self) -> Option<Vec<u8>> {
+        self.capture.take()
+    }
+
+    /// Whether the response was cut short (a write failed, or the app
+    /// aborted it).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -135,15 +232,21 @@ impl<'c> ClientIo<'c> {
 
     /// Whether the request has a body still to be read.
     pub fn has_body(&self) -> bool {
-        !matches!(self.body, BodyLeft::Done | BodyLeft::Length(0))
+        self.replay_at < self.replay.len() || !self.original_body_done()
+    }
+
+    fn original_body_done(&self) -> bool {
+        matches!(self.body, BodyLeft::Done | BodyLeft::Length(0))
     }
 
     /// The declared body length, if the request was framed by
-    /// Content-Length (`None` for chunked).
+    /// Content-Length (`None` for chunked). A body buffered whole
+    /// ([`ClientIo::buffer_body`]) counts as Content-Length framed.
     pub fn content_length(&self) -> Option<u64> {
+        let replay = (self.replay.len() - self.replay_at) as u64;
         match self.body {
-            BodyLeft::Length(n) => Some(n),
-            BodyLeft::Done => Some(0),
+            BodyLeft::Length(n) => Some(n + replay),
+            BodyLeft::Done => Some(replay),
             BodyLeft::Chunked(_) => None,
         }
     }
@@ -195,6 +298,33 @@ impl<'c> ClientIo<'c> {
     /// Writes response bytes to the client.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.started = true;
+        if let Some(c) = &mut self.capture {
+            if c.len() + bytes.len() <= self.capture_limit {
+                c.extend_from_slice(bytes);
+            } else {
+                self.capture = None;
+            }
+        }
+        if !self.inject.is_empty() && !bytes.starts_with(b"HTTP/1.1 1") {
+            if let Some(eol) = bytes.windows(2).position(|w| w == b"\r\n") {
+                let inject = std::mem::take(&mut self.inject);
+                let mut joined = self.take_buffer();
+                joined.extend_from_slice(&bytes[..eol + 2]);
+                joined.extend_from_slice(&inject);
+                joined.extend_from_slice(&bytes[eol + 2..]);
+                if let Some(c) = &mut self.capture {
+                    // The copy replays what the client saw.
+                    c.truncate(c.len() - bytes.len());
+                    c.extend_from_slice(&joined);
+                }
+                let res = self.conn.stream.write_all(&joined).await;
+                self.put_buffer(joined);
+                if res.is_err() {
+                    self.broken = true;
+                }
+                return res;
+            }
+        }
         let res = self.conn.stream.write_all(bytes).await;
         if res.is_err() {
             self.broken = true;
@@ -238,6 +368,20 @@ impl<'c> ClientIo<'c> {
     /// Content-Length body; a chunked body yields what one read decoded).
     /// `Ok(0)` is the end of the body.
     pub async fn read_body(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, BodyError> {
+        if self.replay_at < self.replay.len() {
+            let take = (self.replay.len() - self.replay_at).min(max.max(1));
+            out.extend_from_slice(&self.replay[self.replay_at..self.replay_at + take]);
+            self.replay_at += take;
+            if self.replay_at == self.replay.len() {
+                self.replay = Vec::new();
+                self.replay_at = 0;
+            }
+            return Ok(take);
+        }
+        self.read_original(out, max).await
+    }
+
+    async fn read_original(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, BodyError> {
         if self.expect_continue && self.has_body() {
             // RFC 9110 §10.1.1: the client waits for this before sending
             // the body; we send it once we actually want the body.
