@@ -11,10 +11,13 @@
 //! half a lease, so steady traffic rarely waits; requests that find the
 //! share empty are refused (429) and never wait for a message.
 //!
-//! A share that has never seen a key starts with one token on credit (so
-//! a client's first request on a new connection is not refused while the
-//! first lease is on its way); the credit is reported with the first
-//! `Want` and taken off the owner's budget.
+//! For rate limits, a share that has never seen a key starts with one
+//! token on credit (so a client's first request on a new connection is not
+//! refused while the first lease is on its way); the credit is reported
+//! with the first `Want` and taken off the owner's budget. Quotas give no
+//! credit: on a non-owner shard the first request for a key is refused
+//! (429, `Retry-After: 1`) while its first lease is fetched — quotas err on
+//! the side of refusing, never of exceeding the count.
 //!
 //! # Error bound
 //! Tokens only come from the owner's bucket, which starts at `burst` and
@@ -279,10 +282,16 @@ impl Limiters {
                     return Decision::Deny { retry_after_secs: 1 };
                 }
             }
+            // A rate limit admits the first request on a new key on credit;
+            // a quota does not (a credit per new share would hand out a
+            // request past a spent quota after every restart or sweep).
+            let credit = match spec.budget {
+                Budget::Rate { .. } => 1.0,
+                Budget::Quota { .. } => 0.0,
+            };
             let s = shares.entry(full.into()).or_insert(Share {
-                // The first request on a new key is admitted on credit.
-                tokens: 1.0,
-                debt: 1.0,
+                tokens: credit,
+                debt: credit,
                 pending_since: None,
                 retry_at: 0.0,
                 last_use: now,
