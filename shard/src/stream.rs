@@ -450,7 +450,9 @@ impl<'c> ClientIo<'c> {
     pub(crate) fn outcome(&self) -> StreamOutcome {
         StreamOutcome {
             started: self.started,
-            reusable: !self.broken && self.body_done() && self.encode_options().keep_alive,
+            // A buffered body not read back does not matter: the socket's
+            // framing is what a next request depends on.
+            reusable: !self.broken && self.original_body_done() && self.encode_options().keep_alive,
         }
     }
 }
