@@ -208,6 +208,14 @@ impl App for GatewayApp {
             return Dispatch::Inline(PREFLIGHT);
         }
         match self.router.at(head.method, head.path) {
+            Match::Found(&i, _)
+                if self.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
+            {
+                Dispatch::Stream {
+                    token: i,
+                    max_body_bytes: self.body_limits[i],
+                }
+            }
             Match::Found(&i, _) => match &self.actions[i] {
                 ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
                     token: i,
@@ -229,44 +237,19 @@ impl App for GatewayApp {
             let Some(action) = self.actions.get(token) else {
                 return;
             };
-            let rewritten;
-            let req: &StreamRequest = if self.policies.active(token) {
-                match self.stream_policies(token, req, io).await {
-                    Some(r) => {
-                        rewritten = r;
-                        &rewritten
-                    }
-                    None => return,
-                }
-            } else {
-                req
+            if !self.policies.active(token) {
+                self.run_stream_action(action, token, req, io).await;
+                return;
+            }
+            let Some((req, consumer)) = self.stream_policies(token, req, io).await else {
+                return;
             };
-            // The path sent upstream, from the route's params.
-            let path = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-                let Some(head) = req.head(&mut headers) else {
-                    return;
-                };
-                let params = match self.router.at(head.method, head.path) {
-                    Match::Found(_, params) => params,
-                    _ => Default::default(),
-                };
-                match action {
-                    ShardAction::Proxy(p) => proxy::upstream_path(
-                        head.path,
-                        p.strip_prefix.as_deref(),
-                        p.rewrite.as_deref(),
-                        &params,
-                    ),
-                    ShardAction::Aggregate(a) => {
-                        aggregate::serve(a, &self.gw, &head, &params, io).await;
-                        return;
-                    }
-                    _ => return,
+            match self.policies.idempotency(token) {
+                Some(cfg) => {
+                    self.idempotent(cfg, action, token, &req, consumer, io)
+                        .await
                 }
-            };
-            if let ShardAction::Proxy(p) = action {
-                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+                None => self.run_stream_action(action, token, &req, io).await,
             }
         })
     }
@@ -363,7 +346,7 @@ impl GatewayApp {
         token: usize,
         req: &StreamRequest,
         io: &mut ClientIo<'_>,
-    ) -> Option<StreamRequest> {
+    ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let head = req.head(&mut headers)?;
         let params = match self.router.at(head.method, head.path) {
@@ -371,7 +354,9 @@ impl GatewayApp {
             _ => Default::default(),
         };
         let mut passed = Passed::default();
-        let checked = self.policies.check(token, &head, io.peer(), &params, &mut passed);
+        let checked = self
+            .policies
+            .check(token, &head, io.peer(), &params, &mut passed);
         io.add_response_headers(&passed.response_headers);
         if let Err(r) = checked {
             // The body is not read: close rather than read it for nothing.
@@ -398,7 +383,159 @@ impl GatewayApp {
         }
         let mut h = io.take_buffer();
         pol::upstream_head(&head, &passed, &mut h);
-        Some(req.with_head(h))
+        Some((req.with_head(h), passed.consumer.take()))
+    }
+
+    /// Runs a route's action on the streaming path.
+    async fn run_stream_action(
+        &self,
+        action: &ShardAction,
+        token: usize,
+        req: &StreamRequest,
+        io: &mut ClientIo<'_>,
+    ) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let Some(head) = req.head(&mut headers) else {
+            return;
+        };
+        let params = match self.router.at(head.method, head.path) {
+            Match::Found(_, params) => params,
+            _ => Default::default(),
+        };
+        match action {
+            ShardAction::Proxy(p) => {
+                // The path sent upstream, from the route's params.
+                let path = proxy::upstream_path(
+                    head.path,
+                    p.strip_prefix.as_deref(),
+                    p.rewrite.as_deref(),
+                    &params,
+                );
+                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+            }
+            ShardAction::Aggregate(a) => {
+                aggregate::serve(a, &self.gw, &head, &params, io).await;
+            }
+            ShardAction::Respond { .. } | ShardAction::Handler(_) => {
+                // A synchronous action sent down this path by a policy
+                // (idempotency): buffer the body, answer as inline.
+                let limit = usize::try_from(self.body_limits[token]).unwrap_or(usize::MAX);
+                let body = match io.buffer_body(limit).await {
+                    Ok(b) => b.to_vec(),
+                    Err(e) => {
+                        proxy::client_body_failed(io, e).await;
+                        return;
+                    }
+                };
+                io.serve_inline(&head, &body, token, |ex| {
+                    let matched = self.router.at(ex.head.method, ex.head.path);
+                    self.run_inline(ex, matched);
+                })
+                .await;
+            }
+        }
+    }
+
+    /// A request on a route with idempotency keys (see `policy::idempotency`).
+    async fn idempotent(
+        &self,
+        cfg: &crate::policy::config::IdempotencyConfig,
+        action: &ShardAction,
+        token: usize,
+        req: &StreamRequest,
+        consumer: Option<Vec<u8>>,
+        io: &mut ClientIo<'_>,
+    ) {
+        use crate::policy::idempotency::{self as idem, Begin};
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let Some(head) = req.head(&mut headers) else {
+            return;
+        };
+        let key = match head.header("idempotency-key") {
+            Some(k) if idempotency_candidate(&head) => k.to_vec(),
+            _ => {
+                self.run_stream_action(action, token, req, io).await;
+                return;
+            }
+        };
+        if !idem::valid_key(&key) {
+            io.send_problem(
+                400,
+                "https://shardline.dev/problems/bad-idempotency-key",
+                "Bad Request",
+                "Idempotency-Key must be 1 to 255 printable characters",
+                &[],
+            )
+            .await;
+            return;
+        }
+        let limit = usize::try_from(self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES))
+            .unwrap_or(usize::MAX);
+        let fp = match io.buffer_body(limit).await {
+            Ok(body) => idem::fingerprint(head.method, head.target, body),
+            Err(e) => {
+                proxy::client_body_failed(io, e).await;
+                return;
+            }
+        };
+        let scoped = idem::scoped_key(token, consumer.as_deref().unwrap_or(b""), &key);
+        match self.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
+            Begin::Proceed => {
+                let guard = idem::Guard {
+                    idem: &self.policies.idem,
+                    key: scoped,
+                    fp,
+                    ttl: cfg.ttl,
+                    done: false,
+                };
+                io.capture_response(cfg.max_response_bytes);
+                self.run_stream_action(action, token, req, io).await;
+                let captured = io.take_captured();
+                let store = if io.is_broken() {
+                    None
+                } else {
+                    captured.and_then(|c| idem::storable(&c))
+                };
+                guard.finish(store);
+            }
+            Begin::Replay(bytes) => {
+                io.add_response_headers(b"Idempotent-Replayed: true\r\n");
+                if !io.encode_options().keep_alive {
+                    io.add_response_headers(b"Connection: close\r\n");
+                }
+                let _ = io.write_all(&bytes).await;
+            }
+            Begin::InFlight => {
+                io.send_problem(
+                    409,
+                    "https://shardline.dev/problems/idempotency-key-in-use",
+                    "Conflict",
+                    "a request with this Idempotency-Key is still being processed",
+                    &[("Retry-After", b"1")],
+                )
+                .await;
+            }
+            Begin::Mismatch => {
+                io.send_problem(
+                    422,
+                    "https://shardline.dev/problems/idempotency-key-reused",
+                    "Unprocessable Content",
+                    "this Idempotency-Key was used for a different request",
+                    &[],
+                )
+                .await;
+            }
+            Begin::Unavailable => {
+                io.send_problem(
+                    503,
+                    "https://shardline.dev/problems/idempotency-unavailable",
+                    "Service Unavailable",
+                    "the idempotency key store did not answer; retry",
+                    &[("Retry-After", b"1")],
+                )
+                .await;
+            }
+        }
     }
 
     fn run_inline(&self, ex: &mut Exchange<'_>, matched: Match<'_, '_, usize>) {
@@ -490,6 +627,12 @@ impl GatewayApp {
             ),
         }
     }
+}
+
+/// Requests an `Idempotency-Key` applies to (the draft's non-idempotent
+/// methods) when they carry one.
+fn idempotency_candidate(head: &RequestHead<'_, '_>) -> bool {
+    matches!(head.method, "POST" | "PATCH") && head.header("idempotency-key").is_some()
 }
 
 fn reject_inline(ex: &mut Exchange<'_>, r: &Rejected) {

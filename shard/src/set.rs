@@ -128,8 +128,8 @@ impl ShardSet {
         });
         let listeners: Arc<Vec<ListenerSpec>> = Arc::new(cfg.listeners);
         let count = cfg.cpus.len();
-        let mut wiring = (cfg.mesh && count > 1)
-            .then(|| crate::mesh::MeshWiring::new(count).0.into_iter());
+        let mut wiring =
+            (cfg.mesh && count > 1).then(|| crate::mesh::MeshWiring::new(count).0.into_iter());
         let mut set = ShardSet {
             handles: Vec::with_capacity(count),
             addrs: listeners.iter().map(|l| l.addr).collect(),
@@ -152,10 +152,8 @@ impl ShardSet {
             if let Some(spin) = t.spin_before_park {
                 builder = builder.spin_before_park(spin);
             }
-            let spawned =
-                builder.spawn(move || {
-                    shard_main(info, limits, listeners, addrs, control, tx, mesh_ends)
-                });
+            let spawned = builder
+                .spawn(move || shard_main(info, limits, listeners, addrs, control, tx, mesh_ends));
             let handle = match spawned {
                 Ok(h) => h,
                 Err(e) => {

@@ -20,7 +20,7 @@ use shardline_protocol::limits::Limits;
 use shardline_protocol::request::{self, Parsed, RequestHead, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
-use crate::app::ShardInfo;
+use crate::app::{ConnContext, Exchange, ShardInfo};
 use crate::conn::Conn;
 
 /// A streamed request's head, copied out of the read buffer so the buffer
@@ -205,7 +205,8 @@ impl<'c> ClientIo<'c> {
     }
 
     /// Starts keeping a copy of every response byte written, up to `limit`
-    /// bytes (past it the copy is dropped).
+    /// bytes (past it the copy is dropped). The copy is what the app wrote,
+    /// without the fields added by [`ClientIo::add_response_headers`].
     pub fn capture_response(&mut self, limit: usize) {
         self.capture = Some(Vec::new());
         self.capture_limit = limit;
@@ -214,6 +215,45 @@ impl<'c> ClientIo<'c> {
     /// The response bytes captured, if they all fit.
     pub fn take_captured(&mut self) -> Option<Vec<u8>> {
         self.capture.take()
+    }
+
+    /// Serves the request with a synchronous answer (what the inline path
+    /// would run) from the streaming path: `f` gets an [`Exchange`] whose
+    /// response is written to the client when it returns.
+    pub async fn serve_inline(
+        &mut self,
+        head: &RequestHead<'_, '_>,
+        body: &[u8],
+        token: usize,
+        f: impl FnOnce(&mut Exchange<'_>),
+    ) {
+        let mut out = self.take_buffer();
+        let keep = {
+            let date = self.conn.shard.date.borrow();
+            let ctx = ConnContext {
+                peer: self.conn.peer,
+                shard: self.conn.shard.info,
+                keep_alive: self.encode_options().keep_alive,
+                draining: self.conn.shard.draining(),
+            };
+            let mut ex = Exchange::new(head, body, ctx, &mut out, &date, token);
+            f(&mut ex);
+            if !ex.responded() {
+                ex.problem(
+                    500,
+                    "https://shardline.dev/problems/no-response",
+                    "Internal Server Error",
+                    "the route's action produced no response",
+                    &[],
+                );
+            }
+            ex.keep_alive()
+        };
+        if !keep {
+            self.close_after();
+        }
+        let _ = self.write_all(&out).await;
+        self.put_buffer(out);
     }
 
     /// Whether the response was cut short (a write failed, or the app
@@ -312,11 +352,6 @@ impl<'c> ClientIo<'c> {
                 joined.extend_from_slice(&bytes[..eol + 2]);
                 joined.extend_from_slice(&inject);
                 joined.extend_from_slice(&bytes[eol + 2..]);
-                if let Some(c) = &mut self.capture {
-                    // The copy replays what the client saw.
-                    c.truncate(c.len() - bytes.len());
-                    c.extend_from_slice(&joined);
-                }
                 let res = self.conn.stream.write_all(&joined).await;
                 self.put_buffer(joined);
                 if res.is_err() {

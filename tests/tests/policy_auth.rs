@@ -63,7 +63,11 @@ fn b64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -126,7 +130,10 @@ fn jwt_missing_credentials_is_401_with_challenge() {
     let mut c = s.client();
     let r = c.request(&get("/me", &[]));
     assert_problem(&r, 401);
-    assert_eq!(r.header("www-authenticate").unwrap(), "Bearer realm=\"users\"");
+    assert_eq!(
+        r.header("www-authenticate").unwrap(),
+        "Bearer realm=\"users\""
+    );
     let r = c.request(&get("/me", &["Authorization: Basic YTpi"]));
     assert_problem(&r, 401);
 }
@@ -153,7 +160,12 @@ fn jwt_refuses_forged_expired_early_and_misaddressed_tokens() {
     cases.push(("no exp", hs(x, SECRET, Algorithm::HS256, None)));
     cases.push((
         "wrong key",
-        hs(claims(), "another-secret-another-secret-0000", Algorithm::HS256, None),
+        hs(
+            claims(),
+            "another-secret-another-secret-0000",
+            Algorithm::HS256,
+            None,
+        ),
     ));
     // alg none: a header and payload with an empty signature.
     let body = b64(claims().to_string().as_bytes());
@@ -169,7 +181,12 @@ fn jwt_refuses_forged_expired_early_and_misaddressed_tokens() {
     evil["scope"] = json!("admin");
     cases.push((
         "tampered payload",
-        format!("{}.{}.{}", parts[0], b64(evil.to_string().as_bytes()), parts[2]),
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(evil.to_string().as_bytes()),
+            parts[2]
+        ),
     ));
     cases.push(("garbage", "not.a.jwt".into()));
     for (what, token) in cases {
@@ -187,10 +204,16 @@ fn missing_scopes_are_403() {
     let t = hs(claims(), SECRET, Algorithm::HS256, None);
     let r = c.request(&get("/admin", &[&bearer(&t)]));
     assert_problem(&r, 403);
-    assert!(r.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("insufficient_scope"));
     let mut x = claims();
     x["scope"] = json!("users:read admin");
-    let r = c.request(&get("/admin", &[&bearer(&hs(x, SECRET, Algorithm::HS256, None))]));
+    let r = c.request(&get(
+        "/admin",
+        &[&bearer(&hs(x, SECRET, Algorithm::HS256, None))],
+    ));
     assert_eq!(r.status, 200, "{}", r.summary());
 }
 
@@ -217,7 +240,10 @@ mwIDAQAB
     let forged = hs(claims(), pem, Algorithm::HS256, None);
     let r = c.request(&get("/me", &[&bearer(&forged)]));
     assert_problem(&r, 401);
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
 }
 
 #[test]
@@ -249,7 +275,10 @@ fn jwks_kid_selection_and_rotation_by_a_new_file() {
         if r.status == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "new key never accepted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new key never accepted"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // The old key is gone (its cached tokens dropped with the reload).
@@ -293,7 +322,10 @@ fn api_keys_from_header_or_query_with_scopes() {
     assert_problem(&r, 403);
     let r = c.request(&get("/data", &["X-Api-Key: key-aaaaaaaaaaaaaaaaaaab"]));
     assert_problem(&r, 401);
-    assert!(r.header("www-authenticate").unwrap().starts_with("ApiKey realm=\"partners\""));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("ApiKey realm=\"partners\""));
     let r = c.request(&get("/data", &[]));
     assert_problem(&r, 401);
 }

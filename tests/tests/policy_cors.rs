@@ -54,10 +54,19 @@ fn preflight_is_answered_without_the_upstream() {
         None,
     ));
     assert_eq!(r.status, 204, "{}", r.summary());
-    assert_eq!(r.header("access-control-allow-origin").unwrap(), "https://app.example.com");
+    assert_eq!(
+        r.header("access-control-allow-origin").unwrap(),
+        "https://app.example.com"
+    );
     assert_eq!(r.header("access-control-allow-methods").unwrap(), "POST");
-    assert!(r.header("access-control-allow-headers").unwrap().contains("x-trace"));
-    assert_eq!(r.header("access-control-allow-credentials").unwrap(), "true");
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("x-trace"));
+    assert_eq!(
+        r.header("access-control-allow-credentials").unwrap(),
+        "true"
+    );
     assert_eq!(r.header("access-control-max-age").unwrap(), "600");
     assert!(r.header("vary").unwrap().contains("Origin"));
     // Refused preflights: other origin, method, header.
@@ -83,7 +92,11 @@ fn preflight_is_answered_without_the_upstream() {
         } else {
             assert_problem(&r, 403);
         }
-        assert!(!r.has_header("access-control-allow-origin"), "{}", r.summary());
+        assert!(
+            !r.has_header("access-control-allow-origin"),
+            "{}",
+            r.summary()
+        );
     }
     assert_eq!(up.requests(), 0, "a preflight reached the upstream");
 }
@@ -93,12 +106,29 @@ fn actual_requests_get_cors_fields_for_allowed_origins_only() {
     let up = Upstream::start(Behaviour::ok("from upstream"));
     let s = TestServer::start_toml(&config(&up.target()));
     let mut c = s.client();
-    let r = c.request(&post("/api/items", &["Origin: https://app.example.com"], b"{}"));
+    let r = c.request(&post(
+        "/api/items",
+        &["Origin: https://app.example.com"],
+        b"{}",
+    ));
     assert_eq!(r.status, 200, "{}", r.summary());
-    assert_eq!(r.header("access-control-allow-origin").unwrap(), "https://app.example.com");
-    assert_eq!(r.header("access-control-allow-credentials").unwrap(), "true");
-    assert_eq!(r.header("access-control-expose-headers").unwrap(), "x-request-id");
-    let r = c.request(&post("/api/items", &["Origin: https://evil.example.com"], b"{}"));
+    assert_eq!(
+        r.header("access-control-allow-origin").unwrap(),
+        "https://app.example.com"
+    );
+    assert_eq!(
+        r.header("access-control-allow-credentials").unwrap(),
+        "true"
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers").unwrap(),
+        "x-request-id"
+    );
+    let r = c.request(&post(
+        "/api/items",
+        &["Origin: https://evil.example.com"],
+        b"{}",
+    ));
     assert_eq!(r.status, 200);
     assert!(!r.has_header("access-control-allow-origin"));
     assert!(r.header("vary").unwrap().contains("Origin"));
@@ -126,7 +156,10 @@ fn request_id_is_generated_echoed_and_sent_upstream() {
     let id = r.header("x-request-id").unwrap();
     assert_ne!(id, "bad id\"x");
     let seen = up.log();
-    assert_eq!(seen.last().unwrap().header_all("x-request-id"), [id.as_str()]);
+    assert_eq!(
+        seen.last().unwrap().header_all("x-request-id"),
+        [id.as_str()]
+    );
     // Local routes: only when asked for (a bare route pays nothing).
     let r = c.request(&get("/plain", &[]));
     assert!(!r.has_header("x-request-id"));
@@ -140,7 +173,11 @@ fn traceparent_gets_a_new_span_per_hop() {
     let s = TestServer::start_toml(&config(&up.target()));
     let mut c = s.client();
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    c.request(&post("/api/t", &[&format!("traceparent: {incoming}"), "tracestate: k=v"], b"x"));
+    c.request(&post(
+        "/api/t",
+        &[&format!("traceparent: {incoming}"), "tracestate: k=v"],
+        b"x",
+    ));
     let seen = up.log();
     let last = seen.last().unwrap();
     let tp = last.header_all("traceparent");
@@ -154,7 +191,12 @@ fn traceparent_gets_a_new_span_per_hop() {
     // Without one (or with a bad one) a new trace starts.
     c.request(&post("/api/t", &["traceparent: 00-zz-bad"], b"x"));
     let seen = up.log();
-    let tp = seen.last().unwrap().header("traceparent").unwrap().to_string();
+    let tp = seen
+        .last()
+        .unwrap()
+        .header("traceparent")
+        .unwrap()
+        .to_string();
     assert_eq!(tp.len(), 55);
     assert!(tp.starts_with("00-"));
     assert_ne!(&tp[3..35], &incoming[3..35]);

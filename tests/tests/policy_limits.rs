@@ -38,9 +38,14 @@ respond = { status = 200, body = "ok" }
     for left in [1, 0] {
         let r = c.request(&get("/limited", &[]));
         assert_eq!(r.status, 200, "{}", r.summary());
-        assert_eq!(r.header("ratelimit-policy").unwrap(), "\"limited\";q=2;w=60");
+        assert_eq!(
+            r.header("ratelimit-policy").unwrap(),
+            "\"limited\";q=2;w=60"
+        );
         assert!(
-            r.header("ratelimit").unwrap().starts_with(&format!("\"limited\";r={left};t=")),
+            r.header("ratelimit")
+                .unwrap()
+                .starts_with(&format!("\"limited\";r={left};t=")),
             "{}",
             r.summary()
         );
@@ -51,8 +56,14 @@ respond = { status = 200, body = "ok" }
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     // One token comes back every 30 s.
     assert!((1..=30).contains(&retry), "Retry-After {retry}");
-    assert_eq!(r.header("ratelimit-policy").unwrap(), "\"limited\";q=2;w=60");
-    assert!(r.header("ratelimit").unwrap().starts_with("\"limited\";r=0;t="));
+    assert_eq!(
+        r.header("ratelimit-policy").unwrap(),
+        "\"limited\";q=2;w=60"
+    );
+    assert!(r
+        .header("ratelimit")
+        .unwrap()
+        .starts_with("\"limited\";r=0;t="));
     // A route without a limit is not affected.
     let r = c.request(&get("/plaintext", &[]));
     assert_eq!(r.status, 404);
@@ -108,7 +119,11 @@ respond = { status = 200, body = "ok" }
         let (admitted, refused, stop) = (admitted.clone(), refused.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
             let mut c = Client::connect(addr);
-            let pause = if i % 2 == 0 { Duration::ZERO } else { Duration::from_millis(7 * i) };
+            let pause = if i % 2 == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(7 * i)
+            };
             while !stop.load(Ordering::Relaxed) {
                 let r = c.request(&get("/limited", &["X-Client: one"]));
                 match r.status {
@@ -187,15 +202,24 @@ fn quota_survives_restart() {
     assert!(ty.ends_with("/quota-exhausted"), "{ty}");
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     // Another key has its own quota.
-    assert_eq!(c.request(&get("/metered", &["X-Client: other"])).status, 200);
+    assert_eq!(
+        c.request(&get("/metered", &["X-Client: other"])).status,
+        200
+    );
     drop(c);
     s.stop();
     let s = start_shards(&text, 1);
     let mut c = s.client();
     assert_problem(&c.request(&get("/metered", &["X-Client: q"])), 429);
     // "other" used one of three before the restart.
-    assert_eq!(c.request(&get("/metered", &["X-Client: other"])).status, 200);
-    assert_eq!(c.request(&get("/metered", &["X-Client: other"])).status, 200);
+    assert_eq!(
+        c.request(&get("/metered", &["X-Client: other"])).status,
+        200
+    );
+    assert_eq!(
+        c.request(&get("/metered", &["X-Client: other"])).status,
+        200
+    );
     assert_problem(&c.request(&get("/metered", &["X-Client: other"])), 429);
 }
 
@@ -218,7 +242,10 @@ fn quota_survives_restart_two_shards() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!((1..=3).contains(&before), "admitted {before} of a quota of 3");
+    assert!(
+        (1..=3).contains(&before),
+        "admitted {before} of a quota of 3"
+    );
     s.stop();
     let s = start_shards(&text, 2);
     let mut after = 0;

@@ -89,8 +89,16 @@ fn bodies_are_checked_on_inline_and_upstream_routes() {
         assert_problem(&r, 422);
         let mut p = errors(&r);
         p.sort();
-        assert_eq!(p, ["/age", "/email", "/name", "/tags", "/tags/0", "/x"], "{path}");
-        let r = c.request(&post(path, &["Content-Type: application/json"], br#"{"name":"x""#));
+        assert_eq!(
+            p,
+            ["/age", "/email", "/name", "/tags", "/tags/0", "/x"],
+            "{path}"
+        );
+        let r = c.request(&post(
+            path,
+            &["Content-Type: application/json"],
+            br#"{"name":"x""#,
+        ));
         assert_problem(&r, 422);
         let r = c.request(&post(path, &["Content-Type: application/json"], br#"{}"#));
         assert_problem(&r, 422);
@@ -131,6 +139,9 @@ fn unsupported_schema_keywords_stop_start_up() {
     ))
     .unwrap_err()
     .0;
-    assert!(e.starts_with("routes[0] (a).validate.schema") && e.contains("anyOf"), "{e}");
+    assert!(
+        e.starts_with("routes[0] (a).validate.schema") && e.contains("anyOf"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,7 @@ pub struct RoutePolicyConfig {
     pub rate_limit: Option<RateLimitConfig>,
     pub quota: Option<QuotaConfig>,
     pub validate: Option<ValidateConfig>,
+    pub idempotency: Option<IdempotencyConfig>,
     pub cors: Option<CorsConfig>,
     /// `None` = the default: on for upstream and aggregate routes and for
     /// routes with any other policy.
@@ -57,6 +58,7 @@ impl RoutePolicyConfig {
             || self.rate_limit.is_some()
             || self.quota.is_some()
             || self.validate.is_some()
+            || self.idempotency.is_some()
             || self.cors.is_some()
     }
 }
@@ -104,6 +106,18 @@ pub struct ValidateConfig {
     pub schema: Option<Arc<Schema>>,
     /// `{name}` parameters of the route's path and their types.
     pub params: Vec<(String, ParamType)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a completed request's response is replayed.
+    pub ttl: Duration,
+    /// Keys kept per owner shard (expired ones dropped first, then the
+    /// oldest).
+    pub max_keys: usize,
+    /// Responses larger than this are not stored (the key is released, so
+    /// a retry runs again).
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +196,14 @@ struct FileValidate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileIdempotency {
+    ttl: Option<String>,
+    max_keys: Option<usize>,
+    max_response_bytes: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileCors {
     origins: Option<Vec<String>>,
     methods: Option<Vec<String>>,
@@ -199,6 +221,15 @@ const MAX_JWT_CACHE_SIZE: usize = 1_000_000;
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// A leeway over an hour would accept long-expired tokens.
 const MAX_JWT_LEEWAY: Duration = Duration::from_secs(3600);
+/// Idempotency keys per owner shard: with responses bounded by
+/// `max_response_bytes` (64 KiB) this bounds the store at a few GiB in the
+/// worst case; typical API responses are a few hundred bytes.
+pub const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
+/// Responses bigger than this are not stored for replay.
+pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// Stored responses are held in memory: 64 MiB each at most.
+const MAX_IDEMPOTENCY_RESPONSE_BYTES: u64 = 64 << 20;
+
 fn de<T: serde::de::DeserializeOwned>(key: &str, v: toml::Value) -> Result<T, ConfigError> {
     T::deserialize(v).map_err(|e| ConfigError(format!("{key}: {}", e.message())))
 }
@@ -477,8 +508,9 @@ pub(crate) fn validate_route_policy(
         let fv: FileValidate = de(&k, v)?;
         let schema = match &fv.schema {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .or_else(|e| err(&format!("{k}.schema"), format!("cannot read {path:?}: {e}")))?;
+                let text = std::fs::read_to_string(path).or_else(|e| {
+                    err(&format!("{k}.schema"), format!("cannot read {path:?}: {e}"))
+                })?;
                 let s = Schema::compile_text(&text)
                     .or_else(|e| err(&format!("{k}.schema"), format!("{path}: {e}")))?;
                 Some(Arc::new(s))
@@ -501,29 +533,68 @@ pub(crate) fn validate_route_policy(
             params.push((name, t));
         }
         if schema.is_none() && params.is_empty() {
-            return err(&k, "needs schema = \"FILE\" or params = { NAME = \"TYPE\" }");
+            return err(
+                &k,
+                "needs schema = \"FILE\" or params = { NAME = \"TYPE\" }",
+            );
         }
         p.validate = Some(ValidateConfig { schema, params });
     }
-    if f.idempotency.is_some() {
-        // Idempotency keys are not implemented yet: refused rather than
-        // accepted and ignored.
-        return err(
-            &key("idempotency"),
-            "is not supported by this build of shardline yet",
-        );
+    if let Some(v) = f.idempotency {
+        let k = key("idempotency");
+        let fi: FileIdempotency = de(&k, v)?;
+        let ttl = match &fi.ttl {
+            Some(t) => {
+                let d = parse_duration(t).or_else(|e| err(&format!("{k}.ttl"), e))?;
+                if d.is_zero() {
+                    return err(&format!("{k}.ttl"), "must be greater than zero");
+                }
+                d
+            }
+            None => Duration::from_secs(24 * 3600),
+        };
+        let max_keys = fi.max_keys.unwrap_or(DEFAULT_IDEMPOTENCY_MAX_KEYS);
+        if max_keys == 0 {
+            return err(&format!("{k}.max_keys"), "must be at least 1");
+        }
+        let max_response_bytes = match &fi.max_response_bytes {
+            None => DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES,
+            Some(v) => {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) if *i >= 0 => i.to_string(),
+                    _ => return err(&format!("{k}.max_response_bytes"), "expected a size"),
+                };
+                let n = crate::units::parse_size(&text)
+                    .or_else(|e| err(&format!("{k}.max_response_bytes"), e))?;
+                if n == 0 || n > MAX_IDEMPOTENCY_RESPONSE_BYTES {
+                    return err(
+                        &format!("{k}.max_response_bytes"),
+                        "must be 1 byte to 64MiB",
+                    );
+                }
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }
+        };
+        p.idempotency = Some(IdempotencyConfig {
+            ttl,
+            max_keys,
+            max_response_bytes,
+        });
     }
     if let Some(v) = f.cors {
         let k = key("cors");
         let fc: FileCors = de(&k, v)?;
         let origins = fc.origins.unwrap_or_default();
         if origins.is_empty() {
-            return err(&format!("{k}.origins"), "needs at least one origin (or \"*\")");
+            return err(
+                &format!("{k}.origins"),
+                "needs at least one origin (or \"*\")",
+            );
         }
         let any_origin = origins.iter().any(|o| o == "*");
         for o in &origins {
-            if o != "*"
-                && !(o.starts_with("http://") || o.starts_with("https://"))
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
                 || o.ends_with('/')
                 || o.bytes().any(|b| !b.is_ascii_graphic())
             {

@@ -44,7 +44,9 @@ impl PreflightError {
         match self {
             PreflightError::Origin => "the origin is not allowed for this route".into(),
             PreflightError::Method => "the requested method is not allowed cross-origin".into(),
-            PreflightError::Header(h) => format!("the request header {h:?} is not allowed cross-origin"),
+            PreflightError::Header(h) => {
+                format!("the request header {h:?} is not allowed cross-origin")
+            }
         }
     }
 }
@@ -64,7 +66,10 @@ impl Cors {
             }
         };
         let headers: Vec<String> = if cfg.headers.is_empty() {
-            DEFAULT_ALLOWED_HEADERS.iter().map(|h| h.to_string()).collect()
+            DEFAULT_ALLOWED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect()
         } else {
             cfg.headers.iter().filter(|h| *h != "*").cloned().collect()
         };
@@ -142,8 +147,14 @@ impl Cors {
             }
         }
         let mut out: Vec<(&'static str, Vec<u8>)> = vec![
-            ("Access-Control-Allow-Origin", self.allow_origin(origin).to_vec()),
-            ("Access-Control-Allow-Methods", self.allow_methods.as_bytes().to_vec()),
+            (
+                "Access-Control-Allow-Origin",
+                self.allow_origin(origin).to_vec(),
+            ),
+            (
+                "Access-Control-Allow-Methods",
+                self.allow_methods.as_bytes().to_vec(),
+            ),
         ];
         let headers = if self.cfg.any_header {
             echoed.join(", ")
@@ -157,7 +168,10 @@ impl Cors {
             out.push(("Access-Control-Allow-Credentials", b"true".to_vec()));
         }
         if let Some(age) = self.cfg.max_age {
-            out.push(("Access-Control-Max-Age", age.as_secs().to_string().into_bytes()));
+            out.push((
+                "Access-Control-Max-Age",
+                age.as_secs().to_string().into_bytes(),
+            ));
         }
         out.push((
             "Vary",

@@ -239,7 +239,9 @@ impl Limiters {
     /// Spends one token of spec `id` for `key`.
     pub(crate) fn take(&self, id: usize, full: &[u8]) -> Decision {
         let Some(spec) = self.specs.get(id) else {
-            return Decision::Deny { retry_after_secs: 1 };
+            return Decision::Deny {
+                retry_after_secs: 1,
+            };
         };
         let now = self.now();
         let unix = unix_now();
@@ -250,7 +252,9 @@ impl Limiters {
                 self.sweep();
                 owned = self.owned.borrow_mut();
                 if owned.len() >= MAX_KEYS_PER_SHARD {
-                    return Decision::Deny { retry_after_secs: 1 };
+                    return Decision::Deny {
+                        retry_after_secs: 1,
+                    };
                 }
             }
             let o = owned
@@ -279,7 +283,9 @@ impl Limiters {
                 self.sweep();
                 shares = self.shares.borrow_mut();
                 if shares.len() >= MAX_KEYS_PER_SHARD {
-                    return Decision::Deny { retry_after_secs: 1 };
+                    return Decision::Deny {
+                        retry_after_secs: 1,
+                    };
                 }
             }
             // A rate limit admits the first request on a new key on credit;
@@ -423,7 +429,9 @@ impl Limiters {
         let now = self.now();
         let unix = unix_now();
         self.shares.borrow_mut().retain(|_, s| {
-            now - s.last_use < SHARE_IDLE_SECS || s.pending_since.is_some() || s.spent_period.is_some()
+            now - s.last_use < SHARE_IDLE_SECS
+                || s.pending_since.is_some()
+                || s.spent_period.is_some()
         });
         let specs = &self.specs;
         self.owned.borrow_mut().retain(|k, o| {
@@ -441,7 +449,9 @@ impl Limiters {
             match spec.budget {
                 Budget::Rate { burst, .. } => o.tokens < burst,
                 // Quotas of a past period are done with.
-                Budget::Quota { period, .. } => o.at as u64 == super::quota::period_of(period, unix),
+                Budget::Quota { period, .. } => {
+                    o.at as u64 == super::quota::period_of(period, unix)
+                }
             }
         });
     }

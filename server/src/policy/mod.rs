@@ -25,6 +25,13 @@
 //! the upstream (X-Request-Id, traceparent) goes into a rewritten head
 //! (`StreamRequest::with_head`).
 //!
+//! - Idempotency keys need an answer from the key's owner shard, which
+//!   may be another shard: an async wait. A `POST`/`PATCH` carrying an
+//!   `Idempotency-Key` on a route with `idempotency` is therefore sent down
+//!   the streaming path by `GatewayApp::dispatch` whatever its action
+//!   (respond and handler actions then run through
+//!   `ClientIo::serve_inline`); see `idempotency`.
+//!
 //! Rate limits and quotas are global: see `limiter` for the owner-shard
 //! design and its error bound. CORS preflights are answered by
 //! [`ShardPolicies::preflight`] before any other policy or action.
@@ -37,12 +44,14 @@
 //! - `limiter`: owner-shard budgets with local shares (mesh messages).
 //! - `rate_limit`: rate-limit headers; `quota`: periods and persistence.
 //! - `validate`: the JSON Schema subset and path parameter types.
+//! - `idempotency`: Idempotency-Key at the key's owner shard.
 //! - `hash`: the fixed hash for owner selection and shard-local tables.
 
 pub mod auth;
 pub mod config;
 pub mod cors;
 pub(crate) mod hash;
+pub(crate) mod idempotency;
 pub(crate) mod limiter;
 pub mod quota;
 pub mod rate_limit;
@@ -62,15 +71,15 @@ use crate::config::{Action, Config};
 use self::auth::{AuthFailure, Authenticator};
 use self::config::{AuthKind, LimitKey, RoutePolicyConfig};
 use self::cors::Cors;
-use self::limiter::{Budget, Decision, Limiters, LimitSpec};
+use self::limiter::{Budget, Decision, LimitSpec, Limiters};
 use self::request_id::IdGen;
 use self::validate::BodyProblem;
 
 /// Whether the server must connect its shards with a message mesh.
 pub(crate) fn needs_mesh(cfg: &Config) -> bool {
-    cfg.routes
-        .iter()
-        .any(|r| r.policy.rate_limit.is_some() || r.policy.quota.is_some())
+    cfg.routes.iter().any(|r| {
+        r.policy.rate_limit.is_some() || r.policy.quota.is_some() || r.policy.idempotency.is_some()
+    })
 }
 
 const PROBLEM_BASE: &str = "https://shardline.dev/problems/";
@@ -120,6 +129,8 @@ pub(crate) struct Passed {
     /// The request id and this hop's traceparent, for the upstream.
     pub request_id: Option<Vec<u8>>,
     pub traceparent: Option<[u8; request_id::TRACEPARENT_LEN]>,
+    /// The consumer id, when a later stage needs it (idempotency scope).
+    pub consumer: Option<Vec<u8>>,
 }
 
 /// One route's chain on one shard.
@@ -131,6 +142,7 @@ pub(crate) struct RoutePolicy {
     rate: Option<(usize, LimitKey, rate_limit::Headers)>,
     quota: Option<(usize, LimitKey, rate_limit::Headers)>,
     validate: Option<config::ValidateConfig>,
+    idempotency: Option<config::IdempotencyConfig>,
 }
 
 /// Every route's chain on one shard, and the shard-local state they use.
@@ -138,6 +150,7 @@ pub(crate) struct ShardPolicies {
     routes: Vec<Option<RoutePolicy>>,
     ids: IdGen,
     limiters: Rc<Limiters>,
+    pub(crate) idem: Rc<idempotency::Idempotency>,
     has_quotas: bool,
     data_dir: PathBuf,
     shard: usize,
@@ -170,7 +183,9 @@ impl ShardPolicies {
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
             let p = &r.policy;
-            let request_id = p.request_id.unwrap_or_else(|| default_request_id(&r.action, p));
+            let request_id = p
+                .request_id
+                .unwrap_or_else(|| default_request_id(&r.action, p));
             if !p.any() && !request_id {
                 routes.push(None);
                 continue;
@@ -215,17 +230,16 @@ impl ShardPolicies {
             });
             routes.push(Some(RoutePolicy {
                 request_id,
-                cors: p
-                    .cors
-                    .clone()
-                    .map(|c| Cors::new(c, r.methods.as_deref())),
+                cors: p.cors.clone().map(|c| Cors::new(c, r.methods.as_deref())),
                 auth: p.auth.map(|i| Rc::clone(&auths[i])),
                 scopes: p.scopes.clone(),
                 rate,
                 quota,
                 validate: p.validate.clone(),
+                idempotency: p.idempotency.clone(),
             }));
         }
+        let idem = idempotency::Idempotency::new(shard.id, shard.count, mesh.clone());
         let limiters = Limiters::new(shard.id, shard.count, mesh, specs);
         let data_dir = cfg.server.data_dir.clone();
         if has_quotas {
@@ -250,6 +264,7 @@ impl ShardPolicies {
             routes,
             ids: IdGen::new(shard.id),
             limiters,
+            idem,
             has_quotas,
             data_dir,
             shard: shard.id,
@@ -268,6 +283,14 @@ impl ShardPolicies {
         matches!(self.routes.get(i), Some(Some(p)) if p.cors.is_some())
     }
 
+    /// Route `i`'s idempotency settings.
+    pub(crate) fn idempotency(&self, i: usize) -> Option<&config::IdempotencyConfig> {
+        match self.routes.get(i) {
+            Some(Some(p)) => p.idempotency.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether route `i` validates bodies.
     pub(crate) fn validates_body(&self, i: usize) -> bool {
         matches!(self.routes.get(i), Some(Some(p)) if p.validate.as_ref().is_some_and(|v| v.schema.is_some()))
@@ -278,10 +301,7 @@ impl ShardPolicies {
         if self.has_quotas {
             self.limiters.dirty.set(true);
             if let Err(e) = quota::save(&self.limiters, &self.data_dir, self.shard) {
-                eprintln!(
-                    "shardline: shard {}: saving quotas failed: {e}",
-                    self.shard
-                );
+                eprintln!("shardline: shard {}: saving quotas failed: {e}", self.shard);
             }
         }
     }
@@ -298,15 +318,12 @@ impl ShardPolicies {
         let origin = head.header("origin")?;
         let method = head.header("access-control-request-method")?;
         Some(
-            cors.preflight(origin, method, head.header("access-control-request-headers"))
-                .map_err(|e| {
-                    Rejected::new(
-                        403,
-                        "cors-preflight-refused",
-                        "Forbidden",
-                        e.detail(),
-                    )
-                }),
+            cors.preflight(
+                origin,
+                method,
+                head.header("access-control-request-headers"),
+            )
+            .map_err(|e| Rejected::new(403, "cors-preflight-refused", "Forbidden", e.detail())),
         )
     }
 
@@ -348,7 +365,8 @@ impl ShardPolicies {
         let mut consumer: Option<Vec<u8>> = None;
         if let Some(a) = &p.auth {
             let wants_consumer = matches!(&p.rate, Some((_, LimitKey::Consumer, _)))
-                || matches!(&p.quota, Some((_, LimitKey::Consumer, _)));
+                || matches!(&p.quota, Some((_, LimitKey::Consumer, _)))
+                || p.idempotency.is_some();
             let res = a.check(head, |id| {
                 let ok = id.has_all(&p.scopes);
                 let who = wants_consumer.then(|| id.consumer.as_bytes().to_vec());
@@ -363,8 +381,10 @@ impl ShardPolicies {
                         "Forbidden",
                         format!("this route needs the scopes: {}", p.scopes.join(" ")),
                     );
-                    r.headers
-                        .push(("WWW-Authenticate", a.scope_challenge(&p.scopes).into_bytes()));
+                    r.headers.push((
+                        "WWW-Authenticate",
+                        a.scope_challenge(&p.scopes).into_bytes(),
+                    ));
                     return Err(r);
                 }
                 Err(f) => {
@@ -436,6 +456,9 @@ impl ShardPolicies {
                 }
             }
         }
+        if p.idempotency.is_some() {
+            passed.consumer = consumer;
+        }
         if let Some(v) = &p.validate {
             for (name, ty) in &v.params {
                 if let Some(val) = params.get(name) {
@@ -476,7 +499,10 @@ impl ShardPolicies {
             return Ok(());
         };
         // Requests without content (GET, DELETE, ...) have nothing to check.
-        if body.is_empty() && head.header("content-type").is_none() && !matches!(head.method, "POST" | "PUT" | "PATCH") {
+        if body.is_empty()
+            && head.header("content-type").is_none()
+            && !matches!(head.method, "POST" | "PUT" | "PATCH")
+        {
             return Ok(());
         }
         match validate::check_body(schema, head.header("content-type"), body) {
@@ -514,7 +540,10 @@ impl ShardPolicies {
                     422,
                     "validation-failed",
                     "Unprocessable Content",
-                    format!("the body breaks the route's schema in {} place(s)", list.len()),
+                    format!(
+                        "the body breaks the route's schema in {} place(s)",
+                        list.len()
+                    ),
                 );
                 r.body = Some(violations_body(&r, &list, "body"));
                 Err(r)

@@ -99,10 +99,16 @@ pub(crate) fn save(l: &Limiters, data_dir: &Path, shard: usize) -> std::io::Resu
     std::fs::create_dir_all(&d)?;
     let mut text = String::new();
     for (k, o) in l.owned.borrow().iter() {
-        let Some(id) = k.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes) else {
+        let Some(id) = k
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+        else {
             continue;
         };
-        let Some(spec) = l.specs.get(id as usize) else { continue };
+        let Some(spec) = l.specs.get(id as usize) else {
+            continue;
+        };
         if let Budget::Quota { limit, .. } = spec.budget {
             let used = (limit as f64 - o.tokens).max(0.0) as u64;
             text.push_str(&format!(
@@ -140,18 +146,29 @@ pub(crate) fn load(l: &Limiters, data_dir: &Path) {
         };
         for line in text.lines() {
             let mut f = line.split('\t');
-            let (Some(route), Some(period), Some(used), Some(key)) = (f.next(), f.next(), f.next(), f.next()) else {
+            let (Some(route), Some(period), Some(used), Some(key)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
                 continue;
             };
-            let (Ok(period), Ok(used), Some(key)) = (period.parse::<u64>(), used.parse::<u64>(), unhex(key)) else {
+            let (Ok(period), Ok(used), Some(key)) =
+                (period.parse::<u64>(), used.parse::<u64>(), unhex(key))
+            else {
                 continue;
             };
-            let Some((id, limit)) = l.specs.iter().enumerate().find_map(|(i, s)| match s.budget {
-                Budget::Quota { limit, period: p } if &*s.route == route && period_of(p, unix) == period => {
-                    Some((i, limit))
-                }
-                _ => None,
-            }) else {
+            let Some((id, limit)) = l
+                .specs
+                .iter()
+                .enumerate()
+                .find_map(|(i, s)| match s.budget {
+                    Budget::Quota { limit, period: p }
+                        if &*s.route == route && period_of(p, unix) == period =>
+                    {
+                        Some((i, limit))
+                    }
+                    _ => None,
+                })
+            else {
                 continue;
             };
             super::limiter::full_key(&mut full, id, &key);

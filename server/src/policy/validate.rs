@@ -190,8 +190,10 @@ fn compile(v: &J, at: &str, depth: usize) -> Result<Node, String> {
                     return Err(format!("{here}: must be an object"));
                 };
                 for (name, s) in props {
-                    n.properties
-                        .push((name.clone(), compile(s, &format!("{here}/{name}"), depth + 1)?));
+                    n.properties.push((
+                        name.clone(),
+                        compile(s, &format!("{here}/{name}"), depth + 1)?,
+                    ));
                 }
             }
             "required" => {
@@ -229,7 +231,9 @@ fn compile(v: &J, at: &str, depth: usize) -> Result<Node, String> {
             "minItems" => n.min_items = Some(count(&here, val)?),
             "maxItems" => n.max_items = Some(count(&here, val)?),
             "pattern" => {
-                let p = val.as_str().ok_or_else(|| format!("{here}: must be a string"))?;
+                let p = val
+                    .as_str()
+                    .ok_or_else(|| format!("{here}: must be a string"))?;
                 n.pattern = Some(Regex::new(p).map_err(|e| format!("{here}: {e}"))?);
             }
             "items" => n.items = Some(Box::new(compile(val, &here, depth + 1)?)),
@@ -283,9 +287,13 @@ fn type_of(v: &V<'_>) -> JsonType {
 fn same(a: &V<'_>, b: &J) -> bool {
     match (a, b) {
         (V::String(s), J::String(t)) => s == t,
-        (V::Array(x), J::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
+        (V::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
         (V::Object(x), J::Object(y)) => {
-            x.len() == y.len() && y.iter().all(|(k, q)| x.get(k.as_str()).is_some_and(|p| same(p, q)))
+            x.len() == y.len()
+                && y.iter()
+                    .all(|(k, q)| x.get(k.as_str()).is_some_and(|p| same(p, q)))
         }
         (V::Static(_), J::Null) => a.is_null(),
         (V::Static(_), J::Bool(t)) => a.as_bool() == Some(*t),
@@ -327,7 +335,10 @@ impl Run {
                 .any(|w| *w == t || (*w == JsonType::Number && t == JsonType::Integer))
         {
             let want: Vec<&str> = n.types.iter().map(|t| t.name()).collect();
-            self.add(ptr, format!("expected {}, got {}", want.join(" or "), t.name()));
+            self.add(
+                ptr,
+                format!("expected {}, got {}", want.join(" or "), t.name()),
+            );
             return;
         }
         if let Some(e) = &n.enumeration {
@@ -477,21 +488,23 @@ pub enum BodyProblem {
 /// Whether a `Content-Type` value is JSON (`application/json` or a
 /// `+json` suffix type, any parameters).
 pub fn is_json(content_type: &[u8]) -> bool {
-    let ct = content_type
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or(b"");
+    let ct = content_type.split(|b| *b == b';').next().unwrap_or(b"");
     let ct = String::from_utf8_lossy(ct).trim().to_ascii_lowercase();
     ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"))
 }
 
 /// Checks a request body against `schema`.
-pub fn check_body(schema: &Schema, content_type: Option<&[u8]>, body: &[u8]) -> Result<(), BodyProblem> {
+pub fn check_body(
+    schema: &Schema,
+    content_type: Option<&[u8]>,
+    body: &[u8],
+) -> Result<(), BodyProblem> {
     if !content_type.is_some_and(is_json) {
         return Err(BodyProblem::UnsupportedMediaType);
     }
     let mut copy = body.to_vec();
-    let v = simd_json::to_borrowed_value(&mut copy).map_err(|e| BodyProblem::Malformed(e.to_string()))?;
+    let v = simd_json::to_borrowed_value(&mut copy)
+        .map_err(|e| BodyProblem::Malformed(e.to_string()))?;
     let out = schema.validate_value(&v);
     if out.is_empty() {
         Ok(())
@@ -656,7 +669,11 @@ mod tests {
 
     fn errs(body: &str) -> Vec<(String, String)> {
         let s = Schema::compile_text(SCHEMA).unwrap();
-        match check_body(&s, Some(b"application/json; charset=utf-8"), body.as_bytes()) {
+        match check_body(
+            &s,
+            Some(b"application/json; charset=utf-8"),
+            body.as_bytes(),
+        ) {
             Ok(()) => vec![],
             Err(BodyProblem::Invalid(v)) => v.into_iter().map(|v| (v.pointer, v.message)).collect(),
             Err(e) => panic!("{e:?}"),
@@ -681,13 +698,28 @@ mod tests {
         assert_eq!(pointers(r#"{"name":"bob","age":1.5}"#), ["/age"]);
         assert_eq!(pointers(r#"{"name":"bob","age":-1}"#), ["/age"]);
         assert_eq!(pointers(r#"{"name":"bob","age":151}"#), ["/age"]);
-        assert_eq!(pointers(r#"{"name":"bob","age":1,"role":"root"}"#), ["/role"]);
-        assert_eq!(pointers(r#"{"name":"bob","age":1,"email":"nope"}"#), ["/email"]);
+        assert_eq!(
+            pointers(r#"{"name":"bob","age":1,"role":"root"}"#),
+            ["/role"]
+        );
+        assert_eq!(
+            pointers(r#"{"name":"bob","age":1,"email":"nope"}"#),
+            ["/email"]
+        );
         assert_eq!(pointers(r#"{"name":"bob","age":1,"id":"123"}"#), ["/id"]);
-        assert_eq!(pointers(r#"{"name":"bob","age":1,"at":"2023-02-29T00:00:00Z"}"#), ["/at"]);
+        assert_eq!(
+            pointers(r#"{"name":"bob","age":1,"at":"2023-02-29T00:00:00Z"}"#),
+            ["/at"]
+        );
         assert_eq!(pointers(r#"{"name":"bob","age":1,"tags":[]}"#), ["/tags"]);
-        assert_eq!(pointers(r#"{"name":"bob","age":1,"tags":["a","b","c"]}"#), ["/tags"]);
-        assert_eq!(pointers(r#"{"name":"bob","age":1,"tags":["a",2]}"#), ["/tags/1"]);
+        assert_eq!(
+            pointers(r#"{"name":"bob","age":1,"tags":["a","b","c"]}"#),
+            ["/tags"]
+        );
+        assert_eq!(
+            pointers(r#"{"name":"bob","age":1,"tags":["a",2]}"#),
+            ["/tags/1"]
+        );
         assert_eq!(pointers(r#"{"name":"bob","age":1,"x":1}"#), ["/x"]);
         assert_eq!(pointers(r#"{"name":"bob","age":1,"a/b":"s"}"#), ["/a~1b"]);
         assert_eq!(pointers(r#"[1]"#), [""]);
@@ -698,15 +730,26 @@ mod tests {
     #[test]
     fn media_type_and_syntax() {
         let s = Schema::compile_text(SCHEMA).unwrap();
-        assert!(matches!(check_body(&s, Some(b"text/plain"), b"{}"), Err(BodyProblem::UnsupportedMediaType)));
-        assert!(matches!(check_body(&s, None, b"{}"), Err(BodyProblem::UnsupportedMediaType)));
-        assert!(matches!(check_body(&s, Some(b"application/json"), b"{"), Err(BodyProblem::Malformed(_))));
+        assert!(matches!(
+            check_body(&s, Some(b"text/plain"), b"{}"),
+            Err(BodyProblem::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            check_body(&s, None, b"{}"),
+            Err(BodyProblem::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            check_body(&s, Some(b"application/json"), b"{"),
+            Err(BodyProblem::Malformed(_))
+        ));
         assert!(is_json(b"application/problem+json"));
     }
 
     #[test]
     fn unsupported_keywords_are_refused() {
-        assert!(Schema::compile_text(r#"{"oneOf":[]}"#).unwrap_err().contains("oneOf"));
+        assert!(Schema::compile_text(r#"{"oneOf":[]}"#)
+            .unwrap_err()
+            .contains("oneOf"));
         assert!(Schema::compile_text(r#"{"format":"ipv4"}"#).is_err());
         assert!(Schema::compile_text(r#"{"pattern":"("}"#).is_err());
     }

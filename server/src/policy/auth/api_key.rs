@@ -191,8 +191,10 @@ mod tests {
     #[test]
     fn keys_file_lines() {
         let mut k = ApiKeys::new("p".into(), None, Some("api_key".into()));
-        k.add_file("# comment\n\naaaaaaaaaaaaaaaaaaaa acme read,write\nbbbbbbbbbbbbbbbbbbbb solo\n")
-            .unwrap();
+        k.add_file(
+            "# comment\n\naaaaaaaaaaaaaaaaaaaa acme read,write\nbbbbbbbbbbbbbbbbbbbb solo\n",
+        )
+        .unwrap();
         let id = k.lookup(b"aaaaaaaaaaaaaaaaaaaa").unwrap();
         assert_eq!(id.scopes.len(), 2);
         assert!(k.lookup(b"bbbbbbbbbbbbbbbbbbbb").unwrap().scopes.is_empty());

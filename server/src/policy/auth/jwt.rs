@@ -109,7 +109,9 @@ pub struct JwtConfig {
 
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtConfig").field("name", &self.name).finish()
+        f.debug_struct("JwtConfig")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -229,7 +231,13 @@ impl JwtConfig {
             .collect()
     }
 
-    fn entry(&self, kid: Option<String>, key: DecodingKey, family: Family, jwk_alg: Option<Algorithm>) -> Option<KeyEntry> {
+    fn entry(
+        &self,
+        kid: Option<String>,
+        key: DecodingKey,
+        family: Family,
+        jwk_alg: Option<Algorithm>,
+    ) -> Option<KeyEntry> {
         let algs = self.algs_for(family, jwk_alg);
         if algs.is_empty() {
             return None;
@@ -245,10 +253,16 @@ impl JwtConfig {
         let mut keys = Vec::new();
         let mut stamp = None;
         if let Some(secret) = &self.secret {
-            keys.extend(self.entry(None, DecodingKey::from_secret(secret.as_bytes()), Family::Hmac, None));
+            keys.extend(self.entry(
+                None,
+                DecodingKey::from_secret(secret.as_bytes()),
+                Family::Hmac,
+                None,
+            ));
         }
         if let Some(path) = &self.pem_file {
-            let pem = std::fs::read(path).map_err(|e| format!("public_key_pem: cannot read {path:?}: {e}"))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("public_key_pem: cannot read {path:?}: {e}"))?;
             let (key, family) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
                 (k, Family::Rsa)
             } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
@@ -264,7 +278,8 @@ impl JwtConfig {
         }
         if let Some(path) = &self.jwks_file {
             stamp = file_stamp(path);
-            let text = std::fs::read(path).map_err(|e| format!("jwks_file: cannot read {path:?}: {e}"))?;
+            let text =
+                std::fs::read(path).map_err(|e| format!("jwks_file: cannot read {path:?}: {e}"))?;
             let doc: serde_json::Value = serde_json::from_slice(&text)
                 .map_err(|e| format!("jwks_file: {path:?} is not JSON: {e}"))?;
             let Some(list) = doc.get("keys").and_then(|k| k.as_array()) else {
@@ -446,13 +461,7 @@ impl JwtVerifier {
             }
         }
         if self.cfg.cache_size > 0 {
-            cache.insert(
-                token.into(),
-                Cached {
-                    identity,
-                    until,
-                },
-            );
+            cache.insert(token.into(), Cached { identity, until });
         }
         Ok(r)
     }
@@ -460,11 +469,15 @@ impl JwtVerifier {
     fn verify_uncached(&self, token: &str, now: u64) -> Result<(Rc<Identity>, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let keys = Arc::clone(&self.keys.borrow());
-        let mut candidates = keys.set.keys.iter().filter(|k| match (&header.kid, &k.kid) {
-            (Some(want), Some(have)) => want == have,
-            (Some(_), None) => keys.set.keys.len() == 1,
-            (None, _) => true,
-        });
+        let mut candidates = keys
+            .set
+            .keys
+            .iter()
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => keys.set.keys.len() == 1,
+                (None, _) => true,
+            });
         let mut last = TokenError::UnknownKey;
         let mut any = false;
         for k in &mut candidates {
@@ -492,7 +505,10 @@ impl JwtVerifier {
                         _ => TokenError::Malformed,
                     };
                     // A claim failure after a good signature is final.
-                    if !matches!(last, TokenError::BadSignature | TokenError::AlgorithmNotAllowed) {
+                    if !matches!(
+                        last,
+                        TokenError::BadSignature | TokenError::AlgorithmNotAllowed
+                    ) {
                         return Err(last);
                     }
                 }
@@ -582,7 +598,12 @@ mod tests {
     }
 
     fn token(alg: Algorithm, claims: serde_json::Value, secret: &str) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn good_claims() -> serde_json::Value {
@@ -606,24 +627,43 @@ mod tests {
         let v = JwtVerifier::new(cfg(SECRET));
         let mut c = good_claims();
         c["exp"] = json!(unix_now() - 60);
-        assert_eq!(v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()),
+            Err(TokenError::Expired)
+        );
         let mut c = good_claims();
         c["nbf"] = json!(unix_now() + 60);
-        assert_eq!(v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()), Err(TokenError::NotYetValid));
+        assert_eq!(
+            v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()),
+            Err(TokenError::NotYetValid)
+        );
         let mut c = good_claims();
         c["aud"] = json!("other");
-        assert_eq!(v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()), Err(TokenError::WrongAudience));
+        assert_eq!(
+            v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()),
+            Err(TokenError::WrongAudience)
+        );
         let mut c = good_claims();
         c["iss"] = json!("https://evil");
-        assert_eq!(v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()), Err(TokenError::WrongIssuer));
+        assert_eq!(
+            v.verify(token(Algorithm::HS256, c, SECRET).as_bytes(), |_| ()),
+            Err(TokenError::WrongIssuer)
+        );
         let other = "ffffffffffffffffffffffffffffffff";
         assert_eq!(
-            v.verify(token(Algorithm::HS256, good_claims(), other).as_bytes(), |_| ()),
+            v.verify(
+                token(Algorithm::HS256, good_claims(), other).as_bytes(),
+                |_| ()
+            ),
             Err(TokenError::BadSignature)
         );
         // alg: none, unsigned.
         use base64_like::b64;
-        let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(good_claims().to_string().as_bytes()));
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#),
+            b64(good_claims().to_string().as_bytes())
+        );
         assert!(v.verify(none.as_bytes(), |_| ()).is_err());
         assert_eq!(v.cached(), 0);
     }
@@ -631,10 +671,15 @@ mod tests {
     /// Base64url without padding, for hand-made tokens.
     pub(crate) mod base64_like {
         pub fn b64(data: &[u8]) -> String {
-            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in data.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
