@@ -13,12 +13,20 @@ use shardline_shard::{
 use crate::aggregate::{self, Aggregate};
 use crate::config::{Action, Config};
 use crate::handler::{self, Handler, HandlerFactory, Request, Response};
+use crate::policy::{self as pol, Passed, Rejected, ShardPolicies};
 use crate::proxy::{self, GatewayShard, Proxy};
 use crate::upstream::{self, Upstream};
 
 /// Token for requests no route matches (404, 405, 501, OPTIONS): they are
 /// answered inline by matching again, a cold path.
 const NO_ROUTE: usize = usize::MAX;
+/// Token for CORS preflights a route's policy answers.
+const PREFLIGHT: usize = usize::MAX - 1;
+
+/// Bodies buffered whole for validation on streamed routes are bounded by
+/// this (and by the route's own limit): a JSON document to check against a
+/// schema has no business being bigger, and it is held in memory.
+const MAX_VALIDATED_BODY_BYTES: u64 = 16 << 20;
 
 /// Route table and handler factories shared (immutably) by all shards.
 pub(crate) struct GatewayFactory {
@@ -118,6 +126,7 @@ struct GatewayApp {
     gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
+    policies: ShardPolicies,
 }
 
 impl AppFactory for GatewayFactory {
@@ -189,23 +198,39 @@ impl AppFactory for GatewayFactory {
             gw: GatewayShard::new(),
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
+            policies: ShardPolicies::new(&self.config, shard),
         })
     }
 }
 
 impl App for GatewayApp {
     fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
+        if self.policies.any_cors
+            && head.method == "OPTIONS"
+            && self.preflight_route(head).is_some()
+        {
+            return Dispatch::Inline(PREFLIGHT);
+        }
         match self.router.at(head.method, head.path) {
+            Match::Found(&i, _)
+                if self.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
+            {
+                Dispatch::Stream {
+                    token: i,
+                    max_body_bytes: self.body_limits[i],
+                }
+            }
             Match::Found(&i, _) => match &self.actions[i] {
                 // A fresh cache hit is answered inline, as cheaply as a
                 // `respond` route; everything else about the route is async.
                 ShardAction::Proxy(p)
-                    if p.cache.as_ref().is_some_and(|c| {
-                        let hit = crate::cache_glue::fresh_hit(c, head);
-                        let found = hit.is_some();
-                        *self.cache_hit.borrow_mut() = hit;
-                        found
-                    }) =>
+                    if !self.policies.active(i)
+                        && p.cache.as_ref().is_some_and(|c| {
+                            let hit = crate::cache_glue::fresh_hit(c, head);
+                            let found = hit.is_some();
+                            *self.cache_hit.borrow_mut() = hit;
+                            found
+                        }) =>
                 {
                     Dispatch::Inline(i)
                 }
@@ -229,38 +254,34 @@ impl App for GatewayApp {
             let Some(action) = self.actions.get(token) else {
                 return;
             };
-            // The path sent upstream, from the route's params.
-            let path = {
-                let mut fields = Vec::new();
-                let head = req.head(&mut fields);
-                let params = match self.router.at(head.method, head.path) {
-                    Match::Found(_, params) => params,
-                    _ => Default::default(),
-                };
-                match action {
-                    ShardAction::Proxy(p) => proxy::upstream_path(
-                        head.path,
-                        p.strip_prefix.as_deref(),
-                        p.rewrite.as_deref(),
-                        &params,
-                    ),
-                    ShardAction::Aggregate(a) => {
-                        aggregate::serve(a, &self.gw, &head, &params, io).await;
-                        return;
-                    }
-                    _ => return,
-                }
+            if !self.policies.active(token) {
+                self.run_stream_action(action, token, req, io).await;
+                return;
+            }
+            let Some((req, consumer)) = self.stream_policies(token, req, io).await else {
+                return;
             };
-            if let ShardAction::Proxy(p) = action {
-                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+            match self.policies.idempotency(token) {
+                Some(cfg) => {
+                    self.idempotent(cfg, action, token, &req, consumer, io)
+                        .await
+                }
+                None => self.run_stream_action(action, token, &req, io).await,
             }
         })
+    }
+
+    fn shutdown(&self) {
+        self.policies.shutdown();
     }
 
     fn handle(&self, ex: &mut Exchange<'_>) {
         let head = ex.head;
         let token = ex.token();
-        if token != NO_ROUTE {
+        if token == PREFLIGHT && self.answer_preflight(ex) {
+            return;
+        }
+        if token != NO_ROUTE && !self.policies.active(token) {
             if let Some(ShardAction::Proxy(_)) = self.actions.get(token) {
                 if let Some(entry) = self.cache_hit.borrow_mut().take() {
                     crate::cache_glue::answer_hit_inline(ex, &entry);
@@ -285,7 +306,260 @@ impl App for GatewayApp {
                 }
             }
         }
-        match self.router.at(head.method, head.path) {
+        let mut passed = Passed::default();
+        let matched = self.router.at(head.method, head.path);
+        if let Match::Found(&i, params) = &matched {
+            if self.policies.active(i) {
+                let checked = self
+                    .policies
+                    .check(i, head, ex.peer, params, &mut passed)
+                    .and_then(|()| self.policies.check_body(i, head, ex.body));
+                if let Err(r) = checked {
+                    reject_inline(ex, &r);
+                    ex.insert_headers(&passed.response_headers);
+                    return;
+                }
+            }
+        }
+        self.run_inline(ex, matched);
+        ex.insert_headers(&passed.response_headers);
+    }
+}
+
+impl GatewayApp {
+    /// The route whose CORS policy answers this preflight, if any.
+    fn preflight_route(&self, head: &RequestHead<'_, '_>) -> Option<usize> {
+        head.header("origin")?;
+        let method = std::str::from_utf8(head.header("access-control-request-method")?).ok()?;
+        match self.router.at(method, head.path) {
+            Match::Found(&i, _) if self.policies.has_cors(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn answer_preflight(&self, ex: &mut Exchange<'_>) -> bool {
+        let head = ex.head;
+        let Some(i) = self.preflight_route(head) else {
+            return false;
+        };
+        match self.policies.preflight(i, head) {
+            Some(Ok(hs)) => {
+                let refs: Vec<(&str, &[u8])> = hs.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+                ex.respond(&ProtoResponse {
+                    status: 204,
+                    headers: &refs,
+                    content_type: None,
+                    body: b"",
+                });
+                true
+            }
+            Some(Err(r)) => {
+                reject_inline(ex, &r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The head and body policies of a streamed route; `None` when the
+    /// request was refused (and answered). The request returned carries
+    /// the head to send on (request id, traceparent).
+    async fn stream_policies(
+        &self,
+        token: usize,
+        req: &StreamRequest,
+        io: &mut ClientIo<'_>,
+    ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
+        let mut fields = Vec::new();
+        let head = req.head(&mut fields);
+        let params = match self.router.at(head.method, head.path) {
+            Match::Found(_, params) => params,
+            _ => Default::default(),
+        };
+        let mut passed = Passed::default();
+        let checked = self
+            .policies
+            .check(token, &head, io.peer(), &params, &mut passed);
+        io.add_response_headers(&passed.response_headers);
+        if let Err(r) = checked {
+            // The body is not read: close rather than read it for nothing.
+            if io.has_body() {
+                io.close_after();
+            }
+            reject_stream(io, &r).await;
+            return None;
+        }
+        if self.policies.validates_body(token) {
+            let limit = self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let res = match io.buffer_body(limit).await {
+                Ok(body) => self.policies.check_body(token, &head, body),
+                Err(e) => {
+                    proxy::client_body_failed(io, e).await;
+                    return None;
+                }
+            };
+            if let Err(r) = res {
+                reject_stream(io, &r).await;
+                return None;
+            }
+        }
+        let mut h = io.take_buffer();
+        pol::upstream_head(&head, &passed, &mut h);
+        Some((req.with_head(h), passed.consumer.take()))
+    }
+
+    /// Runs a route's action on the streaming path.
+    async fn run_stream_action(
+        &self,
+        action: &ShardAction,
+        token: usize,
+        req: &StreamRequest,
+        io: &mut ClientIo<'_>,
+    ) {
+        let mut fields = Vec::new();
+        let head = req.head(&mut fields);
+        let params = match self.router.at(head.method, head.path) {
+            Match::Found(_, params) => params,
+            _ => Default::default(),
+        };
+        match action {
+            ShardAction::Proxy(p) => {
+                // The path sent upstream, from the route's params.
+                let path = proxy::upstream_path(
+                    head.path,
+                    p.strip_prefix.as_deref(),
+                    p.rewrite.as_deref(),
+                    &params,
+                );
+                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+            }
+            ShardAction::Aggregate(a) => {
+                aggregate::serve(a, &self.gw, &head, &params, io).await;
+            }
+            ShardAction::Respond { .. } | ShardAction::Handler(_) => {
+                // A synchronous action sent down this path by a policy
+                // (idempotency): buffer the body, answer as inline.
+                let limit = usize::try_from(self.body_limits[token]).unwrap_or(usize::MAX);
+                let body = match io.buffer_body(limit).await {
+                    Ok(b) => b.to_vec(),
+                    Err(e) => {
+                        proxy::client_body_failed(io, e).await;
+                        return;
+                    }
+                };
+                io.serve_inline(&head, &body, token, |ex| {
+                    let matched = self.router.at(ex.head.method, ex.head.path);
+                    self.run_inline(ex, matched);
+                })
+                .await;
+            }
+        }
+    }
+
+    /// A request on a route with idempotency keys (see `policy::idempotency`).
+    async fn idempotent(
+        &self,
+        cfg: &crate::policy::config::IdempotencyConfig,
+        action: &ShardAction,
+        token: usize,
+        req: &StreamRequest,
+        consumer: Option<Vec<u8>>,
+        io: &mut ClientIo<'_>,
+    ) {
+        use crate::policy::idempotency::{self as idem, Begin};
+        let mut fields = Vec::new();
+        let head = req.head(&mut fields);
+        let key = match head.header("idempotency-key") {
+            Some(k) if idempotency_candidate(&head) => k.to_vec(),
+            _ => {
+                self.run_stream_action(action, token, req, io).await;
+                return;
+            }
+        };
+        if !idem::valid_key(&key) {
+            io.send_problem(
+                400,
+                "https://shardline.dev/problems/bad-idempotency-key",
+                "Bad Request",
+                "Idempotency-Key must be 1 to 255 printable characters",
+                &[],
+            )
+            .await;
+            return;
+        }
+        let limit = usize::try_from(self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES))
+            .unwrap_or(usize::MAX);
+        let fp = match io.buffer_body(limit).await {
+            Ok(body) => idem::fingerprint(head.method, head.target, body),
+            Err(e) => {
+                proxy::client_body_failed(io, e).await;
+                return;
+            }
+        };
+        let scoped = idem::scoped_key(token, consumer.as_deref().unwrap_or(b""), &key);
+        match self.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
+            Begin::Proceed => {
+                let guard = idem::Guard {
+                    idem: &self.policies.idem,
+                    key: scoped,
+                    fp,
+                    ttl: cfg.ttl,
+                    done: false,
+                };
+                io.capture_response(cfg.max_response_bytes);
+                self.run_stream_action(action, token, req, io).await;
+                let captured = io.take_captured();
+                let store = if io.is_broken() {
+                    None
+                } else {
+                    captured.and_then(|c| idem::storable(&c))
+                };
+                guard.finish(store);
+            }
+            Begin::Replay(bytes) => {
+                io.add_response_headers(b"Idempotent-Replayed: true\r\n");
+                if !io.encode_options().keep_alive {
+                    io.add_response_headers(b"Connection: close\r\n");
+                }
+                let _ = io.write_all(&bytes).await;
+            }
+            Begin::InFlight => {
+                io.send_problem(
+                    409,
+                    "https://shardline.dev/problems/idempotency-key-in-use",
+                    "Conflict",
+                    "a request with this Idempotency-Key is still being processed",
+                    &[("Retry-After", b"1")],
+                )
+                .await;
+            }
+            Begin::Mismatch => {
+                io.send_problem(
+                    422,
+                    "https://shardline.dev/problems/idempotency-key-reused",
+                    "Unprocessable Content",
+                    "this Idempotency-Key was used for a different request",
+                    &[],
+                )
+                .await;
+            }
+            Begin::Unavailable => {
+                io.send_problem(
+                    503,
+                    "https://shardline.dev/problems/idempotency-unavailable",
+                    "Service Unavailable",
+                    "the idempotency key store did not answer; retry",
+                    &[("Retry-After", b"1")],
+                )
+                .await;
+            }
+        }
+    }
+
+    fn run_inline(&self, ex: &mut Exchange<'_>, matched: Match<'_, '_, usize>) {
+        let head = ex.head;
+        match matched {
             Match::Found(&i, params) => match &self.actions[i] {
                 ShardAction::Respond {
                     status,
@@ -375,6 +649,54 @@ impl App for GatewayApp {
                 "no route matches this path",
                 &[],
             ),
+        }
+    }
+}
+
+/// Requests an `Idempotency-Key` applies to (the draft's non-idempotent
+/// methods) when they carry one.
+fn idempotency_candidate(head: &RequestHead<'_, '_>) -> bool {
+    matches!(head.method, "POST" | "PATCH") && head.header("idempotency-key").is_some()
+}
+
+fn reject_inline(ex: &mut Exchange<'_>, r: &Rejected) {
+    let hs = r.header_refs();
+    match &r.body {
+        Some(body) => ex.respond(&ProtoResponse {
+            status: r.status,
+            headers: &hs,
+            content_type: Some(b"application/problem+json"),
+            body,
+        }),
+        None => ex.problem(r.status, &r.problem_type, r.title, &r.detail, &hs),
+    }
+}
+
+async fn reject_stream(io: &mut ClientIo<'_>, r: &Rejected) {
+    let hs = r.header_refs();
+    match &r.body {
+        Some(body) => {
+            let mut out = io.take_buffer();
+            let opts = io.encode_options();
+            io.with_date(|date| {
+                shardline_protocol::response::encode(
+                    &mut out,
+                    &ProtoResponse {
+                        status: r.status,
+                        headers: &hs,
+                        content_type: Some(b"application/problem+json"),
+                        body,
+                    },
+                    opts,
+                    date,
+                )
+            });
+            let _ = io.write_all(&out).await;
+            io.put_buffer(out);
+        }
+        None => {
+            io.send_problem(r.status, &r.problem_type, r.title, &r.detail, &hs)
+                .await
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[auth.NAME]` sections, referred to by routes' `auth` key.
+    pub auth: Vec<crate::policy::config::AuthConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ pub struct RouteConfig {
     /// This route's body limit, when it differs from `server.max_body_bytes`
     /// (only upstream routes, whose bodies stream, may set it).
     pub max_body_bytes: Option<u64>,
+    /// Policies run before the action (README "Policies").
+    pub policy: crate::policy::config::RoutePolicyConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +222,7 @@ impl Default for Config {
                 server: ServerConfig::default(),
                 upstreams: Vec::new(),
                 routes: Vec::new(),
+                auth: Vec::new(),
             },
         }
     }
@@ -287,6 +292,7 @@ struct FileRoute {
     validate: Option<toml::Value>,
     idempotency: Option<toml::Value>,
     cors: Option<toml::Value>,
+    request_id: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,7 +348,6 @@ impl Config {
             file.routes = default.routes;
         }
         for (key, present) in [
-            ("auth", file.auth.is_some()),
             ("slos", file.slos.is_some()),
             ("observability", file.observability.is_some()),
         ] {
@@ -363,6 +368,7 @@ impl Config {
             }
             server.tls = Some(tls);
         }
+        let auth = crate::policy::config::validate_auth(file.auth.take())?;
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(file.upstreams.len());
         for (i, u) in file.upstreams.into_iter().enumerate() {
             let u = gw::validate_upstream(i, u)?;
@@ -376,7 +382,7 @@ impl Config {
         }
         let mut routes = Vec::with_capacity(file.routes.len());
         for (i, r) in file.routes.into_iter().enumerate() {
-            routes.push(validate_route(i, r, &upstreams)?);
+            routes.push(validate_route(i, r, &upstreams, &auth)?);
         }
         let mut seen = std::collections::HashSet::new();
         for r in &routes {
@@ -400,6 +406,7 @@ impl Config {
             server,
             upstreams,
             routes,
+            auth,
         })
     }
 
@@ -623,25 +630,13 @@ fn validate_route(
     i: usize,
     r: FileRoute,
     upstreams: &[UpstreamConfig],
+    auth: &[crate::policy::config::AuthConfig],
 ) -> Result<RouteConfig, ConfigError> {
     let label = match &r.name {
         Some(n) => format!("routes[{i}] ({n})"),
         None => format!("routes[{i}]"),
     };
     let key = |k: &str| format!("{label}.{k}");
-    for (k, present) in [
-        ("auth", r.auth.is_some()),
-        ("scopes", r.scopes.is_some()),
-        ("rate_limit", r.rate_limit.is_some()),
-        ("quota", r.quota.is_some()),
-        ("validate", r.validate.is_some()),
-        ("idempotency", r.idempotency.is_some()),
-        ("cors", r.cors.is_some()),
-    ] {
-        if present {
-            return err(&key(k), "is not supported by this build of shardline yet");
-        }
-    }
     let name = match r.name {
         Some(n) if !n.trim().is_empty() => n,
         _ => return err(&key("name"), "every route needs a non-empty name"),
@@ -704,6 +699,21 @@ fn validate_route(
         );
     }
     let timeout = gw::route_timeout(&key("timeout"), &r.timeout)?;
+    let policy = crate::policy::config::validate_route_policy(
+        &label,
+        crate::policy::config::FileRoutePolicy {
+            auth: r.auth,
+            scopes: r.scopes,
+            rate_limit: r.rate_limit,
+            quota: r.quota,
+            validate: r.validate,
+            idempotency: r.idempotency,
+            cors: r.cors,
+            request_id: r.request_id,
+        },
+        auth,
+        &path,
+    )?;
     let max_body_bytes = gw::route_body_limit(&key("max_body_bytes"), &r.max_body_bytes)?;
     let action = match (r.respond, r.handler) {
         _ if is_upstream => {
@@ -819,6 +829,7 @@ fn validate_route(
         path,
         action,
         max_body_bytes,
+        policy,
     })
 }
 

@@ -46,6 +46,7 @@ pub mod config;
 pub mod config_gateway;
 pub mod config_tls;
 pub mod handler;
+pub mod policy;
 mod proxy;
 pub mod run;
 pub mod server;

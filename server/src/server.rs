@@ -146,6 +146,7 @@ impl Server {
             limits,
             listeners,
             drain_timeout: s.drain_timeout,
+            mesh: crate::policy::needs_mesh(&self.config),
         })?;
         let addrs = set.local_addrs();
         let local_addr = addrs[0];

@@ -58,6 +58,10 @@ pub trait App {
     ) -> StreamFuture<'a> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Called once on the shard's thread when the shard has drained, before
+    /// it ends: the place to save state that must survive a restart.
+    fn shutdown(&self) {}
 }
 
 /// Builds each shard's [`App`] on that shard's thread.
@@ -105,6 +109,9 @@ pub struct Exchange<'x> {
     token: usize,
     tls: bool,
     tls_client_identity: Option<&'x str>,
+    /// Where this exchange's response starts in `out` (earlier pipelined
+    /// responses come before it).
+    start: usize,
 }
 
 impl<'x> Exchange<'x> {
@@ -116,6 +123,7 @@ impl<'x> Exchange<'x> {
         date: &'x DateCache,
         token: usize,
     ) -> Self {
+        let start = out.len();
         Exchange {
             head,
             body,
@@ -129,7 +137,25 @@ impl<'x> Exchange<'x> {
             token,
             tls: conn.tls,
             tls_client_identity: conn.tls_client_identity,
+            start,
         }
+    }
+
+    /// Adds header field lines (`Name: value\r\n` each, already validated
+    /// by the caller) to the response already encoded, right after its
+    /// status line. For fields a policy adds to whatever the route's action
+    /// answered (request id, CORS, rate-limit state). No effect before
+    /// [`Exchange::respond`].
+    pub fn insert_headers(&mut self, raw: &[u8]) {
+        if !self.responded || raw.is_empty() {
+            return;
+        }
+        let resp = &self.out[self.start..];
+        let Some(eol) = resp.windows(2).position(|w| w == b"\r\n") else {
+            return;
+        };
+        let at = self.start + eol + 2;
+        self.out.splice(at..at, raw.iter().copied());
     }
 
     fn options(&self) -> EncodeOptions {

@@ -75,6 +75,9 @@ pub struct ShardSetConfig {
     pub listeners: Vec<ListenerSpec>,
     /// How long in-flight requests may take to finish once a drain starts.
     pub drain_timeout: Duration,
+    /// Connect the shards with a message mesh ([`crate::mesh`]) for state
+    /// that has an owner shard. Off, nothing is allocated for it.
+    pub mesh: bool,
 }
 
 /// Process-wide control shared with every shard (read rarely, never on the
@@ -128,6 +131,8 @@ impl ShardSet {
         });
         let listeners: Arc<Vec<ListenerSpec>> = Arc::new(cfg.listeners);
         let count = cfg.cpus.len();
+        let mut wiring =
+            (cfg.mesh && count > 1).then(|| crate::mesh::MeshWiring::new(count).0.into_iter());
         let mut set = ShardSet {
             handles: Vec::with_capacity(count),
             addrs: listeners.iter().map(|l| l.addr).collect(),
@@ -141,6 +146,7 @@ impl ShardSet {
             let limits = cfg.limits.clone();
             let control = Arc::clone(&set.control);
             let t = cfg.tuning;
+            let mesh_ends = wiring.as_mut().and_then(Iterator::next);
             let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
                 .io_memory(t.io_memory_bytes)
@@ -149,8 +155,8 @@ impl ShardSet {
             if let Some(spin) = t.spin_before_park {
                 builder = builder.spin_before_park(spin);
             }
-            let spawned =
-                builder.spawn(move || shard_main(info, limits, listeners, addrs, control, tx));
+            let spawned = builder
+                .spawn(move || shard_main(info, limits, listeners, addrs, control, tx, mesh_ends));
             let handle = match spawned {
                 Ok(h) => h,
                 Err(e) => {
@@ -251,7 +257,10 @@ async fn shard_main(
     addrs: Vec<SocketAddr>,
     control: Arc<Control>,
     tx: mpsc::Sender<BindReply>,
+    mesh_ends: Option<crate::mesh::MeshEnds>,
 ) {
+    // Before the apps are built, so they can find it (`mesh::current`).
+    let start_mesh = mesh_ends.map(|ends| crate::mesh::install(info.id, ends));
     let mut bound = Vec::new();
     let mut bound_addrs = Vec::new();
     for (spec, addr) in specs.iter().zip(addrs) {
@@ -282,7 +291,12 @@ async fn shard_main(
         return;
     }
     drop(tx);
+    // Connecting waits for the peers, which start after this shard replied.
+    if let Some(start) = start_mesh {
+        start();
+    }
     // Keep the spec list alive only as long as start-up needs it.
     drop(specs);
     shard::run(info, limits, bound, control).await;
+    crate::mesh::uninstall();
 }

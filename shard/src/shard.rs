@@ -161,6 +161,7 @@ pub(crate) async fn run(
     })
     .detach();
 
+    let apps: Vec<Rc<dyn App>> = listeners.iter().map(|b| Rc::clone(&b.app)).collect();
     let mut accept_tasks = Vec::new();
     for bound in listeners {
         let st = Rc::clone(&state);
@@ -186,6 +187,10 @@ pub(crate) async fn run(
     let deadline = std::time::Instant::now() + control.drain_timeout;
     while state.busy.get() > 0 && std::time::Instant::now() < deadline {
         sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    // Apps save what must survive a restart (quotas).
+    for app in apps {
+        app.shutdown();
     }
     // Returning ends the executor; idle keep-alive connections are dropped
     // (closed) with it.

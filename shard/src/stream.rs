@@ -17,16 +17,18 @@ use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::date::DateCache;
 use shardline_protocol::error::Error as ProtoError;
 use shardline_protocol::framing::BodyFraming;
-use shardline_protocol::request::{RequestHead, Version};
+use shardline_protocol::limits::{Limits, MAX_HEADERS_CAP};
+use shardline_protocol::request::{self, Parsed, RequestHead, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
-use crate::app::ShardInfo;
+use crate::app::{ConnContext, Exchange, ShardInfo};
 use crate::conn::Conn;
 
 /// A streamed request's head, copied out of the read buffer so the buffer
 /// can take the body. The parse result is kept as offsets into the copy, so
 /// the app gets its [`RequestHead`] back without parsing again and without
 /// a 4 KiB header array living inside its (boxed) future.
+#[derive(Clone)]
 pub struct StreamRequest {
     bytes: Vec<u8>,
     method: Range<usize>,
@@ -116,10 +118,45 @@ impl StreamRequest {
         }
     }
 
+    /// The same request with another head (a policy added or replaced
+    /// header fields, e.g. the request id sent upstream). The head must be a
+    /// complete, valid request head; it is parsed with limits that grow
+    /// with it, so the fields the policy added never make it unparseable.
+    /// (Should it fail anyway, the request keeps its original head.)
+    pub fn with_head(&self, head: Vec<u8>) -> StreamRequest {
+        let limits = Limits {
+            max_header_bytes: head.len().max(Limits::default().max_header_bytes),
+            max_headers: MAX_HEADERS_CAP,
+            max_uri_bytes: head.len().max(Limits::default().max_uri_bytes),
+            max_body_bytes: u64::MAX,
+            ..Limits::default()
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        match request::parse(&head, &mut headers, &limits) {
+            Ok(Parsed::Complete(h)) => StreamRequest::new(
+                &h,
+                &head,
+                Vec::with_capacity(head.len()),
+                self.peer,
+                self.shard,
+            ),
+            _ => self.clone(),
+        }
+    }
+
+    /// The head's bytes as received (request line through the blank line).
+    pub fn head_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
 }
+
+/// Header fields a policy may add to a streamed request's head
+/// ([`StreamRequest::with_head`]): request id and traceparent.
+pub const POLICY_ADDED_HEADERS_MAX: usize = 4;
 
 /// Why reading a streamed request body failed.
 #[derive(Debug)]
@@ -164,6 +201,17 @@ pub struct ClientIo<'c> {
     started: bool,
     /// A write failed or the app abandoned the response mid-way.
     broken: bool,
+    /// Header field lines to add after the status line of the response
+    /// (policies: request id, CORS, rate-limit state).
+    inject: Vec<u8>,
+    /// A body read ahead whole by a policy (validation, idempotency) and
+    /// handed back: `read_body` serves it before anything else.
+    replay: Vec<u8>,
+    replay_at: usize,
+    /// Every response byte written, kept while `capture_limit` allows
+    /// (an idempotency key stores the response it replays).
+    capture: Option<Vec<u8>>,
+    capture_limit: usize,
 }
 
 impl<'c> ClientIo<'c> {
@@ -184,7 +232,109 @@ impl<'c> ClientIo<'c> {
             keep_alive,
             started: false,
             broken: false,
+            inject: Vec::new(),
+            replay: Vec::new(),
+            replay_at: 0,
+            capture: None,
+            capture_limit: 0,
         }
+    }
+
+    /// Adds header field lines (`Name: value\r\n` each, validated by the
+    /// caller) to the response this request gets, whoever writes it: they
+    /// are spliced in after the status line of the first response head
+    /// written through [`ClientIo::write_all`].
+    pub fn add_response_headers(&mut self, raw: &[u8]) {
+        self.inject.extend_from_slice(raw);
+    }
+
+    /// Reads the rest of the body whole (at most `max` bytes more; the
+    /// route's own limit applies too) and keeps it to be read again through
+    /// [`ClientIo::read_body`]. Returns the whole body.
+    pub async fn buffer_body(&mut self, max: usize) -> Result<&[u8], BodyError> {
+        let mut all = std::mem::take(&mut self.replay);
+        all.drain(..self.replay_at);
+        self.replay_at = 0;
+        while !self.original_body_done() {
+            let room = max.saturating_sub(all.len()).max(1);
+            let n = self.read_original(&mut all, room.min(64 * 1024)).await;
+            match n {
+                Ok(0) => break,
+                Ok(_) if all.len() > max => {
+                    self.replay = all;
+                    return Err(BodyError::Framing(ProtoError::new(
+                        shardline_protocol::error::ErrorKind::BodyTooLarge,
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.replay = all;
+                    return Err(e);
+                }
+            }
+        }
+        self.replay = all;
+        Ok(&self.replay)
+    }
+
+    /// Starts keeping a copy of every response byte written, up to `limit`
+    /// bytes (past it the copy is dropped). The copy is what the app wrote,
+    /// without the fields added by [`ClientIo::add_response_headers`].
+    pub fn capture_response(&mut self, limit: usize) {
+        self.capture = Some(Vec::new());
+        self.capture_limit = limit;
+    }
+
+    /// The response bytes captured, if they all fit.
+    pub fn take_captured(&mut self) -> Option<Vec<u8>> {
+        self.capture.take()
+    }
+
+    /// Serves the request with a synchronous answer (what the inline path
+    /// would run) from the streaming path: `f` gets an [`Exchange`] whose
+    /// response is written to the client when it returns.
+    pub async fn serve_inline(
+        &mut self,
+        head: &RequestHead<'_, '_>,
+        body: &[u8],
+        token: usize,
+        f: impl FnOnce(&mut Exchange<'_>),
+    ) {
+        let mut out = self.take_buffer();
+        let keep = {
+            let date = self.conn.shard.date.borrow();
+            let ctx = ConnContext {
+                peer: self.conn.peer,
+                shard: self.conn.shard.info,
+                keep_alive: self.encode_options().keep_alive,
+                draining: self.conn.shard.draining(),
+                tls: self.conn.stream.tls().is_some(),
+                tls_client_identity: self.conn.tls_identity.as_deref(),
+            };
+            let mut ex = Exchange::new(head, body, ctx, &mut out, &date, token);
+            f(&mut ex);
+            if !ex.responded() {
+                ex.problem(
+                    500,
+                    "https://shardline.dev/problems/no-response",
+                    "Internal Server Error",
+                    "the route's action produced no response",
+                    &[],
+                );
+            }
+            ex.keep_alive()
+        };
+        if !keep {
+            self.close_after();
+        }
+        let _ = self.write_all(&out).await;
+        self.put_buffer(out);
+    }
+
+    /// Whether the response was cut short (a write failed, or the app
+    /// aborted it).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -208,15 +358,21 @@ impl<'c> ClientIo<'c> {
 
     /// Whether the request has a body still to be read.
     pub fn has_body(&self) -> bool {
-        !matches!(self.body, BodyLeft::Done | BodyLeft::Length(0))
+        self.replay_at < self.replay.len() || !self.original_body_done()
+    }
+
+    fn original_body_done(&self) -> bool {
+        matches!(self.body, BodyLeft::Done | BodyLeft::Length(0))
     }
 
     /// The declared body length, if the request was framed by
-    /// Content-Length (`None` for chunked).
+    /// Content-Length (`None` for chunked). A body buffered whole
+    /// ([`ClientIo::buffer_body`]) counts as Content-Length framed.
     pub fn content_length(&self) -> Option<u64> {
+        let replay = (self.replay.len() - self.replay_at) as u64;
         match self.body {
-            BodyLeft::Length(n) => Some(n),
-            BodyLeft::Done => Some(0),
+            BodyLeft::Length(n) => Some(n + replay),
+            BodyLeft::Done => Some(replay),
             BodyLeft::Chunked(_) => None,
         }
     }
@@ -268,6 +424,28 @@ impl<'c> ClientIo<'c> {
     /// Writes response bytes to the client.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.started = true;
+        if let Some(c) = &mut self.capture {
+            if c.len() + bytes.len() <= self.capture_limit {
+                c.extend_from_slice(bytes);
+            } else {
+                self.capture = None;
+            }
+        }
+        if !self.inject.is_empty() && !bytes.starts_with(b"HTTP/1.1 1") {
+            if let Some(eol) = bytes.windows(2).position(|w| w == b"\r\n") {
+                let inject = std::mem::take(&mut self.inject);
+                let mut joined = self.take_buffer();
+                joined.extend_from_slice(&bytes[..eol + 2]);
+                joined.extend_from_slice(&inject);
+                joined.extend_from_slice(&bytes[eol + 2..]);
+                let res = self.conn.stream.write_all(&joined).await;
+                self.put_buffer(joined);
+                if res.is_err() {
+                    self.broken = true;
+                }
+                return res;
+            }
+        }
         let res = self.conn.stream.write_all(bytes).await;
         if res.is_err() {
             self.broken = true;
@@ -311,6 +489,20 @@ impl<'c> ClientIo<'c> {
     /// Content-Length body; a chunked body yields what one read decoded).
     /// `Ok(0)` is the end of the body.
     pub async fn read_body(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, BodyError> {
+        if self.replay_at < self.replay.len() {
+            let take = (self.replay.len() - self.replay_at).min(max.max(1));
+            out.extend_from_slice(&self.replay[self.replay_at..self.replay_at + take]);
+            self.replay_at += take;
+            if self.replay_at == self.replay.len() {
+                self.replay = Vec::new();
+                self.replay_at = 0;
+            }
+            return Ok(take);
+        }
+        self.read_original(out, max).await
+    }
+
+    async fn read_original(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, BodyError> {
         if self.expect_continue && self.has_body() {
             // RFC 9110 §10.1.1: the client waits for this before sending
             // the body; we send it once we actually want the body.
@@ -379,7 +571,9 @@ impl<'c> ClientIo<'c> {
     pub(crate) fn outcome(&self) -> StreamOutcome {
         StreamOutcome {
             started: self.started,
-            reusable: !self.broken && self.body_done() && self.encode_options().keep_alive,
+            // A buffered body not read back does not matter: the socket's
+            // framing is what a next request depends on.
+            reusable: !self.broken && self.original_body_done() && self.encode_options().keep_alive,
         }
     }
 }

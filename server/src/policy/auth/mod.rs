@@ -1,0 +1,149 @@
+//! Authentication (who is calling: API key or JWT) and the identity it
+//! yields: a consumer id and scopes.
+//!
+//! Failures answer 401 with a `WWW-Authenticate` challenge (RFC 9110
+//! §11.6.1, RFC 6750 §3 for bearer tokens); missing scopes answer 403
+//! (`insufficient_scope`).
+
+pub mod api_key;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use shardline_protocol::request::RequestHead;
+
+use self::api_key::ApiKeys;
+use self::jwt::{JwtVerifier, TokenError};
+
+/// Who a request authenticated as.
+#[derive(Debug)]
+pub struct Identity {
+    pub consumer: Box<str>,
+    pub scopes: Box<[Box<str>]>,
+}
+
+impl Identity {
+    pub fn has_all(&self, wanted: &[String]) -> bool {
+        wanted
+            .iter()
+            .all(|w| self.scopes.iter().any(|s| **s == **w))
+    }
+}
+
+/// One shard's authenticator for one `[auth.NAME]` section.
+pub(crate) enum Authenticator {
+    ApiKey(Arc<ApiKeys>),
+    Jwt(JwtVerifier),
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// No credentials were presented.
+    Missing,
+    /// An API key that is not known.
+    UnknownKey,
+    /// A token that did not verify.
+    Token(TokenError),
+}
+
+impl AuthFailure {
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "this route needs credentials",
+            AuthFailure::UnknownKey => "the API key is not valid",
+            AuthFailure::Token(t) => t.describe(),
+        }
+    }
+}
+
+fn bearer<'b>(head: &RequestHead<'b, '_>) -> Option<&'b [u8]> {
+    let v = head.header("authorization")?;
+    // RFC 9110 §11.1: the scheme is case-insensitive; RFC 6750 §2.1.
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        let t = &v[7..];
+        let start = t.iter().position(|b| *b != b' ').unwrap_or(t.len());
+        Some(&t[start..])
+    } else {
+        None
+    }
+}
+
+impl Authenticator {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Authenticator::ApiKey(k) => &k.name,
+            Authenticator::Jwt(j) => j.name(),
+        }
+    }
+
+    /// Authenticates the request and hands the identity to `f`.
+    pub(crate) fn check<R>(
+        &self,
+        head: &RequestHead<'_, '_>,
+        f: impl FnOnce(&Identity) -> R,
+    ) -> Result<R, AuthFailure> {
+        match self {
+            Authenticator::ApiKey(keys) => {
+                let from_header = keys.header.as_deref().and_then(|h| head.header(h));
+                let presented: Option<std::borrow::Cow<'_, [u8]>> = match from_header {
+                    Some(v) => Some(v.into()),
+                    None => keys
+                        .query
+                        .as_deref()
+                        .and_then(|q| head.query.and_then(|hq| api_key::query_param(hq, q)))
+                        .map(Into::into),
+                };
+                let Some(p) = presented.filter(|p| !p.is_empty()) else {
+                    return Err(AuthFailure::Missing);
+                };
+                match keys.lookup(&p) {
+                    Some(id) => Ok(f(&id)),
+                    None => Err(AuthFailure::UnknownKey),
+                }
+            }
+            Authenticator::Jwt(v) => {
+                let Some(token) = bearer(head).filter(|t| !t.is_empty()) else {
+                    return Err(AuthFailure::Missing);
+                };
+                v.verify(token, f).map_err(AuthFailure::Token)
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` value for a 401.
+    pub(crate) fn challenge(&self, failure: AuthFailure) -> String {
+        match self {
+            Authenticator::ApiKey(k) => {
+                let via = match (&k.header, &k.query) {
+                    (Some(h), _) => format!("header=\"{h}\""),
+                    (None, Some(q)) => format!("query=\"{q}\""),
+                    (None, None) => String::new(),
+                };
+                format!("ApiKey realm=\"{}\", {via}", k.name)
+            }
+            Authenticator::Jwt(j) => match failure {
+                // RFC 6750 §3.1: no error code when no credentials came.
+                AuthFailure::Missing => format!("Bearer realm=\"{}\"", j.name()),
+                f => format!(
+                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                    j.name(),
+                    f.detail()
+                ),
+            },
+        }
+    }
+
+    /// The `WWW-Authenticate` value for a 403 (missing scopes).
+    pub(crate) fn scope_challenge(&self, scopes: &[String]) -> String {
+        let scheme = match self {
+            Authenticator::ApiKey(_) => "ApiKey",
+            Authenticator::Jwt(_) => "Bearer",
+        };
+        format!(
+            "{scheme} realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+            self.name(),
+            scopes.join(" ")
+        )
+    }
+}
