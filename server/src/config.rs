@@ -20,6 +20,7 @@ use crate::config_gateway::{
     self as gw, AggregatePart, FileAggregatePart, FileCache, FileUpstream, ProxyRoute,
     UpstreamConfig,
 };
+use crate::config_obs::{FileObservability, FileSlo, ObservabilityConfig, SloConfig};
 use crate::units::{parse_duration, parse_size};
 
 /// Default listen address (ARCHITECTURE.md "Default config").
@@ -94,6 +95,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub observability: ObservabilityConfig,
+    pub slos: Vec<SloConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,9 @@ pub struct RouteConfig {
     /// This route's body limit, when it differs from `server.max_body_bytes`
     /// (only upstream routes, whose bodies stream, may set it).
     pub max_body_bytes: Option<u64>,
+    /// Fraction of this route's requests written to the access log, when it
+    /// differs from `observability.access_log_sample`.
+    pub access_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +221,8 @@ impl Default for Config {
                 server: ServerConfig::default(),
                 upstreams: Vec::new(),
                 routes: Vec::new(),
+                observability: ObservabilityConfig::default(),
+                slos: Vec::new(),
             },
         }
     }
@@ -234,8 +242,8 @@ struct FileConfig {
     #[serde(default)]
     upstreams: Vec<FileUpstream>,
     auth: Option<toml::Value>,
-    slos: Option<toml::Value>,
-    observability: Option<toml::Value>,
+    slos: Option<Vec<FileSlo>>,
+    observability: Option<FileObservability>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +293,7 @@ struct FileRoute {
     validate: Option<toml::Value>,
     idempotency: Option<toml::Value>,
     cors: Option<toml::Value>,
+    access_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,8 +350,6 @@ impl Config {
         }
         for (key, present) in [
             ("auth", file.auth.is_some()),
-            ("slos", file.slos.is_some()),
-            ("observability", file.observability.is_some()),
             ("server.tls", file.server.tls.is_some()),
         ] {
             if present {
@@ -383,10 +390,15 @@ impl Config {
                 .insert(methods, &r.path, i)
                 .map_err(|e| ConfigError(format!("routes[{i}] ({}): {e}", r.name)))?;
         }
+        let observability = crate::config_obs::validate_observability(file.observability)?;
+        let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let slos = crate::config_obs::validate_slos(file.slos.unwrap_or_default(), &route_names)?;
         Ok(Config {
             server,
             upstreams,
             routes,
+            observability,
+            slos,
         })
     }
 
@@ -691,6 +703,10 @@ fn validate_route(
         );
     }
     let timeout = gw::route_timeout(&key("timeout"), &r.timeout)?;
+    let access_log_sample = match r.access_log_sample {
+        Some(v) => Some(crate::config_obs::ratio(&key("access_log_sample"), v)?),
+        None => None,
+    };
     let max_body_bytes = gw::route_body_limit(&key("max_body_bytes"), &r.max_body_bytes)?;
     let action = match (r.respond, r.handler) {
         _ if is_upstream => {
@@ -806,6 +822,7 @@ fn validate_route(
         path,
         action,
         max_body_bytes,
+        access_log_sample,
     })
 }
 

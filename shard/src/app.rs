@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Instant;
 
 pub use crate::stream::{BodyError, ClientIo, StreamRequest};
 
@@ -85,6 +86,10 @@ pub(crate) struct ConnContext {
     /// draining).
     pub keep_alive: bool,
     pub draining: bool,
+    /// When the read that completed this request finished.
+    pub received: Instant,
+    /// Request bytes on the wire (head and framed body).
+    pub bytes_in: u64,
 }
 
 /// One request and the means to answer it.
@@ -100,6 +105,12 @@ pub struct Exchange<'x> {
     draining: bool,
     responded: bool,
     token: usize,
+    /// Status of the response encoded, 0 before one is.
+    status: u16,
+    /// `out.len()` before this request's response.
+    out_start: usize,
+    received: Instant,
+    bytes_in: u64,
 }
 
 impl<'x> Exchange<'x> {
@@ -111,6 +122,7 @@ impl<'x> Exchange<'x> {
         date: &'x DateCache,
         token: usize,
     ) -> Self {
+        let out_start = out.len();
         Exchange {
             head,
             body,
@@ -122,6 +134,10 @@ impl<'x> Exchange<'x> {
             draining: conn.draining,
             responded: false,
             token,
+            status: 0,
+            out_start,
+            received: conn.received,
+            bytes_in: conn.bytes_in,
         }
     }
 
@@ -140,6 +156,7 @@ impl<'x> Exchange<'x> {
             return;
         }
         self.responded = true;
+        self.status = resp.status;
         let opts = self.options();
         response::encode(self.out, resp, opts, self.date);
     }
@@ -157,6 +174,7 @@ impl<'x> Exchange<'x> {
             return;
         }
         self.responded = true;
+        self.status = status;
         let opts = self.options();
         response::encode_problem(
             self.out,
@@ -188,6 +206,26 @@ impl<'x> Exchange<'x> {
 
     pub fn responded(&self) -> bool {
         self.responded
+    }
+
+    /// Status of the response encoded so far (0 before one is).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Bytes of the response encoded for this request.
+    pub fn bytes_out(&self) -> u64 {
+        (self.out.len().saturating_sub(self.out_start)) as u64
+    }
+
+    /// Request bytes on the wire (head and framed body).
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// When the request arrived (the end of the read that completed it).
+    pub fn received(&self) -> Instant {
+        self.received
     }
 
     pub(crate) fn keep_alive(&self) -> bool {

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use futures_lite::io::AsyncWriteExt;
 use shardline_protocol::chunked::ChunkedDecoder;
@@ -22,6 +23,7 @@ use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::ShardInfo;
 use crate::conn::Conn;
+use crate::shard::{ShardCounters, TimeoutKind};
 
 /// A streamed request's head, copied out of the read buffer so the buffer
 /// can take the body.
@@ -30,16 +32,30 @@ pub struct StreamRequest {
     limits: Limits,
     pub peer: SocketAddr,
     pub shard: ShardInfo,
+    /// When the read that completed the head finished.
+    pub received: Instant,
 }
 
 impl StreamRequest {
-    pub(crate) fn new(head: Vec<u8>, limits: Limits, peer: SocketAddr, shard: ShardInfo) -> Self {
+    pub(crate) fn new(
+        head: Vec<u8>,
+        limits: Limits,
+        peer: SocketAddr,
+        shard: ShardInfo,
+        received: Instant,
+    ) -> Self {
         StreamRequest {
             head,
             limits,
             peer,
             shard,
+            received,
         }
+    }
+
+    /// Length of the request head in bytes.
+    pub fn head_len(&self) -> usize {
+        self.head.len()
     }
 
     /// The parsed head. The bytes parsed once already, so this cannot fail
@@ -102,6 +118,18 @@ pub struct ClientIo<'c> {
     started: bool,
     /// A write failed or the app abandoned the response mid-way.
     broken: bool,
+    /// Status of the response written (read from its status line), 0
+    /// before any.
+    status: u16,
+    bytes_out: u64,
+    /// Decoded body bytes handed to the app.
+    body_read: u64,
+    /// For the access log: where the request was forwarded, and how the
+    /// cache answered (set by the app).
+    upstream: Option<SocketAddr>,
+    cache_status: Option<&'static str>,
+    /// W3C `traceparent` the app wants sent upstream for this request.
+    traceparent: Option<String>,
 }
 
 impl<'c> ClientIo<'c> {
@@ -122,6 +150,12 @@ impl<'c> ClientIo<'c> {
             keep_alive,
             started: false,
             broken: false,
+            status: 0,
+            bytes_out: 0,
+            body_read: 0,
+            upstream: None,
+            cache_status: None,
+            traceparent: None,
         }
     }
 
@@ -171,6 +205,50 @@ impl<'c> ClientIo<'c> {
         self.started
     }
 
+    /// Status of the response written (0 before any was).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Response bytes written to the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Notes the upstream address the request went to (the last try's),
+    /// for the access log.
+    pub fn set_upstream(&mut self, addr: SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+
+    /// Sets the `traceparent` value to send upstream (tracing).
+    pub fn set_traceparent(&mut self, value: String) {
+        self.traceparent = Some(value);
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// Notes how a response cache answered (`HIT`, `MISS`, ...), for the
+    /// access log.
+    pub fn set_cache_status(&mut self, status: &'static str) {
+        self.cache_status = Some(status);
+    }
+
+    pub fn cache_status(&self) -> Option<&'static str> {
+        self.cache_status
+    }
+
+    /// Decoded request body bytes read so far.
+    pub fn body_read(&self) -> u64 {
+        self.body_read
+    }
+
     /// Marks the response as cut short: the connection closes afterwards,
     /// so the client sees a truncated body rather than a second response.
     pub fn abort(&mut self) {
@@ -194,7 +272,12 @@ impl<'c> ClientIo<'c> {
 
     /// Writes response bytes to the client.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !self.started {
+            self.status = status_of(bytes);
+        }
         self.started = true;
+        self.bytes_out += bytes.len() as u64;
+        ShardCounters::add(&self.conn.shard.counters.bytes_out, bytes.len() as u64);
         let res = self.conn.stream.write_all(bytes).await;
         if res.is_err() {
             self.broken = true;
@@ -266,6 +349,7 @@ impl<'c> ClientIo<'c> {
                         rb.consume(take);
                     }
                     *left -= take as u64;
+                    self.body_read += take as u64;
                     return Ok(take);
                 }
                 BodyLeft::Chunked(dec) if pending > 0 => {
@@ -278,6 +362,7 @@ impl<'c> ClientIo<'c> {
                         .map_err(BodyError::Framing)?;
                     rb.consume(d.consumed);
                     let produced = out.len() - before;
+                    self.body_read += produced as u64;
                     if d.done {
                         self.body = BodyLeft::Done;
                         return Ok(produced);
@@ -296,7 +381,10 @@ impl<'c> ClientIo<'c> {
             match self.conn.fill(idle).await {
                 Ok(0) => return Err(BodyError::Closed),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(BodyError::TimedOut),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    self.conn.shard.count_timeout(TimeoutKind::Body);
+                    return Err(BodyError::TimedOut);
+                }
                 Err(e) => return Err(BodyError::Io(e)),
             }
         }
@@ -314,4 +402,29 @@ impl<'c> ClientIo<'c> {
 pub(crate) struct StreamOutcome {
     pub started: bool,
     pub reusable: bool,
+}
+
+/// The status code of a response from its first bytes (`HTTP/1.1 200 ...`);
+/// 0 when they are not a status line (the app wrote something odd).
+fn status_of(bytes: &[u8]) -> u16 {
+    match bytes.get(9..12) {
+        Some(d) if bytes.starts_with(b"HTTP/1.") && d.iter().all(u8::is_ascii_digit) => {
+            d.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0'))
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_from_status_line() {
+        assert_eq!(
+            super::status_of(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            503
+        );
+        assert_eq!(super::status_of(b"HTTP/1.0 200 OK"), 200);
+        assert_eq!(super::status_of(b"HTTP/1.1 2"), 0);
+        assert_eq!(super::status_of(b"garbage in the pipe"), 0);
+    }
 }
