@@ -183,7 +183,14 @@ impl Coordinator {
         let peers = Rc::clone(&self.peers.borrow());
         let mut sent = Vec::with_capacity(peers.len());
         for (tx, _) in peers.iter() {
-            sent.push(tx.send(make(seq)).await.is_ok());
+            // Bounded too: a shard that stopped answering fills its queue,
+            // and a scrape must not wait on it forever.
+            let ok = future::or(async { tx.send(make(seq)).await.is_ok() }, async {
+                glommio::timer::sleep(SHARD_REPLY_TIMEOUT).await;
+                false
+            })
+            .await;
+            sent.push(ok);
         }
         let mut replies = Vec::with_capacity(peers.len());
         for ((_, rx), ok) in peers.iter().zip(sent) {

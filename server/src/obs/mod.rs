@@ -244,7 +244,10 @@ pub(crate) async fn flush_loop(obs: std::rc::Weak<ShardObs>) {
             l.flush();
         }
         if let Some(t) = &o.tracer {
-            t.maybe_export().await;
+            // Its own task: an export waits on the collector (up to
+            // EXPORT_TIMEOUT), which must not hold up the log flushes.
+            let t = Rc::clone(t);
+            glommio::spawn_local(async move { t.maybe_export().await }).detach();
         }
     }
 }
