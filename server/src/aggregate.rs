@@ -153,7 +153,9 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
         None => Err(Failure::Timeout),
         Some(r) => r,
     };
+    let started = now;
     let now = Instant::now();
+    up.record_latency(target, now.saturating_duration_since(started));
     match result {
         Ok((status, body)) => {
             up.record(target, !matches!(status, 502..=504), now);

@@ -1,7 +1,17 @@
-//! The gateway's per-shard [`App`]: route matching and route actions.
+//! The gateway's per-shard [`App`]: route matching and route actions, and
+//! what each request records (metrics, SLOs, access log, spans).
+//!
+//! The route table and actions of one config generation form a
+//! `GatewayInner`, held by the shard's `GatewayApp` as an `Rc` that a
+//! reload replaces whole (by message from shard 0). A streamed request
+//! keeps the generation it started on alive until it ends, so a reload
+//! never cuts one off; connections are untouched.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::Response as ProtoResponse;
@@ -12,7 +22,15 @@ use shardline_shard::{
 
 use crate::aggregate::{self, Aggregate};
 use crate::config::{Action, Config};
+use crate::config_obs::SloConfig;
 use crate::handler::{self, Handler, HandlerFactory, Request, Response};
+use crate::obs::hub::{Coordinator, ShardControl};
+use crate::obs::metrics::{
+    CacheSnapshot, CountersSnapshot, RouteTable, ShardSnapshot, UpstreamSnapshot, UNMATCHED_ROUTE,
+};
+use crate::obs::slo::SloTable;
+use crate::obs::trace::{unix_nanos, AttrValue, Span, TraceContext};
+use crate::obs::{Completed, ObsSetup, ShardObs};
 use crate::policy::{self as pol, Passed, Rejected, ShardPolicies};
 use crate::proxy::{self, GatewayShard, Proxy};
 use crate::upstream::{self, Upstream};
@@ -28,11 +46,26 @@ const PREFLIGHT: usize = usize::MAX - 1;
 /// schema has no business being bigger, and it is held in memory.
 const MAX_VALIDATED_BODY_BYTES: u64 = 16 << 20;
 
-/// Route table and handler factories shared (immutably) by all shards.
-pub(crate) struct GatewayFactory {
+/// Dispatch tokens carry the config generation in their high bits so a
+/// streamed request dispatched before a reload is not served with the
+/// index of a different route after it.
+const TOKEN_INDEX_BITS: u32 = 32;
+const TOKEN_GENERATION_MASK: u64 = 0x7fff_ffff;
+
+fn token(generation: u64, index: usize) -> usize {
+    (((generation & TOKEN_GENERATION_MASK) as usize) << TOKEN_INDEX_BITS) | (index & 0xffff_ffff)
+}
+
+fn untoken(token: usize) -> (u64, usize) {
+    (
+        (token >> TOKEN_INDEX_BITS) as u64 & TOKEN_GENERATION_MASK,
+        token & 0xffff_ffff,
+    )
+}
+
+/// The route table of one config, shared (immutably) by all shards.
+pub(crate) struct Routing {
     router: Arc<Router<usize>>,
-    config: Arc<Config>,
-    handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
 }
@@ -42,10 +75,10 @@ const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-impl GatewayFactory {
+impl Routing {
     pub(crate) fn new(
-        config: Arc<Config>,
-        handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
+        config: &Config,
+        handlers: &[(String, Arc<dyn HandlerFactory>)],
     ) -> Result<Self, String> {
         let mut router = Router::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -91,12 +124,43 @@ impl GatewayFactory {
             }
         }
         let server_allow = uniq.join(", ");
-        Ok(GatewayFactory {
+        Ok(Routing {
             router: Arc::new(router),
-            config,
-            handlers,
             known_methods: Arc::new(methods),
             server_allow: Arc::from(server_allow),
+        })
+    }
+}
+
+/// A validated config generation, sent to every shard on reload.
+pub(crate) struct ReloadPlan {
+    pub config: Arc<Config>,
+    pub routing: Arc<Routing>,
+    pub generation: u64,
+}
+
+/// Builds each shard's gateway app; holds what all shards share.
+pub(crate) struct GatewayFactory {
+    plan: Arc<ReloadPlan>,
+    handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
+    obs: Arc<ObsSetup>,
+}
+
+impl GatewayFactory {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
+        obs: Arc<ObsSetup>,
+    ) -> Result<Self, String> {
+        let routing = Arc::new(Routing::new(&config, &handlers)?);
+        Ok(GatewayFactory {
+            plan: Arc::new(ReloadPlan {
+                config,
+                routing,
+                generation: 1,
+            }),
+            handlers,
+            obs,
         })
     }
 }
@@ -114,38 +178,57 @@ enum ShardAction {
     Aggregate(Aggregate),
 }
 
-struct GatewayApp {
+/// One config generation as one shard runs it.
+struct GatewayInner {
+    generation: u64,
+    config: Arc<Config>,
     router: Arc<Router<usize>>,
     actions: Vec<ShardAction>,
     /// Body limit per route (streamed routes may exceed the server's).
     body_limits: Vec<u64>,
-    /// A fresh cache entry found by `dispatch` for the request it sent
-    /// inline; `handle` (called right after, for the same request) answers
-    /// with it.
-    cache_hit: std::cell::RefCell<Option<Rc<crate::cache::CachedResponse>>>,
-    gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
+    upstreams: Vec<Rc<Upstream>>,
+    route_metrics: RouteTable,
+    slos: SloTable,
+    slo_configs: Vec<Arc<SloConfig>>,
+    /// Access log sample per route.
+    samples: Vec<f64>,
+    unmatched_sample: f64,
+    /// Policies of this generation's routes (README "Policies").
     policies: ShardPolicies,
 }
 
-impl AppFactory for GatewayFactory {
-    fn build(&self, shard: ShardInfo) -> Rc<dyn App> {
+impl GatewayInner {
+    fn build(
+        plan: &ReloadPlan,
+        handlers: &[(String, Arc<dyn HandlerFactory>)],
+        shard: ShardInfo,
+        old: Option<&GatewayInner>,
+    ) -> GatewayInner {
+        let config = &plan.config;
         // This shard's own upstream state; health checks run as tasks of
-        // this shard's executor.
-        let upstreams: Vec<Rc<Upstream>> = self
-            .config
+        // this shard's executor. Counters carry over from the upstream of
+        // the same name in the previous generation.
+        let upstreams: Vec<Rc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Rc::new(Upstream::new(Arc::new(u.clone()), shard.id)))
+            .map(|u| {
+                let up = Rc::new(Upstream::new(Arc::new(u.clone()), shard.id));
+                if let Some(prev) =
+                    old.and_then(|o| o.upstreams.iter().find(|p| p.cfg.name == u.name))
+                {
+                    up.carry_from(prev);
+                }
+                up
+            })
             .collect();
         for u in &upstreams {
             if u.cfg.health_check.is_some() {
                 glommio::spawn_local(upstream::health::run(Rc::clone(u))).detach();
             }
         }
-        let actions = self
-            .config
+        let actions = config
             .routes
             .iter()
             .map(|r| match &r.action {
@@ -160,10 +243,10 @@ impl AppFactory for GatewayFactory {
                         .collect(),
                 },
                 Action::Handler(name) => {
-                    let factory = self.handlers.iter().find(|(n, _)| n == name);
+                    let factory = handlers.iter().find(|(n, _)| n == name);
                     match factory {
                         Some((_, f)) => ShardAction::Handler(f.build(shard)),
-                        // Validated in `new`: only "echo" is left.
+                        // Validated in `Routing::new`: only "echo" is left.
                         None => ShardAction::Handler(Box::new(handler::echo)),
                     }
                 }
@@ -173,7 +256,7 @@ impl AppFactory for GatewayFactory {
                     rewrite: pr.rewrite.clone(),
                     timeout: pr
                         .timeout
-                        .unwrap_or(self.config.upstreams[pr.upstream].request_timeout),
+                        .unwrap_or(config.upstreams[pr.upstream].request_timeout),
                     cache: pr.cache.as_ref().map(crate::cache_glue::RouteCache::new),
                 })),
                 Action::Aggregate(parts) => {
@@ -181,183 +264,196 @@ impl AppFactory for GatewayFactory {
                 }
             })
             .collect();
-        let body_limits = self
-            .config
+        let body_limits = config
             .routes
             .iter()
-            .map(|r| {
-                r.max_body_bytes
-                    .unwrap_or(self.config.server.max_body_bytes)
-            })
+            .map(|r| r.max_body_bytes.unwrap_or(config.server.max_body_bytes))
             .collect();
-        Rc::new(GatewayApp {
-            router: Arc::clone(&self.router),
+        let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+        let slo_configs: Vec<Arc<SloConfig>> =
+            config.slos.iter().map(|s| Arc::new(s.clone())).collect();
+        let global_sample = config.observability.access_log_sample;
+        GatewayInner {
+            generation: plan.generation,
+            router: Arc::clone(&plan.routing.router),
+            known_methods: Arc::clone(&plan.routing.known_methods),
+            server_allow: Arc::clone(&plan.routing.server_allow),
             actions,
             body_limits,
-            cache_hit: std::cell::RefCell::new(None),
-            gw: GatewayShard::new(),
-            known_methods: Arc::clone(&self.known_methods),
-            server_allow: Arc::clone(&self.server_allow),
-            policies: ShardPolicies::new(&self.config, shard),
-        })
+            route_metrics: RouteTable::new(&names, old.map(|o| &o.route_metrics)),
+            slos: SloTable::new(&slo_configs, &names, old.map(|o| &o.slos)),
+            slo_configs,
+            samples: config
+                .routes
+                .iter()
+                .map(|r| r.access_log_sample.unwrap_or(global_sample))
+                .collect(),
+            unmatched_sample: global_sample,
+            upstreams,
+            policies: ShardPolicies::new(config, shard),
+            config: Arc::clone(config),
+        }
+    }
+
+    fn route_name(&self, route: Option<usize>) -> &str {
+        route
+            .and_then(|i| self.config.routes.get(i))
+            .map_or(UNMATCHED_ROUTE, |r| r.name.as_str())
     }
 }
 
-impl App for GatewayApp {
-    fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
-        if self.policies.any_cors
-            && head.method == "OPTIONS"
-            && self.preflight_route(head).is_some()
-        {
-            return Dispatch::Inline(PREFLIGHT);
+pub(crate) struct GatewayApp {
+    inner: RefCell<Rc<GatewayInner>>,
+    /// A fresh cache entry found by `dispatch` for the request it sent
+    /// inline; `handle` (called right after, for the same request) answers
+    /// with it.
+    cache_hit: RefCell<Option<Rc<crate::cache::CachedResponse>>>,
+    gw: GatewayShard,
+    obs: Rc<ShardObs>,
+    shard: ShardInfo,
+    handlers: Arc<Vec<(String, Arc<dyn HandlerFactory>)>>,
+    setup: Arc<ObsSetup>,
+}
+
+impl AppFactory for GatewayFactory {
+    fn build(&self, shard: ShardInfo) -> Rc<dyn App> {
+        let inner = GatewayInner::build(&self.plan, &self.handlers, shard, None);
+        let obs = Rc::new(self.obs.shard_obs(shard, &self.plan.config));
+        crate::obs::audit::install(obs.audit.clone());
+        glommio::spawn_local(crate::obs::flush_loop(Rc::downgrade(&obs))).detach();
+        let app = Rc::new(GatewayApp {
+            inner: RefCell::new(Rc::new(inner)),
+            cache_hit: RefCell::new(None),
+            gw: GatewayShard::new(obs.tracer.clone()),
+            obs,
+            shard,
+            handlers: Arc::clone(&self.handlers),
+            setup: Arc::clone(&self.obs),
+        });
+        let control: Rc<dyn ShardControl> = app.clone();
+        if shard.id == 0 {
+            let coord = Rc::new(Coordinator::new(self.obs.hub.take_coordinator(), control));
+            crate::obs::hub::install_coordinator(Rc::clone(&coord));
+            glommio::spawn_local(crate::reload::sighup_loop(
+                Arc::clone(&self.obs),
+                Rc::downgrade(&coord),
+            ))
+            .detach();
+        } else {
+            self.obs.hub.serve_shard(shard.id, control);
         }
-        match self.router.at(head.method, head.path) {
-            Match::Found(&i, _)
-                if self.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
-            {
-                Dispatch::Stream {
-                    token: i,
-                    max_body_bytes: self.body_limits[i],
+        app
+    }
+}
+
+impl ShardControl for GatewayApp {
+    fn snapshot(&self) -> ShardSnapshot {
+        let inner = Rc::clone(&self.inner.borrow());
+        let now = self.obs.now_secs();
+        let mut caches = Vec::new();
+        for (i, a) in inner.actions.iter().enumerate() {
+            if let ShardAction::Proxy(p) = a {
+                if let Some(c) = &p.cache {
+                    let (st, entries, bytes) = c.stats();
+                    caches.push(CacheSnapshot {
+                        route: inner.route_name(Some(i)).to_string(),
+                        hits: st.hits,
+                        misses: st.misses,
+                        stale_served: st.stale_served,
+                        evictions: st.evictions,
+                        stores: st.stores,
+                        entries: entries as u64,
+                        bytes,
+                    });
                 }
             }
-            Match::Found(&i, _) => match &self.actions[i] {
-                // A fresh cache hit is answered inline, as cheaply as a
-                // `respond` route; everything else about the route is async.
-                ShardAction::Proxy(p)
-                    if !self.policies.active(i)
-                        && p.cache.as_ref().is_some_and(|c| {
-                            let hit = crate::cache_glue::fresh_hit(c, head);
-                            let found = hit.is_some();
-                            *self.cache_hit.borrow_mut() = hit;
-                            found
-                        }) =>
-                {
-                    Dispatch::Inline(i)
-                }
-                ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
-                    token: i,
-                    max_body_bytes: self.body_limits[i],
-                },
-                _ => Dispatch::Inline(i),
-            },
-            _ => Dispatch::Inline(NO_ROUTE),
+        }
+        ShardSnapshot {
+            shard: self.shard.id,
+            counters: CountersSnapshot::of(&self.obs.counters),
+            routes: inner.route_metrics.snapshot(),
+            upstreams: inner
+                .upstreams
+                .iter()
+                .map(|u| UpstreamSnapshot::of(u))
+                .collect(),
+            caches,
+            access_log: self
+                .obs
+                .access
+                .as_ref()
+                .map(|l| l.counts())
+                .unwrap_or_default(),
+            audit_log: crate::obs::audit::counts(),
+            slos: inner.slos.snapshot(now),
+            slo_configs: inner.slo_configs.clone(),
+            reloads_ok: self.setup.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: self.setup.reloads_failed.load(Ordering::Relaxed),
+            config_generation: inner.generation,
+            spans_exported: self.obs.tracer.as_ref().map_or(0, |t| t.exported.get()),
+            spans_dropped: self.obs.tracer.as_ref().map_or(0, |t| t.dropped.get()),
         }
     }
 
-    fn stream<'a>(
-        &'a self,
-        token: usize,
-        req: &'a StreamRequest,
-        io: &'a mut ClientIo<'_>,
-    ) -> StreamFuture<'a> {
-        Box::pin(async move {
-            let Some(action) = self.actions.get(token) else {
-                return;
-            };
-            if !self.policies.active(token) {
-                self.run_stream_action(action, token, req, io).await;
-                return;
-            }
-            let Some((req, consumer)) = self.stream_policies(token, req, io).await else {
-                return;
-            };
-            match self.policies.idempotency(token) {
-                Some(cfg) => {
-                    self.idempotent(cfg, action, token, &req, consumer, io)
-                        .await
-                }
-                None => self.run_stream_action(action, token, &req, io).await,
-            }
-        })
-    }
-
-    fn shutdown(&self) {
-        self.policies.shutdown();
-    }
-
-    fn handle(&self, ex: &mut Exchange<'_>) {
-        let head = ex.head;
-        let token = ex.token();
-        if token == PREFLIGHT && self.answer_preflight(ex) {
+    fn reload(&self, plan: &Arc<ReloadPlan>) {
+        let old = Rc::clone(&self.inner.borrow());
+        if old.generation >= plan.generation {
             return;
         }
-        if token != NO_ROUTE && !self.policies.active(token) {
-            if let Some(ShardAction::Proxy(_)) = self.actions.get(token) {
-                if let Some(entry) = self.cache_hit.borrow_mut().take() {
-                    crate::cache_glue::answer_hit_inline(ex, &entry);
-                    return;
-                }
-            }
-            if let Some(ShardAction::Respond {
-                status,
-                body,
-                content_type,
-                headers,
-            }) = self.actions.get(token)
-            {
-                if headers.is_empty() {
-                    ex.respond(&ProtoResponse {
-                        status: *status,
-                        headers: &[],
-                        content_type: content_type.as_deref(),
-                        body,
-                    });
-                    return;
-                }
-            }
+        let new = GatewayInner::build(plan, &self.handlers, self.shard, Some(&old));
+        *self.inner.borrow_mut() = Rc::new(new);
+        // Health checks of the replaced upstreams stop; requests still
+        // streaming through them finish on the old generation.
+        for u in &old.upstreams {
+            u.retired.set(true);
         }
-        let mut passed = Passed::default();
-        let matched = self.router.at(head.method, head.path);
-        if let Match::Found(&i, params) = &matched {
-            if self.policies.active(i) {
-                let checked = self
-                    .policies
-                    .check(i, head, ex.peer, params, &mut passed)
-                    .and_then(|()| self.policies.check_body(i, head, ex.body));
-                if let Err(r) = checked {
-                    reject_inline(ex, &r);
-                    ex.insert_headers(&passed.response_headers);
-                    return;
-                }
-            }
-        }
-        self.run_inline(ex, matched);
-        ex.insert_headers(&passed.response_headers);
     }
 }
 
 impl GatewayApp {
-    /// The route whose CORS policy answers this preflight, if any.
-    fn preflight_route(&self, head: &RequestHead<'_, '_>) -> Option<usize> {
-        head.header("origin")?;
-        let method = std::str::from_utf8(head.header("access-control-request-method")?).ok()?;
-        match self.router.at(method, head.path) {
-            Match::Found(&i, _) if self.policies.has_cors(i) => Some(i),
-            _ => None,
+    /// Records a finished request: route metrics, SLOs, access log, span.
+    fn complete(&self, inner: &GatewayInner, c: &Completed<'_>) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(c.received);
+        match c.route.and_then(|i| inner.route_metrics.routes.get(i)) {
+            Some(m) => m.observe(c.status, took),
+            None => inner.route_metrics.unmatched.observe(c.status, took),
         }
-    }
-
-    fn answer_preflight(&self, ex: &mut Exchange<'_>) -> bool {
-        let head = ex.head;
-        let Some(i) = self.preflight_route(head) else {
-            return false;
-        };
-        match self.policies.preflight(i, head) {
-            Some(Ok(hs)) => {
-                let refs: Vec<(&str, &[u8])> = hs.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-                ex.respond(&ProtoResponse {
-                    status: 204,
-                    headers: &refs,
-                    content_type: None,
-                    body: b"",
+        if let Some(i) = c.route {
+            inner.slos.observe(i, c.status, took, self.obs.now_secs());
+        }
+        let sample = c
+            .route
+            .and_then(|i| inner.samples.get(i).copied())
+            .unwrap_or(inner.unmatched_sample);
+        self.obs.access_line(c, sample, took);
+        if let (Some(tracer), Some(t)) = (&self.obs.tracer, c.trace) {
+            if t.sampled {
+                let mut attributes = vec![
+                    ("http.request.method", AttrValue::Str(c.method.to_string())),
+                    ("url.path", AttrValue::Str(c.path.to_string())),
+                    (
+                        "http.response.status_code",
+                        AttrValue::Int(i64::from(c.status)),
+                    ),
+                    ("shardline.shard", AttrValue::Int(self.shard.id as i64)),
+                ];
+                if c.route.is_some() {
+                    attributes.push(("http.route", AttrValue::Str(c.route_name.to_string())));
+                }
+                let end = unix_nanos(now);
+                tracer.push(Span {
+                    trace_id: t.trace_id,
+                    span_id: t.span_id,
+                    parent_id: t.parent_id,
+                    name: format!("{} {}", c.method, c.route_name),
+                    kind: 2,
+                    start_unix_nanos: end.saturating_sub(took.as_nanos() as u64),
+                    end_unix_nanos: end,
+                    error: c.status >= 500,
+                    attributes,
                 });
-                true
             }
-            Some(Err(r)) => {
-                reject_inline(ex, &r);
-                true
-            }
-            None => false,
         }
     }
 
@@ -366,18 +462,19 @@ impl GatewayApp {
     /// the head to send on (request id, traceparent).
     async fn stream_policies(
         &self,
+        inner: &GatewayInner,
         token: usize,
         req: &StreamRequest,
         io: &mut ClientIo<'_>,
     ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
         let mut fields = Vec::new();
         let head = req.head(&mut fields);
-        let params = match self.router.at(head.method, head.path) {
+        let params = match inner.router.at(head.method, head.path) {
             Match::Found(_, params) => params,
             _ => Default::default(),
         };
         let mut passed = Passed::default();
-        let checked = self
+        let checked = inner
             .policies
             .check(token, &head, io.peer(), &params, &mut passed);
         io.add_response_headers(&passed.response_headers);
@@ -389,11 +486,11 @@ impl GatewayApp {
             reject_stream(io, &r).await;
             return None;
         }
-        if self.policies.validates_body(token) {
-            let limit = self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES);
+        if inner.policies.validates_body(token) {
+            let limit = inner.body_limits[token].min(MAX_VALIDATED_BODY_BYTES);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let res = match io.buffer_body(limit).await {
-                Ok(body) => self.policies.check_body(token, &head, body),
+                Ok(body) => inner.policies.check_body(token, &head, body),
                 Err(e) => {
                     proxy::client_body_failed(io, e).await;
                     return None;
@@ -412,6 +509,7 @@ impl GatewayApp {
     /// Runs a route's action on the streaming path.
     async fn run_stream_action(
         &self,
+        inner: &GatewayInner,
         action: &ShardAction,
         token: usize,
         req: &StreamRequest,
@@ -419,7 +517,7 @@ impl GatewayApp {
     ) {
         let mut fields = Vec::new();
         let head = req.head(&mut fields);
-        let params = match self.router.at(head.method, head.path) {
+        let params = match inner.router.at(head.method, head.path) {
             Match::Found(_, params) => params,
             _ => Default::default(),
         };
@@ -440,7 +538,7 @@ impl GatewayApp {
             ShardAction::Respond { .. } | ShardAction::Handler(_) => {
                 // A synchronous action sent down this path by a policy
                 // (idempotency): buffer the body, answer as inline.
-                let limit = usize::try_from(self.body_limits[token]).unwrap_or(usize::MAX);
+                let limit = usize::try_from(inner.body_limits[token]).unwrap_or(usize::MAX);
                 let body = match io.buffer_body(limit).await {
                     Ok(b) => b.to_vec(),
                     Err(e) => {
@@ -449,8 +547,7 @@ impl GatewayApp {
                     }
                 };
                 io.serve_inline(&head, &body, token, |ex| {
-                    let matched = self.router.at(ex.head.method, ex.head.path);
-                    self.run_inline(ex, matched);
+                    serve_inline(inner, &self.cache_hit, ex);
                 })
                 .await;
             }
@@ -458,8 +555,10 @@ impl GatewayApp {
     }
 
     /// A request on a route with idempotency keys (see `policy::idempotency`).
+    #[allow(clippy::too_many_arguments)]
     async fn idempotent(
         &self,
+        inner: &GatewayInner,
         cfg: &crate::policy::config::IdempotencyConfig,
         action: &ShardAction,
         token: usize,
@@ -473,7 +572,7 @@ impl GatewayApp {
         let key = match head.header("idempotency-key") {
             Some(k) if idempotency_candidate(&head) => k.to_vec(),
             _ => {
-                self.run_stream_action(action, token, req, io).await;
+                self.run_stream_action(inner, action, token, req, io).await;
                 return;
             }
         };
@@ -488,7 +587,7 @@ impl GatewayApp {
             .await;
             return;
         }
-        let limit = usize::try_from(self.body_limits[token].min(MAX_VALIDATED_BODY_BYTES))
+        let limit = usize::try_from(inner.body_limits[token].min(MAX_VALIDATED_BODY_BYTES))
             .unwrap_or(usize::MAX);
         let fp = match io.buffer_body(limit).await {
             Ok(body) => idem::fingerprint(head.method, head.target, body),
@@ -498,17 +597,17 @@ impl GatewayApp {
             }
         };
         let scoped = idem::scoped_key(token, consumer.as_deref().unwrap_or(b""), &key);
-        match self.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
+        match inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
             Begin::Proceed => {
                 let guard = idem::Guard {
-                    idem: &self.policies.idem,
+                    idem: &inner.policies.idem,
                     key: scoped,
                     fp,
                     ttl: cfg.ttl,
                     done: false,
                 };
                 io.capture_response(cfg.max_response_bytes);
-                self.run_stream_action(action, token, req, io).await;
+                self.run_stream_action(inner, action, token, req, io).await;
                 let captured = io.take_captured();
                 let store = if io.is_broken() {
                     None
@@ -557,99 +656,337 @@ impl GatewayApp {
         }
     }
 
-    fn run_inline(&self, ex: &mut Exchange<'_>, matched: Match<'_, '_, usize>) {
-        let head = ex.head;
-        match matched {
-            Match::Found(&i, params) => match &self.actions[i] {
-                ShardAction::Respond {
-                    status,
-                    body,
-                    content_type,
-                    headers,
-                } => {
-                    if headers.is_empty() {
-                        ex.respond(&ProtoResponse {
-                            status: *status,
-                            headers: &[],
-                            content_type: content_type.as_deref(),
-                            body,
-                        });
-                    } else {
-                        // At most MAX_RESPOND_HEADERS (checked at load): a
-                        // stack array, no per-request Vec.
-                        let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] =
-                            [("", &[]); MAX_RESPOND_HEADERS];
-                        let n = headers.len().min(MAX_RESPOND_HEADERS);
-                        for (slot, (name, value)) in hs.iter_mut().zip(headers.iter()) {
-                            *slot = (name.as_str(), value);
-                        }
-                        ex.respond(&ProtoResponse {
-                            status: *status,
-                            headers: &hs[..n],
-                            content_type: content_type.as_deref(),
-                            body,
-                        });
-                    }
-                }
-                ShardAction::Handler(h) => {
-                    let req = Request::new(ex, params);
-                    let mut res = Response::new(ex);
-                    h.call(&req, &mut res);
-                }
-                ShardAction::Proxy(_) if self.cache_hit.borrow().is_some() => {
-                    if let Some(entry) = self.cache_hit.borrow_mut().take() {
-                        crate::cache_glue::answer_hit_inline(ex, &entry);
-                    }
-                }
-                // Dispatched to the streaming path; never reached.
-                ShardAction::Proxy(_) | ShardAction::Aggregate(_) => ex.problem(
-                    500,
-                    "https://shardline.dev/problems/internal",
-                    "Internal Server Error",
-                    "routing changed between dispatch and handling",
-                    &[],
-                ),
-            },
-            // Cold paths from here on: nothing matched method and path.
-            _ if head.method == "CONNECT" => ex.problem(
-                501,
-                "https://shardline.dev/problems/connect-not-supported",
-                "Not Implemented",
-                "CONNECT is not supported: shardline is not a forward proxy",
-                &[],
-            ),
-            // The method does not affect framing, so the connection stays
-            // usable (RFC 9110 §9.1: 501 for a method not implemented).
-            _ if !self.known_methods.iter().any(|m| m == head.method) => ex.problem(
-                501,
-                "https://shardline.dev/problems/method-not-implemented",
-                "Not Implemented",
-                "the server does not implement this request method",
-                &[],
-            ),
-            // RFC 9110 §9.3.7: OPTIONS without a route of its own says what
-            // the target (or, for `*`, the server) allows.
-            _ if head.method == "OPTIONS" && head.path == "*" => {
-                options(ex, &self.server_allow);
-            }
-            Match::MethodNotAllowed(allow) if head.method == "OPTIONS" => {
-                options(ex, &format!("{allow}, OPTIONS"));
-            }
-            Match::MethodNotAllowed(allow) => ex.problem(
-                405,
-                "https://shardline.dev/problems/method-not-allowed",
-                "Method Not Allowed",
-                "the target resource does not support this method; see the Allow header",
-                &[("Allow", allow.as_bytes())],
-            ),
-            Match::NotFound => ex.problem(
-                404,
-                "https://shardline.dev/problems/not-found",
-                "Not Found",
-                "no route matches this path",
-                &[],
-            ),
+    /// The request's trace context, when tracing is on.
+    fn trace_context(&self, head: &RequestHead<'_, '_>) -> Option<TraceContext> {
+        let tracer = self.obs.tracer.as_ref()?;
+        Some(
+            tracer.context(head.header("traceparent"), self.obs.random_unit(), || {
+                self.obs.random_u64()
+            }),
+        )
+    }
+}
+
+impl App for GatewayApp {
+    fn dispatch(&self, head: &RequestHead<'_, '_>) -> Dispatch {
+        let inner = self.inner.borrow();
+        if inner.policies.any_cors
+            && head.method == "OPTIONS"
+            && preflight_route(&inner, head).is_some()
+        {
+            return Dispatch::Inline(PREFLIGHT);
         }
+        match inner.router.at(head.method, head.path) {
+            Match::Found(&i, _)
+                if inner.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
+            {
+                Dispatch::Stream {
+                    token: token(inner.generation, i),
+                    max_body_bytes: inner.body_limits[i],
+                }
+            }
+            Match::Found(&i, _) => match &inner.actions[i] {
+                // A fresh cache hit is answered inline, as cheaply as a
+                // `respond` route; everything else about the route is async.
+                ShardAction::Proxy(p)
+                    if !inner.policies.active(i)
+                        && p.cache.as_ref().is_some_and(|c| {
+                            let hit = crate::cache_glue::fresh_hit(c, head);
+                            let found = hit.is_some();
+                            *self.cache_hit.borrow_mut() = hit;
+                            found
+                        }) =>
+                {
+                    Dispatch::Inline(token(inner.generation, i))
+                }
+                ShardAction::Proxy(_) | ShardAction::Aggregate(_) => Dispatch::Stream {
+                    token: token(inner.generation, i),
+                    max_body_bytes: inner.body_limits[i],
+                },
+                _ => Dispatch::Inline(token(inner.generation, i)),
+            },
+            _ => Dispatch::Inline(NO_ROUTE),
+        }
+    }
+
+    fn stream<'a>(
+        &'a self,
+        token: usize,
+        req: &'a StreamRequest,
+        io: &'a mut ClientIo<'_>,
+    ) -> StreamFuture<'a> {
+        Box::pin(async move {
+            // This request runs on the generation current now, kept alive
+            // until it ends even if a reload replaces it meanwhile.
+            let inner = Rc::clone(&self.inner.borrow());
+            let mut fields = Vec::new();
+            let head = req.head(&mut fields);
+            // Matched again on this generation's table (a reload may have
+            // changed it since dispatch; the token's index is then stale).
+            let _ = untoken(token);
+            let index = match inner.router.at(head.method, head.path) {
+                Match::Found(&i, _) => i,
+                _ => usize::MAX,
+            };
+            let trace = self.trace_context(&head);
+            if let Some(t) = &trace {
+                io.set_traceparent(t.header_for(&t.span_id));
+            }
+            match inner.actions.get(index) {
+                Some(action) if !inner.policies.active(index) => {
+                    self.run_stream_action(&inner, action, index, req, io).await;
+                }
+                Some(action) => {
+                    if let Some((req, consumer)) =
+                        self.stream_policies(&inner, index, req, io).await
+                    {
+                        match inner.policies.idempotency(index) {
+                            Some(cfg) => {
+                                self.idempotent(&inner, cfg, action, index, &req, consumer, io)
+                                    .await
+                            }
+                            None => {
+                                self.run_stream_action(&inner, action, index, &req, io)
+                                    .await
+                            }
+                        }
+                    }
+                }
+                // The route vanished in a reload while this request waited.
+                None => {
+                    io.send_problem(
+                        503,
+                        "https://shardline.dev/problems/route-reloaded",
+                        "Service Unavailable",
+                        "the route was removed by a config reload while this request waited; retry",
+                        &[("Retry-After", b"1")],
+                    )
+                    .await;
+                }
+            }
+            let route = (index != usize::MAX).then_some(index);
+            let status = if io.started() { io.status() } else { 500 };
+            self.complete(
+                &inner,
+                &Completed {
+                    route,
+                    route_name: inner.route_name(route),
+                    method: head.method,
+                    path: head.path,
+                    status,
+                    received: req.received,
+                    bytes_in: req.head_len() as u64 + io.body_read(),
+                    bytes_out: io.bytes_out(),
+                    upstream: io.upstream(),
+                    cache: io.cache_status(),
+                    request_id: head.header("x-request-id"),
+                    trace: trace.as_ref(),
+                    peer: req.peer,
+                },
+            );
+        })
+    }
+
+    fn shutdown(&self) {
+        self.inner.borrow().policies.shutdown();
+    }
+
+    fn handle(&self, ex: &mut Exchange<'_>) {
+        let inner = Rc::clone(&self.inner.borrow());
+        let route = if ex.token() == PREFLIGHT {
+            let i = preflight_route(&inner, ex.head);
+            if !answer_preflight(&inner, ex) {
+                serve_inline(&inner, &self.cache_hit, ex);
+            }
+            i
+        } else {
+            serve_inline(&inner, &self.cache_hit, ex)
+        };
+        let head = ex.head;
+        // Header lookups only when something will use them.
+        let trace = self.trace_context(head);
+        let request_id = if self.obs.access.is_some() {
+            head.header("x-request-id")
+        } else {
+            None
+        };
+        self.complete(
+            &inner,
+            &Completed {
+                route,
+                route_name: inner.route_name(route),
+                method: head.method,
+                path: head.path,
+                status: ex.status(),
+                received: ex.received(),
+                bytes_in: ex.bytes_in(),
+                bytes_out: ex.bytes_out(),
+                upstream: None,
+                cache: None,
+                request_id,
+                trace: trace.as_ref(),
+                peer: ex.peer,
+            },
+        );
+    }
+}
+
+/// Answers an inline request; returns the index of the route that served
+/// it (`None` when none matched).
+fn serve_inline(
+    inner: &GatewayInner,
+    cache_hit: &RefCell<Option<Rc<crate::cache::CachedResponse>>>,
+    ex: &mut Exchange<'_>,
+) -> Option<usize> {
+    let head = ex.head;
+    let (generation, token) = untoken(ex.token());
+    if ex.token() != NO_ROUTE
+        && generation == (inner.generation & TOKEN_GENERATION_MASK)
+        && !inner.policies.active(token)
+    {
+        if let Some(ShardAction::Proxy(_)) = inner.actions.get(token) {
+            if let Some(entry) = cache_hit.borrow_mut().take() {
+                crate::cache_glue::answer_hit_inline(ex, &entry);
+                return Some(token);
+            }
+        }
+        if let Some(ShardAction::Respond {
+            status,
+            body,
+            content_type,
+            headers,
+        }) = inner.actions.get(token)
+        {
+            if headers.is_empty() {
+                ex.respond(&ProtoResponse {
+                    status: *status,
+                    headers: &[],
+                    content_type: content_type.as_deref(),
+                    body,
+                });
+                return Some(token);
+            }
+        }
+    }
+    let matched = inner.router.at(head.method, head.path);
+    if let Match::Found(&i, params) = matched {
+        let mut passed = Passed::default();
+        if inner.policies.active(i) {
+            let checked = inner
+                .policies
+                .check(i, head, ex.peer, &params, &mut passed)
+                .and_then(|()| inner.policies.check_body(i, head, ex.body));
+            if let Err(r) = checked {
+                reject_inline(ex, &r);
+                ex.insert_headers(&passed.response_headers);
+                return Some(i);
+            }
+        }
+        serve_route(inner, cache_hit, i, params, ex);
+        ex.insert_headers(&passed.response_headers);
+        return Some(i);
+    }
+    match matched {
+        Match::Found(..) => {}
+        // Cold paths from here on: nothing matched method and path.
+        _ if head.method == "CONNECT" => ex.problem(
+            501,
+            "https://shardline.dev/problems/connect-not-supported",
+            "Not Implemented",
+            "CONNECT is not supported: shardline is not a forward proxy",
+            &[],
+        ),
+        // The method does not affect framing, so the connection stays
+        // usable (RFC 9110 §9.1: 501 for a method not implemented).
+        _ if !inner.known_methods.iter().any(|m| m == head.method) => ex.problem(
+            501,
+            "https://shardline.dev/problems/method-not-implemented",
+            "Not Implemented",
+            "the server does not implement this request method",
+            &[],
+        ),
+        // RFC 9110 §9.3.7: OPTIONS without a route of its own says what
+        // the target (or, for `*`, the server) allows.
+        _ if head.method == "OPTIONS" && head.path == "*" => {
+            options(ex, &inner.server_allow);
+        }
+        Match::MethodNotAllowed(allow) if head.method == "OPTIONS" => {
+            options(ex, &format!("{allow}, OPTIONS"));
+        }
+        Match::MethodNotAllowed(allow) => ex.problem(
+            405,
+            "https://shardline.dev/problems/method-not-allowed",
+            "Method Not Allowed",
+            "the target resource does not support this method; see the Allow header",
+            &[("Allow", allow.as_bytes())],
+        ),
+        Match::NotFound => ex.problem(
+            404,
+            "https://shardline.dev/problems/not-found",
+            "Not Found",
+            "no route matches this path",
+            &[],
+        ),
+    }
+    None
+}
+
+/// Runs route `i`'s inline action.
+fn serve_route(
+    inner: &GatewayInner,
+    cache_hit: &RefCell<Option<Rc<crate::cache::CachedResponse>>>,
+    i: usize,
+    params: shardline_shard::Params<'_, '_>,
+    ex: &mut Exchange<'_>,
+) {
+    match &inner.actions[i] {
+        ShardAction::Respond {
+            status,
+            body,
+            content_type,
+            headers,
+        } => {
+            if headers.is_empty() {
+                ex.respond(&ProtoResponse {
+                    status: *status,
+                    headers: &[],
+                    content_type: content_type.as_deref(),
+                    body,
+                });
+            } else {
+                // At most MAX_RESPOND_HEADERS (checked at load): a
+                // stack array, no per-request Vec.
+                let mut hs: [(&str, &[u8]); MAX_RESPOND_HEADERS] = [("", &[]); MAX_RESPOND_HEADERS];
+                let n = headers.len().min(MAX_RESPOND_HEADERS);
+                for (slot, (name, value)) in hs.iter_mut().zip(headers.iter()) {
+                    *slot = (name.as_str(), value);
+                }
+                ex.respond(&ProtoResponse {
+                    status: *status,
+                    headers: &hs[..n],
+                    content_type: content_type.as_deref(),
+                    body,
+                });
+            }
+        }
+        ShardAction::Handler(h) => {
+            let req = Request::new(ex, params);
+            let mut res = Response::new(ex);
+            h.call(&req, &mut res);
+        }
+        ShardAction::Proxy(_) if cache_hit.borrow().is_some() => {
+            if let Some(entry) = cache_hit.borrow_mut().take() {
+                crate::cache_glue::answer_hit_inline(ex, &entry);
+            }
+        }
+        // Dispatched to the streaming path; never reached.
+        ShardAction::Proxy(_) | ShardAction::Aggregate(_) => ex.problem(
+            500,
+            "https://shardline.dev/problems/internal",
+            "Internal Server Error",
+            "routing changed between dispatch and handling",
+            &[],
+        ),
     }
 }
 
@@ -698,6 +1035,40 @@ async fn reject_stream(io: &mut ClientIo<'_>, r: &Rejected) {
             io.send_problem(r.status, &r.problem_type, r.title, &r.detail, &hs)
                 .await
         }
+    }
+}
+
+/// The route whose CORS policy answers this preflight, if any.
+fn preflight_route(inner: &GatewayInner, head: &RequestHead<'_, '_>) -> Option<usize> {
+    head.header("origin")?;
+    let method = std::str::from_utf8(head.header("access-control-request-method")?).ok()?;
+    match inner.router.at(method, head.path) {
+        Match::Found(&i, _) if inner.policies.has_cors(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn answer_preflight(inner: &GatewayInner, ex: &mut Exchange<'_>) -> bool {
+    let head = ex.head;
+    let Some(i) = preflight_route(inner, head) else {
+        return false;
+    };
+    match inner.policies.preflight(i, head) {
+        Some(Ok(hs)) => {
+            let refs: Vec<(&str, &[u8])> = hs.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+            ex.respond(&ProtoResponse {
+                status: 204,
+                headers: &refs,
+                content_type: None,
+                body: b"",
+            });
+            true
+        }
+        Some(Err(r)) => {
+            reject_inline(ex, &r);
+            true
+        }
+        None => false,
     }
 }
 

@@ -45,6 +45,12 @@ impl RouteCache {
             inflight: RefCell::new(InFlight::new()),
         }
     }
+
+    /// Counters plus entries and bytes held, for the metrics endpoint.
+    pub(crate) fn stats(&self) -> (crate::cache::store::CacheStats, usize, u64) {
+        let s = self.store.borrow();
+        (s.stats(), s.len(), s.bytes())
+    }
 }
 
 /// Ends a coalescing leadership however the leader's future ends (an
@@ -93,6 +99,7 @@ pub(crate) async fn serve(
         return;
     }
     if request_bypasses(&values(&head, "cache-control")) {
+        io.set_cache_status("BYPASS");
         proxy::serve(p, gw, req, io, path, &[("X-Cache", b"BYPASS")]).await;
         return;
     }
@@ -186,6 +193,7 @@ async fn store_and_forward(
     answer: Answer,
     inm: &[&[u8]],
 ) {
+    io.set_cache_status("MISS");
     let miss: &[(&str, &[u8])] = &[("X-Cache", b"MISS")];
     let buf = &answer.buf.data;
     let ah = &answer.head;
@@ -379,9 +387,10 @@ pub(crate) fn answer_hit_inline(ex: &mut Exchange<'_>, entry: &CachedResponse) {
 async fn respond_cached(
     io: &mut ClientIo<'_>,
     entry: &CachedResponse,
-    x_cache: &[u8],
+    x_cache: &'static [u8],
     inm: &[&[u8]],
 ) {
+    io.set_cache_status(std::str::from_utf8(x_cache).unwrap_or("HIT"));
     let now = Instant::now();
     let age = entry.age_secs(now).to_string();
     let extra: [(&str, &[u8]); 2] = [("Age", age.as_bytes()), ("X-Cache", x_cache)];

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::ServerOverrides;
 
@@ -13,58 +13,94 @@ use crate::config::ServerOverrides;
     about = "Thread-per-core HTTP API server. With no --config it serves the embedded default routes."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Operational log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
+    pub log_level: LogLevel,
     /// TOML config file. Without it the embedded default config is served.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Traffic listener, IP:PORT (port 0 = any free port).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Admin listener (/healthz, /readyz), IP:PORT or "off".
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     pub admin_listen: Option<String>,
     /// Number of shards; 0 = one per CPU in --cpus (or every allowed CPU).
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pub shards: Option<usize>,
     /// CPUs to pin shards to, e.g. "0-3,8".
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, global = true, value_name = "LIST")]
     pub cpus: Option<String>,
     /// io_uring registered buffer memory per shard, e.g. "2MiB".
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, global = true, value_name = "SIZE")]
     pub io_memory: Option<String>,
     /// Read buffer per busy connection, e.g. "64KiB".
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, global = true, value_name = "SIZE")]
     pub read_buffer: Option<String>,
     /// Connections one shard serves at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pub max_connections_per_shard: Option<usize>,
     /// Time a client has to send a whole request head, e.g. "10s".
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub header_read_timeout: Option<String>,
     /// Idle keep-alive connections close after this, e.g. "60s".
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
     /// Largest request head in bytes (request line + header fields).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, global = true, value_name = "SIZE")]
     pub max_header_bytes: Option<String>,
     /// Largest request body, e.g. "1MiB".
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, global = true, value_name = "SIZE")]
     pub max_body_bytes: Option<String>,
     /// Directory for state that must survive restarts.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<String>,
     /// How long in-flight requests may take to finish after SIGTERM, e.g. "10s".
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
     /// Busy-poll this long before sleeping when a shard is idle, e.g. "50us".
     /// Trades CPU for wake-up latency; "0ms" (default) never spins.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub spin_before_park: Option<String>,
     /// How long one task queue may run before the shard looks for other work.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub preempt_timer: Option<String>,
     /// io_uring submission queue entries per ring.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     pub ring_depth: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config (file plus flags) and print the effective
+    /// config as TOML; exit 0 if valid, 2 (one line on stderr) if not.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            LogLevel::Off => LevelFilter::OFF,
+            LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
 }
 
 impl Cli {

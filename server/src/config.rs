@@ -20,6 +20,7 @@ use crate::config_gateway::{
     self as gw, AggregatePart, FileAggregatePart, FileCache, FileUpstream, ProxyRoute,
     UpstreamConfig,
 };
+use crate::config_obs::{FileObservability, FileSlo, ObservabilityConfig, SloConfig};
 use crate::units::{parse_duration, parse_size};
 
 /// Default listen address (ARCHITECTURE.md "Default config").
@@ -96,6 +97,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[auth.NAME]` sections, referred to by routes' `auth` key.
     pub auth: Vec<crate::policy::config::AuthConfig>,
+    pub observability: ObservabilityConfig,
+    pub slos: Vec<SloConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +138,9 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     /// Policies run before the action (README "Policies").
     pub policy: crate::policy::config::RoutePolicyConfig,
+    /// Fraction of this route's requests written to the access log, when it
+    /// differs from `observability.access_log_sample`.
+    pub access_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +229,8 @@ impl Default for Config {
                 upstreams: Vec::new(),
                 routes: Vec::new(),
                 auth: Vec::new(),
+                observability: ObservabilityConfig::default(),
+                slos: Vec::new(),
             },
         }
     }
@@ -242,8 +250,8 @@ struct FileConfig {
     #[serde(default)]
     upstreams: Vec<FileUpstream>,
     auth: Option<toml::Value>,
-    slos: Option<toml::Value>,
-    observability: Option<toml::Value>,
+    slos: Option<Vec<FileSlo>>,
+    observability: Option<FileObservability>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +301,7 @@ struct FileRoute {
     idempotency: Option<toml::Value>,
     cors: Option<toml::Value>,
     request_id: Option<bool>,
+    access_log_sample: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,14 +356,6 @@ impl Config {
                 .map_err(|e| toml_error(DEFAULT_CONFIG_TOML, &e))?;
             file.routes = default.routes;
         }
-        for (key, present) in [
-            ("slos", file.slos.is_some()),
-            ("observability", file.observability.is_some()),
-        ] {
-            if present {
-                return err(key, "is not supported by this build of shardline yet");
-            }
-        }
         let mut server = validate_server(&file.server, overrides)?;
         if let Some(t) = file.server.tls.take() {
             let tls = crate::config_tls::validate_tls(t)?;
@@ -402,11 +403,16 @@ impl Config {
                 .insert(methods, &r.path, i)
                 .map_err(|e| ConfigError(format!("routes[{i}] ({}): {e}", r.name)))?;
         }
+        let observability = crate::config_obs::validate_observability(file.observability)?;
+        let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let slos = crate::config_obs::validate_slos(file.slos.unwrap_or_default(), &route_names)?;
         Ok(Config {
             server,
             upstreams,
             routes,
             auth,
+            observability,
+            slos,
         })
     }
 
@@ -714,6 +720,10 @@ fn validate_route(
         auth,
         &path,
     )?;
+    let access_log_sample = match r.access_log_sample {
+        Some(v) => Some(crate::config_obs::ratio(&key("access_log_sample"), v)?),
+        None => None,
+    };
     let max_body_bytes = gw::route_body_limit(&key("max_body_bytes"), &r.max_body_bytes)?;
     let action = match (r.respond, r.handler) {
         _ if is_upstream => {
@@ -830,6 +840,7 @@ fn validate_route(
         action,
         max_body_bytes,
         policy,
+        access_log_sample,
     })
 }
 

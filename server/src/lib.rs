@@ -25,11 +25,17 @@
 //! - [`config_tls`]: `[server.tls]` (HTTPS listener, certificates, mTLS).
 //! - `tls`: building the rustls server config from it; SNI; reload.
 //! - [`units`]: sizes and durations.
-//! - [`cli`]: clap flags, one per `[server]` key.
+//! - [`cli`]: clap flags, one per `[server]` key; `check`, `--log-level`.
+//! - [`check`]: the effective config as TOML (`shardline check`).
 //! - [`server`]: [`Server`] builder, CPU placement, start, [`RunningServer`].
 //! - `app`: the per-shard gateway app: router match and route actions.
 //! - [`handler`]: the [`Handler`] API for library users, and `echo`.
-//! - `admin`: `/healthz`, `/readyz` on the admin listener.
+//! - [`config_obs`]: `[observability]` and `[[slos]]`.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/slo`,
+//!   `POST /admin/reload` on the admin listener.
+//! - `obs`: metrics, access/audit logs, SLOs, tracing, and the shard
+//!   messaging that gathers them (`obs::hub`); `audit` is `obs::audit`.
+//! - `reload`: config reload on SIGHUP and `POST /admin/reload`.
 //! - `system`: RLIMIT_MEMLOCK / RLIMIT_NOFILE (the crate's only `unsafe`).
 //! - [`run`]: what the binary does (signals, ready line, exit codes).
 
@@ -41,13 +47,17 @@ mod app;
 #[allow(dead_code)]
 mod cache;
 mod cache_glue;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod config_gateway;
+pub mod config_obs;
 pub mod config_tls;
 pub mod handler;
+pub(crate) mod obs;
 pub mod policy;
 mod proxy;
+mod reload;
 pub mod run;
 pub mod server;
 mod system;
@@ -57,5 +67,8 @@ mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use handler::{Handler, HandlerFactory, Request, Response};
-pub use server::{RunningServer, Server, StartError, TlsReloadHandle};
+/// The audit log API for policy code: `audit::record(&Decision { .. })`.
+#[allow(unused_imports)]
+pub(crate) use obs::audit;
+pub use server::{ControlHandle, RunningServer, Server, StartError, TlsReloadHandle};
 pub use shardline_shard::ShardInfo;

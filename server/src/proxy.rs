@@ -63,12 +63,15 @@ pub(crate) const PROBLEM_UNAVAILABLE: &str = "https://shardline.dev/problems/ups
 /// Per-shard resources the gateway's actions share.
 pub(crate) struct GatewayShard {
     read_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
+    /// This shard's tracer (client spans), when tracing is on.
+    pub tracer: Option<Rc<crate::obs::trace::ShardTracer>>,
 }
 
 impl GatewayShard {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(tracer: Option<Rc<crate::obs::trace::ShardTracer>>) -> Self {
         GatewayShard {
             read_buffers: std::cell::RefCell::new(Vec::new()),
+            tracer,
         }
     }
 
@@ -206,6 +209,7 @@ fn write_request_head(
     host: &HostMode,
     peer: std::net::SocketAddr,
     body: BodyPlan,
+    replace_traceparent: bool,
 ) -> usize {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -247,6 +251,7 @@ fn write_request_head(
             || n.eq_ignore_ascii_case("content-length")
             || n.eq_ignore_ascii_case("expect")
             || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || (replace_traceparent && n.eq_ignore_ascii_case("traceparent"))
         {
             continue;
         }
@@ -363,6 +368,9 @@ pub(crate) struct Outgoing {
     pub chunked_rest: bool,
     /// Where to splice `Host: <target>` in (`HostMode::Target` only).
     pub host_at: Option<usize>,
+    /// End of the request line: per-try header lines (`traceparent`, with
+    /// this try's client span) are spliced in here.
+    pub line_end: usize,
     pub idempotent: bool,
     pub is_head: bool,
 }
@@ -371,6 +379,7 @@ pub(crate) struct Outgoing {
 /// response head. A request on a reused connection that breaks before any
 /// response byte is sent again once on a fresh connection when that is
 /// safe (replayable and idempotent).
+#[allow(clippy::too_many_arguments)] // One try's full context; a struct would only rename it.
 async fn try_target(
     up: &Upstream,
     gw: &GatewayShard,
@@ -379,21 +388,29 @@ async fn try_target(
     io: &mut ClientIo<'_>,
     deadline: Instant,
     timeout: Duration,
+    traceparent: Option<&str>,
 ) -> Result<Answer, TryError> {
     let t = &up.targets[target];
     let spliced;
-    let bytes: &[u8] = match out.host_at {
-        Some(at) => {
-            let mut b = Vec::with_capacity(out.bytes.len() + t.name.len() + 8);
-            b.extend_from_slice(&out.bytes[..at]);
+    let bytes: &[u8] = if out.host_at.is_some() || traceparent.is_some() {
+        let at = out.line_end;
+        let mut b = Vec::with_capacity(out.bytes.len() + t.name.len() + 80);
+        b.extend_from_slice(&out.bytes[..at]);
+        if out.host_at.is_some() {
             b.extend_from_slice(b"Host: ");
             b.extend_from_slice(t.name.as_bytes());
             b.extend_from_slice(b"\r\n");
-            b.extend_from_slice(&out.bytes[at..]);
-            spliced = b;
-            &spliced
         }
-        None => &out.bytes,
+        if let Some(tp) = traceparent {
+            b.extend_from_slice(b"traceparent: ");
+            b.extend_from_slice(tp.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(&out.bytes[at..]);
+        spliced = b;
+        &spliced
+    } else {
+        &out.bytes
     };
     let mut fresh_retry_left = true;
     loop {
@@ -538,7 +555,16 @@ pub(crate) async fn prepare(
         }
     };
     let mut bytes = io.take_buffer();
-    let host_at = write_request_head(&mut bytes, head, path, &up.cfg.host, io.peer(), plan);
+    let tracing = io.traceparent().is_some();
+    let host_at = write_request_head(
+        &mut bytes,
+        head,
+        path,
+        &up.cfg.host,
+        io.peer(),
+        plan,
+        tracing,
+    );
     if plan == BodyPlan::Chunked {
         if !body.is_empty() {
             response::encode_chunk_header(&mut bytes, body.len());
@@ -554,6 +580,7 @@ pub(crate) async fn prepare(
         replayable: complete,
         chunked_rest: plan == BodyPlan::Chunked,
         host_at: (up.cfg.host == HostMode::Target).then_some(host_at),
+        line_end: host_at,
         idempotent: is_idempotent(head),
         is_head: head.is_head(),
     })
@@ -613,11 +640,79 @@ pub(crate) async fn exchange(
                 }
             }
         };
+        io.set_upstream(up.targets[target].addr);
+        // This try's client span: a new span id under the server span,
+        // named in the traceparent the upstream receives.
+        let span = io
+            .traceparent()
+            .and_then(|v| crate::obs::trace::parse_traceparent(v.as_bytes()))
+            .map(|(trace_id, server_span, sampled)| {
+                let mut id = up.random().to_be_bytes();
+                id[0] |= 1; // never all zero
+                (trace_id, server_span, sampled, id)
+            });
+        let header = span.map(|(trace_id, _, sampled, id)| {
+            crate::obs::trace::TraceContext {
+                trace_id,
+                parent_id: None,
+                span_id: id,
+                sampled,
+            }
+            .header_for(&id)
+        });
         let result = {
             let _busy = InFlight::new(&up.targets[target]);
-            try_target(up, gw, target, out, io, deadline, timeout).await
+            try_target(
+                up,
+                gw,
+                target,
+                out,
+                io,
+                deadline,
+                timeout,
+                header.as_deref(),
+            )
+            .await
         };
-        let now = Instant::now();
+        let now_after = Instant::now();
+        up.record_latency(target, now_after.saturating_duration_since(now));
+        if let (Some(tracer), Some((trace_id, server_span, true, id))) = (&gw.tracer, span) {
+            let t = &up.targets[target];
+            let (status, error) = match &result {
+                Ok(a) => (i64::from(a.head.status), a.head.status >= 500),
+                Err(_) => (0, true),
+            };
+            let end = crate::obs::trace::unix_nanos(now_after);
+            let took = now_after.saturating_duration_since(now).as_nanos() as u64;
+            let mut attributes = vec![
+                (
+                    "server.address",
+                    crate::obs::trace::AttrValue::Str(t.name.clone()),
+                ),
+                (
+                    "shardline.upstream",
+                    crate::obs::trace::AttrValue::Str(up.cfg.name.clone()),
+                ),
+            ];
+            if status > 0 {
+                attributes.push((
+                    "http.response.status_code",
+                    crate::obs::trace::AttrValue::Int(status),
+                ));
+            }
+            tracer.push(crate::obs::trace::Span {
+                trace_id,
+                span_id: id,
+                parent_id: Some(server_span),
+                name: format!("upstream {}", up.cfg.name),
+                kind: 3,
+                start_unix_nanos: end.saturating_sub(took),
+                end_unix_nanos: end,
+                error,
+                attributes,
+            });
+        }
+        let now = now_after;
         let retry_ok = |failure_nothing_sent: bool| {
             attempt < up.cfg.retry.attempts
                 && out.idempotent

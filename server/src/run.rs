@@ -1,14 +1,18 @@
-//! What the `shardline` binary does: parse the CLI, load the config, start,
-//! print the ready line, drain on SIGTERM/SIGINT.
+//! What the `shardline` binary does: parse the CLI, load the config (or
+//! just print it: `shardline check`), start, print the ready line; drain on
+//! SIGTERM/SIGINT, reload the config on SIGHUP, reopen log files on
+//! SIGUSR1. Operational messages go to stderr through `tracing`
+//! (`--log-level`); stdout carries the ready line and, when configured,
+//! the access log.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::server::Server;
 
@@ -49,6 +53,12 @@ pub fn main() -> ExitCode {
             return fail(first.trim_start_matches("error: "));
         }
     };
+    // Operational logs: stderr, plain text (no colour codes in journald).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(cli.log_level.filter())
+        .with_target(false)
+        .try_init();
     let overrides = cli.overrides();
     let config = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {
@@ -62,15 +72,30 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if matches!(cli.command, Some(Command::Check)) {
+        // Routes and handler names are checked as at start-up (the binary
+        // has only the built-in "echo" handler).
+        if let Err(e) = crate::app::Routing::new(&config, &[]) {
+            return fail(&e);
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(crate::check::effective_toml(&config).as_bytes());
+        let _ = out.flush();
+        return ExitCode::SUCCESS;
+    }
 
     // Registered before the shards start, so a SIGTERM during start-up is
     // queued for the signal thread instead of killing the process mid-bind.
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
 
-    let server = match Server::new(config).start() {
+    let mut builder = Server::new(config);
+    if let Some(path) = &cli.config {
+        builder = builder.config_file(path.clone(), overrides.clone());
+    }
+    let server = match builder.start() {
         Ok(s) => s,
         Err(e) => return fail(&e.0),
     };
@@ -93,6 +118,7 @@ pub fn main() -> ExitCode {
     drop(out);
 
     if let Some(handle) = server.shutdown_handle() {
+        let control = server.control_handle();
         let signals_handle = signals.handle();
         let tls_reload = server.tls_reload_handle();
         std::thread::Builder::new()
@@ -100,27 +126,36 @@ pub fn main() -> ExitCode {
             .spawn(move || {
                 let mut seen = 0;
                 for sig in signals.forever() {
-                    if sig == SIGHUP {
-                        // Reload what can be reloaded; a bad file keeps the
-                        // old certificate in use.
-                        match &tls_reload {
-                            Some(t) => match t.reload() {
-                                Ok(()) => eprintln!("shardline: SIGHUP: TLS certificates reloaded"),
-                                Err(e) => eprintln!(
-                                    "shardline: SIGHUP: TLS reload failed, keeping the old certificates: {e}"
-                                ),
-                            },
-                            None => eprintln!("shardline: SIGHUP: nothing to reload"),
+                    match sig {
+                        SIGHUP => {
+                            tracing::info!("SIGHUP: reloading the config");
+                            control.reload();
+                            // Certificates are re-read too; a bad file keeps
+                            // the old certificate in use.
+                            if let Some(t) = &tls_reload {
+                                match t.reload() {
+                                    Ok(()) => eprintln!("shardline: SIGHUP: TLS certificates reloaded"),
+                                    Err(e) => eprintln!(
+                                        "shardline: SIGHUP: TLS reload failed, keeping the old certificates: {e}"
+                                    ),
+                                }
+                            }
+                            continue;
                         }
-                        continue;
+                        SIGUSR1 => {
+                            tracing::info!("SIGUSR1: reopening log files");
+                            control.reopen_logs();
+                            continue;
+                        }
+                        _ => {}
                     }
                     seen += 1;
                     if seen == 1 {
-                        eprintln!("shardline: signal {sig}: draining");
+                        tracing::info!("signal {sig}: draining");
                         handle.shutdown();
                     } else {
                         // A second signal means "now": skip the drain.
-                        eprintln!("shardline: second signal: exiting without drain");
+                        tracing::warn!("second signal: exiting without drain");
                         std::process::exit(1);
                     }
                 }
@@ -129,7 +164,7 @@ pub fn main() -> ExitCode {
         let res = server.wait();
         signals_handle.close();
         if let Err(e) = res {
-            eprintln!("shardline: error: {e}");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     }

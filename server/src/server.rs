@@ -12,9 +12,13 @@ use shardline_shard::{
 
 use crate::admin::{AdminFactory, ADMIN_MAX_CONNECTIONS};
 use crate::app::GatewayFactory;
-use crate::config::Config;
+use crate::config::{Config, ServerOverrides};
 use crate::handler::HandlerFactory;
+use crate::obs::hub::{Hub, ReloadSource};
+use crate::obs::log::LogControl;
+use crate::obs::ObsSetup;
 use crate::tls::TlsRuntime;
+use std::sync::atomic::AtomicU64;
 
 /// Why the server could not start (one line, fit for `shardline: error: …`):
 /// the shard layer's error type, which the server's own checks reuse.
@@ -24,6 +28,7 @@ pub use shardline_shard::StartError;
 pub struct Server {
     config: Config,
     handlers: Vec<(String, Arc<dyn HandlerFactory>)>,
+    reload: Option<ReloadSource>,
 }
 
 impl Server {
@@ -31,7 +36,23 @@ impl Server {
         Server {
             config,
             handlers: Vec::new(),
+            reload: None,
         }
+    }
+
+    /// The file SIGHUP and `POST /admin/reload` re-read, with the
+    /// command-line overrides to apply again. Without it a reload is
+    /// refused (nothing to reload from).
+    pub fn config_file(
+        mut self,
+        path: impl Into<std::path::PathBuf>,
+        overrides: ServerOverrides,
+    ) -> Self {
+        self.reload = Some(ReloadSource {
+            path: path.into(),
+            overrides,
+        });
+        self
     }
 
     /// Registers a handler under `name` for routes with `handler = "name"`.
@@ -63,15 +84,15 @@ impl Server {
         if cpus.len() > s.cpus.as_ref().map_or(usize::MAX, Vec::len)
             || cpus.len() > shardline_shard::cpus::allowed_cpus().len()
         {
-            eprintln!(
-                "shardline: warning: {} shards on fewer CPUs: shards will share cores",
+            tracing::warn!(
+                "{} shards on fewer CPUs: shards will share cores",
                 cpus.len()
             );
         }
         crate::system::check_io_uring().map_err(StartError)?;
         match crate::system::ensure_memlock(cpus.len(), s.io_memory) {
             Ok(None) => {}
-            Ok(Some(warning)) => eprintln!("shardline: warning: {warning}"),
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
             Err(e) => return Err(StartError(e)),
         }
         crate::system::raise_nofile();
@@ -99,7 +120,37 @@ impl Server {
             protocol,
         };
         let config = Arc::new(self.config.clone());
-        let gateway = GatewayFactory::new(Arc::clone(&config), Arc::new(self.handlers))
+        let mut log_control = LogControl::default();
+        let obs_cfg = &self.config.observability;
+        let access = crate::obs::log::start(
+            "access-log",
+            &obs_cfg.access_log,
+            cpus.len(),
+            &mut log_control,
+        )
+        .map_err(StartError)?;
+        let audit = crate::obs::log::start(
+            "audit-log",
+            &obs_cfg.audit_log,
+            cpus.len(),
+            &mut log_control,
+        )
+        .map_err(StartError)?;
+        let (hub, reload_tx) = Hub::new(cpus.len());
+        let handlers = Arc::new(self.handlers);
+        let setup = Arc::new(ObsSetup {
+            hub,
+            access,
+            audit,
+            started: std::time::Instant::now(),
+            reload: self.reload,
+            running: std::sync::Mutex::new(Arc::clone(&config)),
+            handlers: Arc::clone(&handlers),
+            generation: AtomicU64::new(1),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        });
+        let gateway = GatewayFactory::new(Arc::clone(&config), handlers, Arc::clone(&setup))
             .map_err(StartError)?;
         let tls = match &s.tls {
             Some(t) => Some(Arc::new(TlsRuntime::new(t.clone()).map_err(StartError)?)),
@@ -117,7 +168,7 @@ impl Server {
             listeners.push(ListenerSpec {
                 addr: admin,
                 placement: ListenerPlacement::FirstShard,
-                app: Arc::new(AdminFactory),
+                app: Arc::new(AdminFactory { setup }),
                 max_connections: Some(ADMIN_MAX_CONNECTIONS),
                 tls: None,
             });
@@ -147,7 +198,15 @@ impl Server {
             listeners,
             drain_timeout: s.drain_timeout,
             mesh: crate::policy::needs_mesh(&self.config),
-        })?;
+        });
+        let set = match set {
+            Ok(s) => s,
+            Err(e) => {
+                // The shards are gone, and with them the log channels.
+                log_control.join();
+                return Err(e);
+            }
+        };
         let addrs = set.local_addrs();
         let local_addr = addrs[0];
         let admin_addr = s.admin_listen.and(addrs.get(1).copied());
@@ -159,6 +218,8 @@ impl Server {
             tls_addr,
             tls,
             shards: cpus.len(),
+            logs: log_control,
+            reload_tx,
         })
     }
 }
@@ -192,6 +253,29 @@ pub struct RunningServer {
     tls_addr: Option<SocketAddr>,
     tls: Option<Arc<TlsRuntime>>,
     shards: usize,
+    logs: LogControl,
+    reload_tx: crossbeam_channel::Sender<()>,
+}
+
+/// Asks a running server to do things from another thread (signals).
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    logs: LogControl,
+    reload_tx: crossbeam_channel::Sender<()>,
+}
+
+impl ControlHandle {
+    /// Reopens log files (SIGUSR1, after rotation).
+    pub fn reopen_logs(&self) {
+        self.logs.reopen();
+    }
+
+    /// Re-reads the config file on shard 0 (SIGHUP). Returns at once; the
+    /// outcome is logged.
+    pub fn reload(&self) {
+        // Full means a reload is already pending: nothing to add.
+        let _ = self.reload_tx.try_send(());
+    }
 }
 
 impl RunningServer {
@@ -242,12 +326,23 @@ impl RunningServer {
         self.set.as_ref().map(ShardSet::shutdown_handle)
     }
 
-    /// Waits until every shard has finished (after `shutdown`).
+    /// Reload and log-reopen control for signal handlers.
+    pub fn control_handle(&self) -> ControlHandle {
+        ControlHandle {
+            logs: self.logs.clone(),
+            reload_tx: self.reload_tx.clone(),
+        }
+    }
+
+    /// Waits until every shard has finished (after `shutdown`), then for
+    /// the log writers to write what the shards left them.
     pub fn wait(mut self) -> Result<(), StartError> {
-        match self.set.take() {
+        let res = match self.set.take() {
             Some(set) => set.join(),
             None => Ok(()),
-        }
+        };
+        self.logs.join();
+        res
     }
 }
 
@@ -256,6 +351,7 @@ impl Drop for RunningServer {
         if let Some(set) = self.set.take() {
             set.shutdown();
             let _ = set.join();
+            self.logs.join();
         }
     }
 }

@@ -426,3 +426,106 @@ fn sighup_reloads_tls_certificates_and_survives_a_bad_file() {
     p.signal("TERM");
     assert_eq!(p.wait_exit().code(), Some(0), "stderr: {}", p.stderr_text());
 }
+
+/// Runs the binary to completion; (status, stdout, stderr).
+fn run_output(a: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(a)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_the_effective_config_and_it_loads_again() {
+    let path = temp_file(
+        "check-ok",
+        "[server]\nidle_timeout = \"90s\"\n\n[[routes]]\nname = \"a\"\nmethod = \"GET\"\npath = \"/a\"\nrespond = { status = 200, body = \"A\" }\n\n[[slos]]\nname = \"s\"\nobjective = 0.99\n",
+    );
+    let p = path.to_string_lossy().into_owned();
+    let (st, out, err) = run_output(&["check", "--config", &p, "--shards", "3"]);
+    assert_eq!(st.code(), Some(0), "stderr: {err}");
+    assert!(out.contains("idle_timeout = \"90s\""), "{out}");
+    assert!(out.contains("shards = 3"), "flags are applied: {out}");
+    assert!(
+        out.contains("header_read_timeout = \"10s\""),
+        "defaults are shown: {out}"
+    );
+    assert!(
+        out.contains("[[slos]]") && out.contains("window = \"30d\""),
+        "{out}"
+    );
+    // The printed config is itself valid and prints the same.
+    let again = temp_file("check-again", &out);
+    let (st, out2, err) = run_output(&["check", "--config", &again.to_string_lossy()]);
+    assert_eq!(st.code(), Some(0), "stderr: {err}");
+    assert_eq!(out, out2);
+}
+
+#[test]
+fn check_refuses_a_bad_config_with_one_line() {
+    let path = temp_file("check-bad", "[[slos]]\nname = \"s\"\nobjective = 2\n");
+    assert_refused(
+        "check-bad",
+        &["check", "--config", &path.to_string_lossy()],
+        &["slos[0] (s).objective"],
+    );
+}
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    let route = |body: &str| {
+        format!("[[routes]]\nname = \"a\"\nmethod = \"GET\"\npath = \"/a\"\nrespond = {{ status = 200, body = \"{body}\" }}\n")
+    };
+    let path = temp_file("sighup", &route("before"));
+    let p = path.to_string_lossy().into_owned();
+    let (mut proc_, ready) = start(&args(&[
+        "--config",
+        &p,
+        "--shards",
+        "2",
+        "--log-level",
+        "info",
+    ]));
+    let mut c = Conn::open(ready.listen);
+    assert_eq!(c.request(&get("/a")).body, b"before");
+    std::fs::write(&path, route("after")).unwrap();
+    proc_.signal("HUP");
+    let t0 = std::time::Instant::now();
+    loop {
+        // The kept connection sees the new config too.
+        if c.request(&get("/a")).body == b"after" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "no reload; stderr: {}",
+            proc_.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A broken file is refused, logged, and the server keeps running.
+    std::fs::write(&path, "[[routes]]\nname = \"a\"\n").unwrap();
+    proc_.signal("HUP");
+    let t0 = std::time::Instant::now();
+    while !proc_.stderr_text().contains("config reload refused") {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "stderr: {}",
+            proc_.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(c.request(&get("/a")).body, b"after");
+    proc_.signal("TERM");
+    assert_eq!(
+        proc_.wait_exit().code(),
+        Some(0),
+        "stderr: {}",
+        proc_.stderr_text()
+    );
+}

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Instant;
 
 pub use crate::stream::{BodyError, ClientIo, StreamRequest};
 
@@ -92,6 +93,10 @@ pub(crate) struct ConnContext<'x> {
     /// The connection came in on a TLS listener.
     pub tls: bool,
     pub tls_client_identity: Option<&'x str>,
+    /// When the read that completed this request finished.
+    pub received: Instant,
+    /// Request bytes on the wire (head and framed body).
+    pub bytes_in: u64,
 }
 
 /// One request and the means to answer it.
@@ -112,6 +117,12 @@ pub struct Exchange<'x> {
     /// Where this exchange's response starts in `out` (earlier pipelined
     /// responses come before it).
     start: usize,
+    /// Status of the response encoded, 0 before one is.
+    status: u16,
+    /// `out.len()` before this request's response.
+    out_start: usize,
+    received: Instant,
+    bytes_in: u64,
 }
 
 impl<'x> Exchange<'x> {
@@ -124,6 +135,7 @@ impl<'x> Exchange<'x> {
         token: usize,
     ) -> Self {
         let start = out.len();
+        let out_start = start;
         Exchange {
             head,
             body,
@@ -138,6 +150,10 @@ impl<'x> Exchange<'x> {
             tls: conn.tls,
             tls_client_identity: conn.tls_client_identity,
             start,
+            status: 0,
+            out_start,
+            received: conn.received,
+            bytes_in: conn.bytes_in,
         }
     }
 
@@ -173,6 +189,7 @@ impl<'x> Exchange<'x> {
             return;
         }
         self.responded = true;
+        self.status = resp.status;
         let opts = self.options();
         response::encode(self.out, resp, opts, self.date);
     }
@@ -216,6 +233,7 @@ impl<'x> Exchange<'x> {
             return;
         }
         self.responded = true;
+        self.status = status;
         let opts = self.options();
         response::encode_problem(
             self.out,
@@ -247,6 +265,26 @@ impl<'x> Exchange<'x> {
 
     pub fn responded(&self) -> bool {
         self.responded
+    }
+
+    /// Status of the response encoded so far (0 before one is).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Bytes of the response encoded for this request.
+    pub fn bytes_out(&self) -> u64 {
+        (self.out.len().saturating_sub(self.out_start)) as u64
+    }
+
+    /// Request bytes on the wire (head and framed body).
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// When the request arrived (the end of the read that completed it).
+    pub fn received(&self) -> Instant {
+        self.received
     }
 
     pub(crate) fn keep_alive(&self) -> bool {

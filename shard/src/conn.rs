@@ -30,7 +30,7 @@ use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::{App, ConnContext, Dispatch, Exchange};
 use crate::buffers::ReadBuf;
-use crate::shard::ShardState;
+use crate::shard::{ShardCounters, ShardState, TimeoutKind};
 use crate::stream::{BodyLeft, ClientIo, StreamRequest};
 use crate::transport::Transport;
 
@@ -98,6 +98,12 @@ pub(crate) struct Conn {
     busy: bool,
     /// This connection's slot in the shard's read-deadline table.
     timeout_slot: usize,
+    /// Keep serving new requests while the shard drains (the admin
+    /// listener: `/readyz` must be able to say 503).
+    pub(crate) drain_exempt: bool,
+    /// When the latest read completed: the arrival time of every request
+    /// parsed from it (one clock read per batch, not per request).
+    pub(crate) read_at: Instant,
 }
 
 impl Conn {
@@ -123,6 +129,8 @@ impl Conn {
             reading_body: false,
             busy: false,
             timeout_slot: shard.timeouts.register(),
+            drain_exempt: false,
+            read_at: Instant::now(),
             shard,
         }
     }
@@ -162,7 +170,7 @@ impl Conn {
                     .max(Duration::from_millis(1)),
                 _ => self.shard.limits.idle_timeout,
             };
-            if self.shard.draining() && !pending {
+            if self.shard.draining() && !pending && !self.drain_exempt {
                 return Ok(());
             }
             match self.fill(timeout).await {
@@ -170,14 +178,23 @@ impl Conn {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if pending {
+                        let kind = if self.reading_body {
+                            TimeoutKind::Body
+                        } else {
+                            TimeoutKind::Header
+                        };
+                        self.shard.count_timeout(kind);
                         self.send_request_timeout().await;
                         self.set_busy(false);
                         self.linger().await;
+                    } else {
+                        self.shard.count_timeout(TimeoutKind::Idle);
                     }
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             }
+            self.read_at = Instant::now();
             self.set_busy(true);
             if self.head_started.is_none() {
                 self.head_started = Some(self.shard.timeouts.now());
@@ -187,6 +204,7 @@ impl Conn {
                 let mut out = self.shard.pool.take_write();
                 let next = self.process(&mut out);
                 if !out.is_empty() {
+                    ShardCounters::add(&self.shard.counters.bytes_out, out.len() as u64);
                     let res = self.stream.write_all(&out).await;
                     self.shard.pool.put_write(out);
                     res?;
@@ -276,6 +294,7 @@ impl Conn {
         timeouts.arm(slot, timeout);
         let max_bytes = self.shard.max_read_buffer_bytes;
         let pool = &self.shard.pool;
+        let counters = &self.shard.counters;
         let stream = &mut self.stream;
         let rbuf = &mut self.rbuf;
         let res = poll_fn(|cx| {
@@ -296,6 +315,7 @@ impl Conn {
             match stream.poll_read(cx, &mut buf.data[end..]) {
                 Poll::Ready(Ok(n)) => {
                     buf.end += n;
+                    ShardCounters::add(&counters.bytes_in, n as u64);
                     Poll::Ready(Ok(n))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -405,7 +425,7 @@ impl Conn {
                 &date,
             );
         }
-        self.shard.count_timeout();
+        ShardCounters::add(&self.shard.counters.bytes_out, out.len() as u64);
         let _ = self.stream.write_all(&out).await;
         self.shard.pool.put_write(out);
     }
@@ -471,6 +491,7 @@ impl Conn {
                         shard.pool.take_write(),
                         self.peer,
                         shard.info,
+                        self.read_at,
                     );
                     let start_info = StreamStart {
                         token,
@@ -562,6 +583,8 @@ impl Conn {
                     draining: shard.draining(),
                     tls: self.stream.tls().is_some(),
                     tls_client_identity: self.tls_identity.as_deref(),
+                    received: self.read_at,
+                    bytes_in: consumed as u64,
                 };
                 let mut ex = Exchange::new(&head, body, conn, out, &date, token);
                 self.app.handle(&mut ex);
@@ -600,7 +623,7 @@ fn httparse_empty<'b>() -> httparse::Header<'b> {
 }
 
 fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState) {
-    shard.count_parse_error();
+    shard.count_parse_error(err.kind());
     let date = shard.date.borrow();
     response::encode_error(
         out,

@@ -43,7 +43,7 @@ pub use set::{
     ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
     ShutdownHandle, StartError,
 };
-pub use shard::ShardState;
+pub use shard::{local_counters, ShardCounters, ShardState, TimeoutKind};
 pub use shardline_protocol as protocol;
 pub use stream::{BodyError, ClientIo, StreamRequest};
 pub use tls::TlsAcceptor;

@@ -12,6 +12,7 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use glommio::timer::sleep;
 use shardline_protocol::date::DateCache;
+use shardline_protocol::error::ErrorKind;
 
 use crate::app::{App, ShardInfo};
 use crate::buffers::BufferPool;
@@ -30,17 +31,102 @@ pub const SHUTDOWN_POLL_MS: u64 = 20;
 /// How often a draining shard checks whether its in-flight requests are done.
 pub const DRAIN_POLL_MS: u64 = 5;
 
-/// Shard-local counters, kept for the Prometheus endpoint (a later issue)
-/// and tests; plain `Cell`s: a shard never shares them.
-#[derive(Debug, Default)]
+/// Why a read deadline fired, for the timeout counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// A request head did not arrive within `header_read_timeout` (408).
+    Header,
+    /// A request body stopped arriving for `idle_timeout` (408).
+    Body,
+    /// A keep-alive connection sat idle for `idle_timeout` (closed quietly).
+    Idle,
+}
+
+impl TimeoutKind {
+    pub const ALL: [TimeoutKind; 3] = [TimeoutKind::Header, TimeoutKind::Body, TimeoutKind::Idle];
+
+    /// Stable metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::Header => "header",
+            TimeoutKind::Body => "body",
+            TimeoutKind::Idle => "idle",
+        }
+    }
+}
+
+/// Number of protocol error kinds (one parse-error counter each).
+const PARSE_ERROR_KINDS: usize = ErrorKind::ALL.len();
+
+/// Shard-local counters, read by the metrics endpoint through
+/// [`local_counters`] on the shard's own thread (a scrape asks each shard
+/// by message). Plain `Cell`s: a shard never shares them.
+#[derive(Debug)]
 pub struct ShardCounters {
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
+    /// `accept` failed (EMFILE, ENFILE, ENOBUFS, ...): the connection was
+    /// lost. At the connection cap nothing is refused: clients wait in the
+    /// kernel's listen backlog.
+    pub refused: Cell<u64>,
     pub requests: Cell<u64>,
-    pub parse_errors: Cell<u64>,
-    pub timeouts: Cell<u64>,
+    /// Connections with a request being read or served (what a drain waits for).
+    pub in_flight: Cell<u64>,
+    /// Bytes read from clients (heads and bodies).
+    pub bytes_in: Cell<u64>,
+    /// Bytes written to clients.
+    pub bytes_out: Cell<u64>,
+    /// Framing errors, indexed like `ErrorKind::ALL`.
+    pub parse_errors: [Cell<u64>; PARSE_ERROR_KINDS],
+    /// Read deadlines that fired, indexed like `TimeoutKind::ALL`.
+    pub timeouts: [Cell<u64>; 3],
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: Cell<u64>,
+}
+
+impl Default for ShardCounters {
+    fn default() -> Self {
+        ShardCounters {
+            accepted: Cell::new(0),
+            open: Cell::new(0),
+            refused: Cell::new(0),
+            requests: Cell::new(0),
+            in_flight: Cell::new(0),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            parse_errors: std::array::from_fn(|_| Cell::new(0)),
+            timeouts: std::array::from_fn(|_| Cell::new(0)),
+            tls_handshake_failures: Cell::new(0),
+        }
+    }
+}
+
+impl ShardCounters {
+    pub(crate) fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get().wrapping_add(n));
+    }
+
+    /// Parse errors of one kind.
+    pub fn parse_errors_of(&self, kind: ErrorKind) -> u64 {
+        self.parse_errors[kind as usize].get()
+    }
+
+    pub fn timeouts_of(&self, kind: TimeoutKind) -> u64 {
+        self.timeouts[kind as usize].get()
+    }
+}
+
+thread_local! {
+    /// This thread's shard counters. A shard is one thread, so this is the
+    /// shard's own state; apps built on the shard reach it through
+    /// [`local_counters`] without a reference being threaded through the
+    /// `AppFactory` interface.
+    static LOCAL_COUNTERS: Rc<ShardCounters> = Rc::new(ShardCounters::default());
+}
+
+/// The counters of the shard running on this thread.
+pub fn local_counters() -> Rc<ShardCounters> {
+    LOCAL_COUNTERS.with(Rc::clone)
 }
 
 /// State shared by every connection on one shard (`Rc`, never crosses
@@ -53,7 +139,7 @@ pub struct ShardState {
     pub max_read_buffer_bytes: usize,
     pub pool: BufferPool,
     pub date: RefCell<DateCache>,
-    pub counters: ShardCounters,
+    pub counters: Rc<ShardCounters>,
     /// Read deadlines of this shard's connections.
     pub(crate) timeouts: Timeouts,
     busy: Cell<usize>,
@@ -71,7 +157,7 @@ impl ShardState {
             limits,
             max_read_buffer_bytes,
             date: RefCell::new(DateCache::new(unix_now())),
-            counters: ShardCounters::default(),
+            counters: local_counters(),
             timeouts: Timeouts::default(),
             busy: Cell::new(0),
             drain: LocalEvent::new(),
@@ -84,8 +170,9 @@ impl ShardState {
 
     pub(crate) fn set_busy_delta(&self, busy: bool) {
         let n = self.busy.get();
-        self.busy
-            .set(if busy { n + 1 } else { n.saturating_sub(1) });
+        let n = if busy { n + 1 } else { n.saturating_sub(1) };
+        self.busy.set(n);
+        self.counters.in_flight.set(n as u64);
     }
 
     pub(crate) fn count_request(&self) {
@@ -93,19 +180,16 @@ impl ShardState {
         c.set(c.get() + 1);
     }
 
-    pub(crate) fn count_parse_error(&self) {
-        let c = &self.counters.parse_errors;
-        c.set(c.get() + 1);
+    pub(crate) fn count_parse_error(&self, kind: ErrorKind) {
+        ShardCounters::add(&self.counters.parse_errors[kind as usize], 1);
     }
 
     pub(crate) fn count_tls_handshake_failure(&self) {
-        let c = &self.counters.tls_handshake_failures;
-        c.set(c.get() + 1);
+        ShardCounters::add(&self.counters.tls_handshake_failures, 1);
     }
 
-    pub(crate) fn count_timeout(&self) {
-        let c = &self.counters.timeouts;
-        c.set(c.get() + 1);
+    pub(crate) fn count_timeout(&self, kind: TimeoutKind) {
+        ShardCounters::add(&self.counters.timeouts[kind as usize], 1);
     }
 }
 
@@ -225,6 +309,7 @@ async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
                 // EMFILE/ENFILE and friends: back off briefly instead of
                 // spinning on a listener we cannot drain.
                 eprintln!("shardline: shard {}: accept failed: {e}", state.info.id);
+                ShardCounters::add(&state.counters.refused, 1);
                 drop(permit);
                 sleep(Duration::from_millis(10)).await;
                 continue;
@@ -246,10 +331,11 @@ async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
         };
         let st = Rc::clone(&state);
         let app = Rc::clone(&bound.app);
+        let close_on_drain = bound.close_on_drain;
         glommio::spawn_local(async move {
-            Conn::new(transport, peer, Rc::clone(&st), app)
-                .run(handshake_timeout)
-                .await;
+            let mut conn = Conn::new(transport, peer, Rc::clone(&st), app);
+            conn.drain_exempt = !close_on_drain;
+            conn.run(handshake_timeout).await;
             let c = &st.counters;
             c.open.set(c.open.get().saturating_sub(1));
             drop(permit);

@@ -12,6 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::time::Instant;
 
 use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::date::DateCache;
@@ -23,6 +24,7 @@ use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::{ConnContext, Exchange, ShardInfo};
 use crate::conn::Conn;
+use crate::shard::{ShardCounters, TimeoutKind};
 
 /// A streamed request's head, copied out of the read buffer so the buffer
 /// can take the body. The parse result is kept as offsets into the copy, so
@@ -43,6 +45,8 @@ pub struct StreamRequest {
     fields: Vec<(Range<usize>, Range<usize>)>,
     pub peer: SocketAddr,
     pub shard: ShardInfo,
+    /// When the read that completed the head finished.
+    pub received: Instant,
 }
 
 /// Where `part` lies inside `base` (both from the same buffer).
@@ -64,6 +68,7 @@ impl StreamRequest {
         mut copy: Vec<u8>,
         peer: SocketAddr,
         shard: ShardInfo,
+        received: Instant,
     ) -> Self {
         copy.clear();
         copy.extend_from_slice(&base[..head.head_len]);
@@ -86,7 +91,13 @@ impl StreamRequest {
             bytes: copy,
             peer,
             shard,
+            received,
         }
+    }
+
+    /// Length of the request head in bytes.
+    pub fn head_len(&self) -> usize {
+        self.bytes.len()
     }
 
     fn str_at(&self, r: &Range<usize>) -> &str {
@@ -139,6 +150,7 @@ impl StreamRequest {
                 Vec::with_capacity(head.len()),
                 self.peer,
                 self.shard,
+                self.received,
             ),
             _ => self.clone(),
         }
@@ -212,6 +224,18 @@ pub struct ClientIo<'c> {
     /// (an idempotency key stores the response it replays).
     capture: Option<Vec<u8>>,
     capture_limit: usize,
+    /// Status of the response written (read from its status line), 0
+    /// before any.
+    status: u16,
+    bytes_out: u64,
+    /// Decoded body bytes handed to the app.
+    body_read: u64,
+    /// For the access log: where the request was forwarded, and how the
+    /// cache answered (set by the app).
+    upstream: Option<SocketAddr>,
+    cache_status: Option<&'static str>,
+    /// W3C `traceparent` the app wants sent upstream for this request.
+    traceparent: Option<String>,
 }
 
 impl<'c> ClientIo<'c> {
@@ -237,6 +261,12 @@ impl<'c> ClientIo<'c> {
             replay_at: 0,
             capture: None,
             capture_limit: 0,
+            status: 0,
+            bytes_out: 0,
+            body_read: 0,
+            upstream: None,
+            cache_status: None,
+            traceparent: None,
         }
     }
 
@@ -310,6 +340,8 @@ impl<'c> ClientIo<'c> {
                 draining: self.conn.shard.draining(),
                 tls: self.conn.stream.tls().is_some(),
                 tls_client_identity: self.conn.tls_identity.as_deref(),
+                received: self.conn.read_at,
+                bytes_in: (head.head_len + body.len()) as u64,
             };
             let mut ex = Exchange::new(head, body, ctx, &mut out, &date, token);
             f(&mut ex);
@@ -400,6 +432,50 @@ impl<'c> ClientIo<'c> {
         self.started
     }
 
+    /// Status of the response written (0 before any was).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Response bytes written to the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// Notes the upstream address the request went to (the last try's),
+    /// for the access log.
+    pub fn set_upstream(&mut self, addr: SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+
+    /// Sets the `traceparent` value to send upstream (tracing).
+    pub fn set_traceparent(&mut self, value: String) {
+        self.traceparent = Some(value);
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// Notes how a response cache answered (`HIT`, `MISS`, ...), for the
+    /// access log.
+    pub fn set_cache_status(&mut self, status: &'static str) {
+        self.cache_status = Some(status);
+    }
+
+    pub fn cache_status(&self) -> Option<&'static str> {
+        self.cache_status
+    }
+
+    /// Decoded request body bytes read so far.
+    pub fn body_read(&self) -> u64 {
+        self.body_read
+    }
+
     /// Marks the response as cut short: the connection closes afterwards,
     /// so the client sees a truncated body rather than a second response.
     pub fn abort(&mut self) {
@@ -423,7 +499,12 @@ impl<'c> ClientIo<'c> {
 
     /// Writes response bytes to the client.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !self.started {
+            self.status = status_of(bytes);
+        }
         self.started = true;
+        self.bytes_out += bytes.len() as u64;
+        ShardCounters::add(&self.conn.shard.counters.bytes_out, bytes.len() as u64);
         if let Some(c) = &mut self.capture {
             if c.len() + bytes.len() <= self.capture_limit {
                 c.extend_from_slice(bytes);
@@ -531,6 +612,7 @@ impl<'c> ClientIo<'c> {
                         rb.consume(take);
                     }
                     *left -= take as u64;
+                    self.body_read += take as u64;
                     return Ok(take);
                 }
                 BodyLeft::Chunked(dec) if pending > 0 => {
@@ -543,6 +625,7 @@ impl<'c> ClientIo<'c> {
                         .map_err(BodyError::Framing)?;
                     rb.consume(d.consumed);
                     let produced = out.len() - before;
+                    self.body_read += produced as u64;
                     if d.done {
                         self.body = BodyLeft::Done;
                         return Ok(produced);
@@ -561,7 +644,10 @@ impl<'c> ClientIo<'c> {
             match self.conn.fill(idle).await {
                 Ok(0) => return Err(BodyError::Closed),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(BodyError::TimedOut),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    self.conn.shard.count_timeout(TimeoutKind::Body);
+                    return Err(BodyError::TimedOut);
+                }
                 Err(e) => return Err(BodyError::Io(e)),
             }
         }
@@ -581,4 +667,29 @@ impl<'c> ClientIo<'c> {
 pub(crate) struct StreamOutcome {
     pub started: bool,
     pub reusable: bool,
+}
+
+/// The status code of a response from its first bytes (`HTTP/1.1 200 ...`);
+/// 0 when they are not a status line (the app wrote something odd).
+fn status_of(bytes: &[u8]) -> u16 {
+    match bytes.get(9..12) {
+        Some(d) if bytes.starts_with(b"HTTP/1.") && d.iter().all(u8::is_ascii_digit) => {
+            d.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0'))
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_from_status_line() {
+        assert_eq!(
+            super::status_of(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            503
+        );
+        assert_eq!(super::status_of(b"HTTP/1.0 200 OK"), 200);
+        assert_eq!(super::status_of(b"HTTP/1.1 2"), 0);
+        assert_eq!(super::status_of(b"garbage in the pipe"), 0);
+    }
 }

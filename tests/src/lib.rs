@@ -12,12 +12,14 @@
 //! - [`server`]: start an in-process server ([`server::TestServer`]) from the
 //!   embedded default or a TOML snippet, bound to `127.0.0.1:0`.
 //! - [`request`]: builders for request bytes.
+//! - [`metrics`]: a strict Prometheus / OpenMetrics text parser.
 //! - [`upstream`]: scriptable upstream servers for the gateway tests.
 //! - [`tls`]: rcgen certificates in a scratch directory, a rustls client.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod client;
+pub mod metrics;
 pub mod request;
 pub mod server;
 pub mod tls;

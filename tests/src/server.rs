@@ -100,6 +100,14 @@ impl TestServer {
         self.tls.expect("the test config has no [server.tls]")
     }
 
+    /// Reload and log-reopen control (what SIGHUP and SIGUSR1 do).
+    pub fn control(&self) -> shardline::ControlHandle {
+        self.running
+            .as_ref()
+            .map(shardline::RunningServer::control_handle)
+            .expect("server running")
+    }
+
     /// Begins a graceful drain (non-blocking).
     pub fn shutdown(&self) {
         if let Some(r) = &self.running {

@@ -35,15 +35,18 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn state(&self) -> BreakerState {
         self.state
     }
 
     /// How many times it has opened.
-    #[cfg(test)]
     pub(crate) fn times_opened(&self) -> u64 {
         self.opened
+    }
+
+    /// Keeps the open count of the breaker this one replaces (reload).
+    pub(crate) fn carry_opened(&mut self, old: &Breaker) {
+        self.opened = old.opened;
     }
 
     /// Whether a request may go to this target now (moves Open to

@@ -43,7 +43,6 @@ impl RetryBudget {
     }
 
     /// Retries left in the window now.
-    #[cfg(test)]
     pub(crate) fn left(&self, now: Instant) -> u64 {
         let (requests, retries) = self.window.sums(now);
         (MIN_RETRIES_PER_WINDOW + requests * self.percent / 100).saturating_sub(retries)

@@ -107,6 +107,14 @@ pub(crate) async fn connect(target: &Target, timeout: Duration) -> Result<Upstre
     }
 }
 
+/// A plain TCP connection to `addr` (the OTLP exporter's collector).
+pub(crate) async fn connect_plain(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<UpstreamStream, Failure> {
+    connect_tcp(addr, timeout).await.map(UpstreamStream::Plain)
+}
+
 async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
     match TcpStream::connect_timeout(addr, timeout).await {
         Ok(s) => {

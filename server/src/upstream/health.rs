@@ -13,7 +13,7 @@ use crate::upstream::Upstream;
 /// Probe response heads are small; this buffer holds one with room.
 const PROBE_BUFFER_BYTES: usize = 8 * 1024;
 
-/// Runs forever (until the shard's executor ends).
+/// Runs until the shard's executor ends or a reload retires `up`.
 pub(crate) async fn run(up: Rc<Upstream>) {
     let Some(hc) = up.cfg.health_check.clone() else {
         return;
@@ -22,6 +22,10 @@ pub(crate) async fn run(up: Rc<Upstream>) {
     let mut fails = vec![0u32; up.targets.len()];
     loop {
         glommio::timer::sleep(hc.interval).await;
+        if up.retired.get() {
+            // A reload replaced this upstream; its successor probes now.
+            return;
+        }
         for (i, t) in up.targets.iter().enumerate() {
             let ok = probe(&up, i, &hc.path, hc.timeout).await;
             if ok {

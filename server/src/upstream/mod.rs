@@ -45,6 +45,8 @@ pub(crate) struct Target {
     current: Cell<i64>,
     pub requests: Cell<u64>,
     pub failures: Cell<u64>,
+    /// Duration of each try (connect to response head), microseconds.
+    pub latency: RefCell<crate::obs::metrics::LatencyHistogram>,
 }
 
 /// Per-shard state of one upstream.
@@ -54,6 +56,8 @@ pub(crate) struct Upstream {
     pub budget: RefCell<RetryBudget>,
     rng: Cell<u64>,
     rr_start: Cell<usize>,
+    /// Replaced by a config reload: background tasks (health checks) stop.
+    pub retired: Cell<bool>,
 }
 
 /// What the balancer chose.
@@ -81,6 +85,7 @@ impl Upstream {
                 current: Cell::new(0),
                 requests: Cell::new(0),
                 failures: Cell::new(0),
+                latency: RefCell::new(crate::obs::metrics::LatencyHistogram::new()),
             })
             .collect();
         // Seeded per shard so shards do not make the same p2c choices in
@@ -92,6 +97,7 @@ impl Upstream {
             targets,
             rng: Cell::new(seed | 1),
             rr_start: Cell::new(shard_id),
+            retired: Cell::new(false),
         }
     }
 
@@ -254,6 +260,31 @@ impl Upstream {
             .or(health_wait)
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_secs(1))
+    }
+
+    /// Carries counters over from the upstream this one replaces (config
+    /// reload), target by target name, so metrics do not reset. A try still
+    /// in flight on the old one at the swap is counted there and lost.
+    pub(crate) fn carry_from(&self, old: &Upstream) {
+        for t in &self.targets {
+            if let Some(o) = old.targets.iter().find(|o| o.name == t.name) {
+                t.requests.set(o.requests.get());
+                t.failures.set(o.failures.get());
+                t.latency.borrow_mut().add(&o.latency.borrow());
+                t.pool.carry_from(&o.pool);
+                t.breaker.borrow_mut().carry_opened(&o.breaker.borrow());
+            }
+        }
+    }
+
+    /// Records how long a try took (for the per-target latency histogram).
+    pub(crate) fn record_latency(&self, target: usize, took: Duration) {
+        self.targets[target].latency.borrow_mut().record(took);
+    }
+
+    /// Retries the budget allows right now.
+    pub(crate) fn retry_budget_left(&self) -> u64 {
+        self.budget.borrow().left(Instant::now())
     }
 
     /// Records a try's outcome for the breaker and the counters.

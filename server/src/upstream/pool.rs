@@ -58,6 +58,21 @@ impl IdlePool {
         }
     }
 
+    /// (idle connections now, connections opened, idle connections reused).
+    pub(crate) fn stats(&self) -> (usize, u64, u64) {
+        (
+            self.idle.borrow().len(),
+            self.opened.get(),
+            self.reused.get(),
+        )
+    }
+
+    /// Takes over another pool's counters (config reload).
+    pub(crate) fn carry_from(&self, old: &IdlePool) {
+        self.opened.set(old.opened.get());
+        self.reused.set(old.reused.get());
+    }
+
     pub(crate) fn count_opened(&self) {
         self.opened.set(self.opened.get() + 1);
     }
