@@ -493,7 +493,10 @@ fn upstream_https_without_a_ca_is_a_config_error() {
         "[[upstreams]]\nname = \"u\"\ntargets = [\"https://127.0.0.1:1\"]\n\n[[routes]]\nname = \"p\"\npath = \"/\"\nupstream = \"u\"\n",
     )
     .unwrap_err();
-    assert!(e.0.contains("upstreams[0]") && e.0.contains("tls.ca"), "{e}");
+    assert!(
+        e.0.contains("upstreams[0]") && e.0.contains("tls.ca"),
+        "{e}"
+    );
     let e = shardline::Config::from_toml_str(
         "[[upstreams]]\nname = \"u\"\ntargets = [\"ftp://127.0.0.1:1\"]\n\n[[routes]]\nname = \"p\"\npath = \"/\"\nupstream = \"u\"\n",
     )
