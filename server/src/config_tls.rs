@@ -110,6 +110,27 @@ fn path(key: &str, v: Option<String>) -> Result<PathBuf, ConfigError> {
     }
 }
 
+/// Applies `--tls-listen/--tls-cert/--tls-key` over the file's table.
+pub(crate) fn with_overrides(
+    file: Option<FileTls>,
+    o: &crate::config::ServerOverrides,
+) -> Option<FileTls> {
+    if file.is_none() && o.tls_listen.is_none() && o.tls_cert.is_none() && o.tls_key.is_none() {
+        return None;
+    }
+    let mut f = file.unwrap_or_default();
+    if let Some(v) = &o.tls_listen {
+        f.listen = Some(v.clone());
+    }
+    if let Some(v) = &o.tls_cert {
+        f.cert = Some(v.clone());
+    }
+    if let Some(v) = &o.tls_key {
+        f.key = Some(v.clone());
+    }
+    Some(f)
+}
+
 pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
     let listen = match f.listen {
         Some(v) => v.parse().or_else(|_| {
