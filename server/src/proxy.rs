@@ -200,6 +200,7 @@ fn write_request_head(
     path: &str,
     host: &HostMode,
     peer: std::net::SocketAddr,
+    tls: bool,
     body: BodyPlan,
 ) -> usize {
     out.extend_from_slice(head.method.as_bytes());
@@ -273,7 +274,11 @@ fn write_request_head(
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
+    // The scheme the client used: the HTTPS listener's requests say https.
+    let proto: &[u8] = if tls { b"https" } else { b"http" };
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b"\r\nForwarded: ");
     if let Some(v) = &forwarded {
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
@@ -287,7 +292,8 @@ fn write_request_head(
         out.extend_from_slice(b"for=");
         out.extend_from_slice(ip.as_bytes());
     }
-    out.extend_from_slice(b";proto=http");
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto);
     if !client_host.is_empty()
         && client_host
             .iter()
@@ -509,7 +515,15 @@ pub(crate) async fn prepare(
         }
     };
     let mut bytes = io.take_buffer();
-    let host_at = write_request_head(&mut bytes, head, path, &up.cfg.host, io.peer(), plan);
+    let host_at = write_request_head(
+        &mut bytes,
+        head,
+        path,
+        &up.cfg.host,
+        io.peer(),
+        io.is_tls(),
+        plan,
+    );
     if plan == BodyPlan::Chunked {
         if !body.is_empty() {
             response::encode_chunk_header(&mut bytes, body.len());

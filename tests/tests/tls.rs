@@ -429,7 +429,20 @@ fn the_streaming_path_works_over_tls() {
         assert_eq!(r.body, big_reply);
         assert_eq!(up.last().body.len(), body.len());
         assert!(up.last().body == body);
+        // The upstream learns the client came over HTTPS.
+        assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+        assert!(
+            up.last()
+                .header("forwarded")
+                .is_some_and(|v| v.contains("proto=https")),
+            "{:?}",
+            up.last().header("forwarded")
+        );
     }
+    // The plain listener of the same server says http.
+    let r = server.client().request(&get("/x", &[]));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
 }
 
 /// Upstream TLS: a TLS-terminating shardline as the upstream of another.
