@@ -19,8 +19,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// recorded traffic one stolen key could decrypt (forward secrecy of
 /// resumed sessions).
 pub const DEFAULT_TICKET_KEY_ROTATION: Duration = Duration::from_secs(6 * 3600);
-/// Longer than a day gives up most of the forward secrecy tickets allow.
-const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
+/// rustls's ring ticketer renews its own keys every 6 hours whatever we
+/// ask, so a longer period would only be a promise not kept.
+const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(6 * 3600);
 /// Shorter than a minute makes resumption fail for ordinary clients.
 const MIN_TICKET_KEY_ROTATION: Duration = Duration::from_secs(60);
 
@@ -197,7 +198,7 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
             if !(MIN_TICKET_KEY_ROTATION..=MAX_TICKET_KEY_ROTATION).contains(&d) {
                 return err(
                     "server.tls.ticket_key_rotation",
-                    format!("{v:?} is out of range (1m to 24h)"),
+                    format!("{v:?} is out of range (1m to 6h)"),
                 );
             }
             d

@@ -73,7 +73,7 @@ impl TlsRuntime {
 
 /// A fresh set of ticket keys. rustls's ring ticketer keeps its own keys
 /// for 6 hours; the outer `TicketRotator` replaces the whole set every
-/// `ticket_key_rotation`, so that is the effective rotation when shorter.
+/// `ticket_key_rotation` (at most 6 hours, see `config_tls`).
 fn ticket_keys() -> Result<Box<dyn ProducesTickets>, GetRandomFailed> {
     ring::Ticketer::new()
         .map(|t| Box::new(SharedTicketer(t)) as Box<dyn ProducesTickets>)
