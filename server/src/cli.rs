@@ -70,6 +70,16 @@ pub struct Cli {
     /// io_uring submission queue entries per ring.
     #[arg(long, global = true, value_name = "N")]
     pub ring_depth: Option<usize>,
+    /// HTTPS listener, IP:PORT ([server.tls] listen); with --tls-cert and
+    /// --tls-key it enables TLS without a config file.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain for the HTTPS listener ([server.tls] cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for the HTTPS listener ([server.tls] key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +132,9 @@ impl Cli {
             spin_before_park: self.spin_before_park.clone(),
             preempt_timer: self.preempt_timer.clone(),
             ring_depth: self.ring_depth,
+            tls_listen: self.tls_listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

@@ -335,6 +335,11 @@ pub struct ServerOverrides {
     pub spin_before_park: Option<String>,
     pub preempt_timer: Option<String>,
     pub ring_depth: Option<usize>,
+    /// `[server.tls]` listen / cert / key (`--tls-listen`, `--tls-cert`,
+    /// `--tls-key`); any of them without a `[server.tls]` table creates one.
+    pub tls_listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 impl Config {
@@ -357,7 +362,8 @@ impl Config {
             file.routes = default.routes;
         }
         let mut server = validate_server(&file.server, overrides)?;
-        if let Some(t) = file.server.tls.take() {
+        let tls_file = crate::config_tls::with_overrides(file.server.tls.take(), overrides);
+        if let Some(t) = tls_file {
             let tls = crate::config_tls::validate_tls(t)?;
             if tls.listen.port() != 0
                 && (tls.listen == server.listen || Some(tls.listen) == server.admin_listen)

@@ -19,8 +19,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// recorded traffic one stolen key could decrypt (forward secrecy of
 /// resumed sessions).
 pub const DEFAULT_TICKET_KEY_ROTATION: Duration = Duration::from_secs(6 * 3600);
-/// Longer than a day gives up most of the forward secrecy tickets allow.
-const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
+/// rustls's ring ticketer renews its own keys every 6 hours whatever we
+/// ask, so a longer period would only be a promise not kept.
+const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(6 * 3600);
 /// Shorter than a minute makes resumption fail for ordinary clients.
 const MIN_TICKET_KEY_ROTATION: Duration = Duration::from_secs(60);
 
@@ -110,6 +111,27 @@ fn path(key: &str, v: Option<String>) -> Result<PathBuf, ConfigError> {
     }
 }
 
+/// Applies `--tls-listen/--tls-cert/--tls-key` over the file's table.
+pub(crate) fn with_overrides(
+    file: Option<FileTls>,
+    o: &crate::config::ServerOverrides,
+) -> Option<FileTls> {
+    if file.is_none() && o.tls_listen.is_none() && o.tls_cert.is_none() && o.tls_key.is_none() {
+        return None;
+    }
+    let mut f = file.unwrap_or_default();
+    if let Some(v) = &o.tls_listen {
+        f.listen = Some(v.clone());
+    }
+    if let Some(v) = &o.tls_cert {
+        f.cert = Some(v.clone());
+    }
+    if let Some(v) = &o.tls_key {
+        f.key = Some(v.clone());
+    }
+    Some(f)
+}
+
 pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
     let listen = match f.listen {
         Some(v) => v.parse().or_else(|_| {
@@ -176,7 +198,7 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
             if !(MIN_TICKET_KEY_ROTATION..=MAX_TICKET_KEY_ROTATION).contains(&d) {
                 return err(
                     "server.tls.ticket_key_rotation",
-                    format!("{v:?} is out of range (1m to 24h)"),
+                    format!("{v:?} is out of range (1m to 6h)"),
                 );
             }
             d
@@ -209,4 +231,82 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
         min_version,
         client_auth,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    use super::*;
+
+    const FULL: &str = r#"
+[server.tls]
+listen = "127.0.0.1:8443"
+cert = "tls/fullchain.pem"
+key = "tls/key.pem"
+handshake_timeout = "3s"
+ticket_key_rotation = "1h"
+min_version = "1.3"
+sni = [ { cert = "a.pem", key = "a.key" }, { cert = "w.pem", key = "w.key", names = ["*.Example.com"] } ]
+client_auth = { ca = "ca.pem" }
+"#;
+
+    #[test]
+    fn every_key_is_read() {
+        let c = Config::from_toml_str(FULL).expect("valid");
+        let t = c.server.tls.expect("tls");
+        assert_eq!(t.listen.port(), 8443);
+        assert_eq!(t.default_cert.cert, PathBuf::from("tls/fullchain.pem"));
+        assert_eq!(t.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(t.ticket_key_rotation, Duration::from_secs(3600));
+        assert_eq!(t.min_version, TlsVersion::Tls13);
+        assert_eq!(t.sni.len(), 2);
+        assert!(t.sni[0].names.is_none());
+        assert_eq!(
+            t.sni[1].names.as_deref(),
+            Some(&["*.example.com".to_string()][..])
+        );
+        let ca = t.client_auth.expect("client_auth");
+        assert!(ca.required, "required defaults to true");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n";
+        for (extra, key) in [
+            (
+                "ticket_key_rotation = \"2d\"",
+                "server.tls.ticket_key_rotation",
+            ),
+            (
+                "ticket_key_rotation = \"10s\"",
+                "server.tls.ticket_key_rotation",
+            ),
+            ("handshake_timeout = \"0s\"", "server.tls.handshake_timeout"),
+            (
+                "sni = [ { cert = \"a\", key = \"b\", names = [] } ]",
+                "server.tls.sni[0].names",
+            ),
+            (
+                "sni = [ { cert = \"a\", key = \"b\", names = [\"bad name\"] } ]",
+                "server.tls.sni[0].names",
+            ),
+            ("sni = [ { cert = \"a\" } ]", "server.tls.sni[0].key"),
+            (
+                "client_auth = { required = true }",
+                "server.tls.client_auth.ca",
+            ),
+        ] {
+            let e = Config::from_toml_str(&format!("{base}{extra}\n")).expect_err(extra);
+            assert!(e.0.starts_with(key), "{extra}: {e}");
+        }
+        let e = Config::from_toml_str(
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n",
+        )
+        .expect_err("same address");
+        assert!(e.0.starts_with("server.tls.listen"), "{e}");
+        let e = Config::from_toml_str("[server.tls]\nlisten = \"127.0.0.1:8443\"\nkey = \"k\"\n")
+            .expect_err("no cert");
+        assert!(e.0.starts_with("server.tls.cert"), "{e}");
+    }
 }

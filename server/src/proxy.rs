@@ -208,6 +208,7 @@ fn write_request_head(
     path: &str,
     host: &HostMode,
     peer: std::net::SocketAddr,
+    tls: bool,
     body: BodyPlan,
     replace_traceparent: bool,
 ) -> usize {
@@ -284,7 +285,11 @@ fn write_request_head(
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
+    // The scheme the client used: the HTTPS listener's requests say https.
+    let proto: &[u8] = if tls { b"https" } else { b"http" };
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b"\r\nForwarded: ");
     if let Some(v) = &forwarded {
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
@@ -298,7 +303,8 @@ fn write_request_head(
         out.extend_from_slice(b"for=");
         out.extend_from_slice(ip.as_bytes());
     }
-    out.extend_from_slice(b";proto=http");
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto);
     if !client_host.is_empty()
         && client_host
             .iter()
@@ -562,6 +568,7 @@ pub(crate) async fn prepare(
         path,
         &up.cfg.host,
         io.peer(),
+        io.is_tls(),
         plan,
         tracing,
     );

@@ -3,8 +3,8 @@
 //! - Versions: TLS 1.3 and 1.2 (or 1.3 only); nothing older exists in
 //!   rustls. Cipher suites: the ring provider's, all AEAD with ephemeral
 //!   key exchange (TLS 1.3: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305;
-//!   TLS 1.2: ECDHE-ECDSA/RSA with the same three). No CBC, no RSA key
-//!   exchange, no renegotiation, no compression.
+//!   TLS 1.2: ECDHE-ECDSA/RSA with the same three), in the server's order.
+//!   No CBC, no RSA key exchange, no renegotiation, no compression.
 //! - ALPN: `http/1.1` only; a client that offers ALPN without it is
 //!   refused (RFC 7301 §3.2).
 //! - Resumption: stateless tickets whose keys rotate every
@@ -73,7 +73,7 @@ impl TlsRuntime {
 
 /// A fresh set of ticket keys. rustls's ring ticketer keeps its own keys
 /// for 6 hours; the outer `TicketRotator` replaces the whole set every
-/// `ticket_key_rotation`, so that is the effective rotation when shorter.
+/// `ticket_key_rotation` (at most 6 hours, see `config_tls`).
 fn ticket_keys() -> Result<Box<dyn ProducesTickets>, GetRandomFailed> {
     ring::Ticketer::new()
         .map(|t| Box::new(SharedTicketer(t)) as Box<dyn ProducesTickets>)
@@ -165,6 +165,10 @@ fn build(
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer = Arc::clone(ticketer);
+    // The server's order decides (the provider's: AES-256-GCM, AES-128-GCM,
+    // ChaCha20-Poly1305 per version), so a client's odd preference cannot
+    // pick a weaker suite than the server would.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

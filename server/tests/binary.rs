@@ -527,5 +527,61 @@ fn sighup_reloads_the_config_file() {
         Some(0),
         "stderr: {}",
         proc_.stderr_text()
+
+/// `--tls-listen/--tls-cert/--tls-key` enable HTTPS without a config file;
+/// a missing key is refused naming it.
+#[test]
+fn tls_flags_enable_the_https_listener() {
+    let (cert, key) = self_signed();
+    let cert_path = temp_file("flags.crt", &cert);
+    let key_path = temp_file("flags.key", &key);
+    let (c, k) = (
+        cert_path.to_string_lossy().into_owned(),
+        key_path.to_string_lossy().into_owned(),
+    );
+    let (mut p, ready) = start(&args(&[
+        "--shards",
+        "1",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &c,
+        "--tls-key",
+        &k,
+    ]));
+    let tls = ready.tls.expect("tls= in the ready line");
+    assert!(std::net::TcpStream::connect(tls).is_ok());
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().code(), Some(0), "stderr: {}", p.stderr_text());
+
+    assert_refused(
+        "tls-no-key",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &c,
+        ],
+        &["server.tls.key"],
+    );
+    assert_refused(
+        "tls-missing-file",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        &["server.tls.key"],
     );
 }

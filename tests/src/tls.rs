@@ -101,6 +101,30 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A certificate for `cn` with only the serverAuth key usage (not
+    /// fit for client authentication).
+    pub fn server_only_usage(&self, cn: &str) -> Leaf {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(p)
+    }
+
     /// A server certificate for `names` (DNS names; "127.0.0.1" becomes an
     /// IP SAN).
     pub fn server(&self, names: &[&str]) -> Leaf {

@@ -429,7 +429,20 @@ fn the_streaming_path_works_over_tls() {
         assert_eq!(r.body, big_reply);
         assert_eq!(up.last().body.len(), body.len());
         assert!(up.last().body == body);
+        // The upstream learns the client came over HTTPS.
+        assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+        assert!(
+            up.last()
+                .header("forwarded")
+                .is_some_and(|v| v.contains("proto=https")),
+            "{:?}",
+            up.last().header("forwarded")
+        );
     }
+    // The plain listener of the same server says http.
+    let r = server.client().request(&get("/x", &[]));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
 }
 
 /// Upstream TLS: a TLS-terminating shardline as the upstream of another.
@@ -502,4 +515,56 @@ fn upstream_https_without_a_ca_is_a_config_error() {
     )
     .unwrap_err();
     assert!(e.0.contains("targets[0]") && e.0.contains("ftp"), "{e}");
+}
+
+#[test]
+fn full_chains_verify_through_an_intermediate_both_ways() {
+    let dir = ScratchDir::new("chain");
+    let root = Ca::new("root CA");
+    let inter = root.intermediate("intermediate CA");
+    let leaf = inter.server(&["localhost"]);
+    // The certificate file is the full chain: leaf, then intermediate.
+    let chain = format!("{}{}", leaf.cert_pem, inter.pem());
+    let cert = dir.write("chain.crt", &chain);
+    let key = dir.write("leaf.key", &leaf.key_pem);
+    // Clients are signed by the intermediate; only the root is configured.
+    let client_ca = dir.write("root.crt", &root.pem());
+    let server = TestServer::start_toml(&format!(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_auth = {{ ca = \"{client_ca}\" }}\n"
+    ));
+    let alice = inter.client("alice");
+    // A client that trusts only the root, presenting its leaf plus the
+    // intermediate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![alice.der.clone(), inter.cert.der().clone()],
+            alice.key_der(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = std::sync::Arc::new(cfg);
+    let mut s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
+    assert_eq!(s.conn.peer_certificates().unwrap().len(), 2, "chain sent");
+    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+}
+
+#[test]
+fn mtls_refuses_a_certificate_not_meant_for_clients() {
+    let pki = Pki::new();
+    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
+    let server = start_whoami(&pki, &format!("client_auth = {{ ca = \"{ca_file}\" }}"));
+    // Right CA, but its key usage says server only.
+    let leaf = pki.ca.server_only_usage("not-a-client");
+    let cfg = tls::client_config(&pki.ca, Some(&leaf), Versions::Both);
+    tls::try_request(server.tls_addr(), &cfg, "/whoami").unwrap_err();
+    // Not valid yet counts like expired.
+    let future = pki.ca.client_valid("future", Some((2090, 2091)));
+    let cfg = tls::client_config(&pki.ca, Some(&future), Versions::Both);
+    tls::try_request(server.tls_addr(), &cfg, "/whoami").unwrap_err();
 }
