@@ -124,6 +124,7 @@ struct GatewayApp {
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
     policies: ShardPolicies,
+    header_buf: std::cell::RefCell<Vec<u8>>,
 }
 
 impl AppFactory for GatewayFactory {
@@ -195,6 +196,7 @@ impl AppFactory for GatewayFactory {
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
             policies: ShardPolicies::new(&self.config, shard),
+            header_buf: std::cell::RefCell::new(Vec::with_capacity(512)),
         })
     }
 }
@@ -283,23 +285,30 @@ impl App for GatewayApp {
                 }
             }
         }
-        let mut passed = Passed::default();
         let matched = self.router.at(head.method, head.path);
         if let Match::Found(&i, params) = &matched {
             if self.policies.active(i) {
+                // The shard's reused buffer for the fields policies add.
+                let mut passed = Passed {
+                    response_headers: self.header_buf.take(),
+                    ..Passed::default()
+                };
                 let checked = self
                     .policies
                     .check(i, head, ex.peer, params, &mut passed)
                     .and_then(|()| self.policies.check_body(i, head, ex.body));
-                if let Err(r) = checked {
-                    reject_inline(ex, &r);
-                    ex.insert_headers(&passed.response_headers);
-                    return;
+                match checked {
+                    Err(r) => reject_inline(ex, &r),
+                    Ok(()) => self.run_inline(ex, matched),
                 }
+                ex.insert_headers(&passed.response_headers);
+                let mut buf = passed.response_headers;
+                buf.clear();
+                self.header_buf.replace(buf);
+                return;
             }
         }
         self.run_inline(ex, matched);
-        ex.insert_headers(&passed.response_headers);
     }
 }
 

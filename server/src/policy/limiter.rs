@@ -257,9 +257,15 @@ impl Limiters {
                     };
                 }
             }
-            let o = owned
-                .entry(full.into())
-                .or_insert_with(|| fresh(spec.budget, now, unix));
+            // get_mut first: `entry` would allocate the key on every request.
+            if !owned.contains_key(full) {
+                owned.insert(full.into(), fresh(spec.budget, now, unix));
+            }
+            let Some(o) = owned.get_mut(full) else {
+                return Decision::Deny {
+                    retry_after_secs: 1,
+                };
+            };
             bring_up_to_date(o, spec.budget, now, unix);
             if o.tokens >= 1.0 {
                 o.tokens -= 1.0;
@@ -295,14 +301,24 @@ impl Limiters {
                 Budget::Rate { .. } => 1.0,
                 Budget::Quota { .. } => 0.0,
             };
-            let s = shares.entry(full.into()).or_insert(Share {
-                tokens: credit,
-                debt: credit,
-                pending_since: None,
-                retry_at: 0.0,
-                last_use: now,
-                spent_period: None,
-            });
+            if !shares.contains_key(full) {
+                shares.insert(
+                    full.into(),
+                    Share {
+                        tokens: credit,
+                        debt: credit,
+                        pending_since: None,
+                        retry_at: 0.0,
+                        last_use: now,
+                        spent_period: None,
+                    },
+                );
+            }
+            let Some(s) = shares.get_mut(full) else {
+                return Decision::Deny {
+                    retry_after_secs: 1,
+                };
+            };
             s.last_use = now;
             if let (Some(p), Budget::Quota { period, .. }) = (s.spent_period, spec.budget) {
                 if p == super::quota::period_of(period, unix) {

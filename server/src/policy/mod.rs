@@ -136,6 +136,9 @@ pub(crate) struct Passed {
 /// One route's chain on one shard.
 pub(crate) struct RoutePolicy {
     request_id: bool,
+    /// The action sends the request on (upstream, aggregate): the request
+    /// id and a traceparent are needed for the upstream head too.
+    forwards: bool,
     cors: Option<Cors>,
     auth: Option<Rc<Authenticator>>,
     scopes: Vec<String>,
@@ -230,6 +233,7 @@ impl ShardPolicies {
             });
             routes.push(Some(RoutePolicy {
                 request_id,
+                forwards: matches!(r.action, Action::Upstream(_) | Action::Aggregate(_)),
                 cors: p.cors.clone().map(|c| Cors::new(c, r.methods.as_deref())),
                 auth: p.auth.map(|i| Rc::clone(&auths[i])),
                 scopes: p.scopes.clone(),
@@ -356,8 +360,10 @@ impl ShardPolicies {
             out.extend_from_slice(b"X-Request-Id: ");
             out.extend_from_slice(id);
             out.extend_from_slice(b"\r\n");
-            passed.request_id = Some(id.to_vec());
-            passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
+            if p.forwards {
+                passed.request_id = Some(id.to_vec());
+                passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
+            }
         }
         if let Some(c) = &p.cors {
             c.actual(head.header("origin"), out);
