@@ -211,7 +211,8 @@ impl App for GatewayApp {
         }
         match self.router.at(head.method, head.path) {
             Match::Found(&i, _)
-                if self.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
+                if (self.policies.idempotency(i).is_some() && idempotency_candidate(head))
+                    || self.policies.quota_waits(i) =>
             {
                 Dispatch::Stream {
                     token: i,
@@ -295,7 +296,7 @@ impl App for GatewayApp {
                 };
                 let checked = self
                     .policies
-                    .check(i, head, ex.peer, params, &mut passed)
+                    .check(i, head, ex.peer, params, &mut passed, Default::default())
                     .and_then(|()| self.policies.check_body(i, head, ex.body));
                 match checked {
                     Err(r) => reject_inline(ex, &r),
@@ -363,9 +364,31 @@ impl GatewayApp {
             _ => Default::default(),
         };
         let mut passed = Passed::default();
-        let checked = self
+        let wait = pol::CheckMode {
+            can_wait: true,
+            retry: false,
+        };
+        let mut checked = self
             .policies
-            .check(token, &head, io.peer(), &params, &mut passed);
+            .check(token, &head, io.peer(), &params, &mut passed, wait);
+        if let Err(Rejected {
+            wait_lease: Some(full),
+            ..
+        }) = &checked
+        {
+            // This shard's quota share is waiting for its lease: wait for
+            // the owner's answer, then check again (without charging the
+            // rate limit twice).
+            self.policies.wait_lease(full).await;
+            passed = Passed::default();
+            let retry = pol::CheckMode {
+                can_wait: false,
+                retry: true,
+            };
+            checked = self
+                .policies
+                .check(token, &head, io.peer(), &params, &mut passed, retry);
+        }
         io.add_response_headers(&passed.response_headers);
         if let Err(r) = checked {
             // The body is not read: close rather than read it for nothing.

@@ -97,6 +97,9 @@ pub(crate) struct Rejected {
     /// A whole problem+json body, when the answer lists more than a detail
     /// (validation errors).
     pub body: Option<Vec<u8>>,
+    /// Not an answer yet: the quota share for this (full) key is waiting
+    /// for a lease; wait for it and check again (`CheckMode::retry`).
+    pub wait_lease: Option<Vec<u8>>,
 }
 
 impl Rejected {
@@ -108,6 +111,7 @@ impl Rejected {
             detail: detail.into(),
             headers: Vec::new(),
             body: None,
+            wait_lease: None,
         }
     }
 
@@ -132,6 +136,18 @@ pub(crate) struct Passed {
     /// The consumer id, when a later stage needs it (idempotency scope).
     pub consumer: Option<Vec<u8>>,
 }
+
+/// How a check runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CheckMode {
+    /// The caller can wait for a quota lease (streaming path).
+    pub can_wait: bool,
+    /// A second check after waiting: the rate limit was already charged.
+    pub retry: bool,
+}
+
+/// Longest a request waits for its shard's first quota lease.
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One route's chain on one shard.
 pub(crate) struct RoutePolicy {
@@ -282,6 +298,21 @@ impl ShardPolicies {
         matches!(self.routes.get(i), Some(Some(_)))
     }
 
+    /// Whether route `i` has a quota kept across shards (such requests take
+    /// the streaming path so they can wait for their shard's lease).
+    pub(crate) fn quota_waits(&self, i: usize) -> bool {
+        self.limiters.is_shared()
+            && matches!(self.routes.get(i), Some(Some(p)) if p.quota.is_some())
+    }
+
+    /// Waits (bounded) until the lease a check was waiting for arrived.
+    pub(crate) async fn wait_lease(&self, full: &[u8]) {
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        while !self.limiters.settled(full) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Whether route `i` answers CORS preflights.
     pub(crate) fn has_cors(&self, i: usize) -> bool {
         matches!(self.routes.get(i), Some(Some(p)) if p.cors.is_some())
@@ -340,6 +371,7 @@ impl ShardPolicies {
         peer: SocketAddr,
         params: &Params<'_, '_>,
         passed: &mut Passed,
+        mode: CheckMode,
     ) -> Result<(), Rejected> {
         let Some(Some(p)) = self.routes.get(i) else {
             return Ok(());
@@ -414,6 +446,9 @@ impl ShardPolicies {
             let Some((id, key, hdrs)) = limit else {
                 continue;
             };
+            if mode.retry && !is_quota {
+                continue;
+            }
             let mut full = self.key_buf.borrow_mut();
             let key_bytes: std::borrow::Cow<'_, [u8]> = match key {
                 LimitKey::Consumer => consumer.as_deref().unwrap_or(b"").into(),
@@ -425,7 +460,12 @@ impl ShardPolicies {
                 LimitKey::Header(h) => head.header(h).unwrap_or(b"").into(),
             };
             limiter::full_key(&mut full, *id, &key_bytes);
-            match self.limiters.take(*id, &full) {
+            match self.limiters.take(*id, &full, mode.can_wait && !mode.retry) {
+                Decision::Pending => {
+                    let mut r = Rejected::new(503, "quota-lease", "Service Unavailable", "");
+                    r.wait_lease = Some(full.clone());
+                    return Err(r);
+                }
                 Decision::Allow {
                     remaining,
                     reset_secs,
