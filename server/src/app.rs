@@ -261,6 +261,8 @@ impl App for GatewayApp {
         self.policies.shutdown();
     }
 
+    // `Rejected` is large, but only ever built on the refusal path.
+    #[allow(clippy::result_large_err)]
     fn handle(&self, ex: &mut Exchange<'_>) {
         let head = ex.head;
         let token = ex.token();
