@@ -277,7 +277,7 @@ impl ShardPolicies {
                     glommio::timer::sleep(std::time::Duration::from_secs(quota::QUOTA_SAVE_SECS))
                         .await;
                     let Some(l) = weak.upgrade() else { return };
-                    if let Err(e) = quota::save(&l, &dir, id) {
+                    if let Err(e) = quota::save(&l, &dir, id, false) {
                         eprintln!("shardline: shard {id}: saving quotas failed: {e}");
                     }
                 }
@@ -340,7 +340,7 @@ impl ShardPolicies {
     pub(crate) fn shutdown(&self) {
         if self.has_quotas {
             self.limiters.dirty.set(true);
-            if let Err(e) = quota::save(&self.limiters, &self.data_dir, self.shard) {
+            if let Err(e) = quota::save(&self.limiters, &self.data_dir, self.shard, true) {
                 eprintln!("shardline: shard {}: saving quotas failed: {e}", self.shard);
             }
         }
