@@ -161,9 +161,12 @@ pub(crate) fn load(l: &Limiters, data_dir: &Path) {
             else {
                 continue;
             };
-            let (Ok(period), Ok(used), Some(key)) =
-                (period.parse::<u64>(), used.parse::<u64>(), unhex(key))
-            else {
+            let (Ok(period), Ok(used), Some(key), Some(route)) = (
+                period.parse::<u64>(),
+                used.parse::<u64>(),
+                unhex(key),
+                unhex(route).and_then(|r| String::from_utf8(r).ok()),
+            ) else {
                 continue;
             };
             let Some((id, limit)) = l
@@ -172,7 +175,7 @@ pub(crate) fn load(l: &Limiters, data_dir: &Path) {
                 .enumerate()
                 .find_map(|(i, s)| match s.budget {
                     Budget::Quota { limit, period: p }
-                        if &*s.route == route && period_of(p, unix) == period =>
+                        if *s.route == *route && period_of(p, unix) == period =>
                     {
                         Some((i, limit))
                     }
