@@ -123,7 +123,7 @@ struct GatewayApp {
     gw: GatewayShard,
     known_methods: Arc<Vec<String>>,
     server_allow: Arc<str>,
-    policies: ShardPolicies,
+    policies: Rc<ShardPolicies>,
     header_buf: std::cell::RefCell<Vec<u8>>,
 }
 
@@ -195,7 +195,7 @@ impl AppFactory for GatewayFactory {
             gw: GatewayShard::new(),
             known_methods: Arc::clone(&self.known_methods),
             server_allow: Arc::clone(&self.server_allow),
-            policies: ShardPolicies::new(&self.config, shard),
+            policies: ShardPolicies::for_shard(&self.config, shard),
             header_buf: std::cell::RefCell::new(Vec::with_capacity(512)),
         })
     }
