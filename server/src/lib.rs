@@ -25,7 +25,9 @@
 //! - [`units`]: sizes and durations.
 //! - [`cli`]: clap flags, one per `[server]` key.
 //! - [`server`]: [`Server`] builder, CPU placement, start, [`RunningServer`].
-//! - `app`: the per-shard gateway app: router match and route actions.
+//! - `app`: the per-shard gateway app: router match, policies, route actions.
+//! - [`policy`]: per-route policies (request ids, CORS, API keys, JWT,
+//!   scopes, global rate limits and quotas, validation, idempotency keys).
 //! - [`handler`]: the [`Handler`] API for library users, and `echo`.
 //! - `admin`: `/healthz`, `/readyz` on the admin listener.
 //! - `system`: RLIMIT_MEMLOCK / RLIMIT_NOFILE (the crate's only `unsafe`).

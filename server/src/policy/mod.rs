@@ -3,16 +3,16 @@
 //! authentication, scopes, rate limit, quota, validation.
 //!
 //! # Design
-//! Each shard builds its own [`ShardPolicies`] (per-route chains, a JWT
+//! Each shard builds its own `ShardPolicies` (per-route chains, a JWT
 //! cache, limiter tables, an id generator): no locks, nothing shared but
 //! immutable config. The chain is split by what it needs:
 //!
-//! - [`ShardPolicies::check`] needs only the request head and is
+//! - `ShardPolicies::check` needs only the request head and is
 //!   synchronous: request id, CORS headers, API key / JWT (cached), scopes,
 //!   the local share of the rate limit and quota. It runs inline in
 //!   `GatewayApp::handle` for respond/handler routes, and first thing in
 //!   `GatewayApp::stream` for upstream/aggregate routes.
-//! - [`ShardPolicies::check_body`] needs the whole body: validation. Inline
+//! - `ShardPolicies::check_body` needs the whole body: validation. Inline
 //!   routes have it already (the connection loop buffered it); streamed
 //!   routes buffer it first (`ClientIo::buffer_body`) and hand it on to the
 //!   action unchanged.
@@ -34,7 +34,7 @@
 //!
 //! Rate limits and quotas are global: see `limiter` for the owner-shard
 //! design and its error bound. CORS preflights are answered by
-//! [`ShardPolicies::preflight`] before any other policy or action.
+//! `ShardPolicies::preflight` before any other policy or action.
 //!
 //! # Layout
 //! - `config`: `[auth.NAME]` and route policy keys → validated config.
