@@ -196,7 +196,7 @@ struct GatewayInner {
     samples: Vec<f64>,
     unmatched_sample: f64,
     /// Policies of this generation's routes (README "Policies").
-    policies: ShardPolicies,
+    policies: Rc<ShardPolicies>,
 }
 
 impl GatewayInner {
@@ -290,7 +290,7 @@ impl GatewayInner {
                 .collect(),
             unmatched_sample: global_sample,
             upstreams,
-            policies: ShardPolicies::new(config, shard),
+            policies: ShardPolicies::for_shard(config, shard),
             config: Arc::clone(config),
         }
     }
@@ -474,9 +474,31 @@ impl GatewayApp {
             _ => Default::default(),
         };
         let mut passed = Passed::default();
-        let checked = inner
+        let wait = pol::CheckMode {
+            can_wait: true,
+            retry: false,
+        };
+        let mut checked = inner
             .policies
-            .check(token, &head, io.peer(), &params, &mut passed);
+            .check(token, &head, io.peer(), &params, &mut passed, wait);
+        if let Err(Rejected {
+            wait_lease: Some(full),
+            ..
+        }) = &checked
+        {
+            // This shard's quota share is waiting for its lease: wait for
+            // the owner's answer, then check again (without charging the
+            // rate limit twice).
+            inner.policies.wait_lease(full).await;
+            passed = Passed::default();
+            let retry = pol::CheckMode {
+                can_wait: false,
+                retry: true,
+            };
+            checked = inner
+                .policies
+                .check(token, &head, io.peer(), &params, &mut passed, retry);
+        }
         io.add_response_headers(&passed.response_headers);
         if let Err(r) = checked {
             // The body is not read: close rather than read it for nothing.
@@ -546,8 +568,17 @@ impl GatewayApp {
                         return;
                     }
                 };
+                // The policies already ran on this path: answer with the
+                // route's action alone.
                 io.serve_inline(&head, &body, token, |ex| {
-                    serve_inline(inner, &self.cache_hit, ex);
+                    match inner.router.at(ex.head.method, ex.head.path) {
+                        Match::Found(&i, params) => {
+                            serve_route(inner, &self.cache_hit, i, params, ex)
+                        }
+                        _ => {
+                            serve_inline(inner, &self.cache_hit, ex);
+                        }
+                    }
                 })
                 .await;
             }
@@ -678,7 +709,8 @@ impl App for GatewayApp {
         }
         match inner.router.at(head.method, head.path) {
             Match::Found(&i, _)
-                if inner.policies.idempotency(i).is_some() && idempotency_candidate(head) =>
+                if (inner.policies.idempotency(i).is_some() && idempotency_candidate(head))
+                    || inner.policies.quota_waits(i) =>
             {
                 Dispatch::Stream {
                     token: token(inner.generation, i),
@@ -833,6 +865,8 @@ impl App for GatewayApp {
 
 /// Answers an inline request; returns the index of the route that served
 /// it (`None` when none matched).
+// `Rejected` is large, but only ever built on the refusal path.
+#[allow(clippy::result_large_err)]
 fn serve_inline(
     inner: &GatewayInner,
     cache_hit: &RefCell<Option<Rc<crate::cache::CachedResponse>>>,
@@ -874,7 +908,7 @@ fn serve_inline(
         if inner.policies.active(i) {
             let checked = inner
                 .policies
-                .check(i, head, ex.peer, &params, &mut passed)
+                .check(i, head, ex.peer, &params, &mut passed, Default::default())
                 .and_then(|()| inner.policies.check_body(i, head, ex.body));
             if let Err(r) = checked {
                 reject_inline(ex, &r);

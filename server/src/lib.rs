@@ -28,7 +28,9 @@
 //! - [`cli`]: clap flags, one per `[server]` key; `check`, `--log-level`.
 //! - [`check`]: the effective config as TOML (`shardline check`).
 //! - [`server`]: [`Server`] builder, CPU placement, start, [`RunningServer`].
-//! - `app`: the per-shard gateway app: router match and route actions.
+//! - `app`: the per-shard gateway app: router match, policies, route actions.
+//! - [`policy`]: per-route policies (request ids, CORS, API keys, JWT,
+//!   scopes, global rate limits and quotas, validation, idempotency keys).
 //! - [`handler`]: the [`Handler`] API for library users, and `echo`.
 //! - [`config_obs`]: `[observability]` and `[[slos]]`.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/slo`,

@@ -202,6 +202,7 @@ enum BodyPlan {
 /// Builds the request head sent upstream.
 /// Returns where the Host field line goes for `HostMode::Target` (the
 /// target is only known per try, so that line is spliced in then).
+#[allow(clippy::too_many_arguments)] // one call site; each flag is one forwarding fact
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead<'_, '_>,

@@ -527,6 +527,8 @@ fn sighup_reloads_the_config_file() {
         Some(0),
         "stderr: {}",
         proc_.stderr_text()
+    );
+}
 
 /// `--tls-listen/--tls-cert/--tls-key` enable HTTPS without a config file;
 /// a missing key is refused naming it.

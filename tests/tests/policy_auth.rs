@@ -351,3 +351,56 @@ fn bad_auth_config_names_the_key() {
     .0;
     assert!(e.starts_with("auth.k.keys_file"), "{e}");
 }
+
+/// RS256/PS256, ES256 and EdDSA against PEM public keys (test-only key
+/// pairs in `policy_keys/`, made with openssl), and a token of another
+/// family against each key.
+#[test]
+fn asymmetric_keys_verify_their_own_family_only() {
+    let dir = Scratch::new("pem");
+    let cases: [(&str, &str, &[Algorithm]); 3] = [
+        (
+            include_str!("policy_keys/rsa.key"),
+            include_str!("policy_keys/rsa.pub"),
+            &[Algorithm::RS256, Algorithm::RS512, Algorithm::PS256],
+        ),
+        (
+            include_str!("policy_keys/ec.key"),
+            include_str!("policy_keys/ec.pub"),
+            &[Algorithm::ES256],
+        ),
+        (
+            include_str!("policy_keys/ed.key"),
+            include_str!("policy_keys/ed.pub"),
+            &[Algorithm::EdDSA],
+        ),
+    ];
+    let sign = |alg: Algorithm, private: &str| -> String {
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(private.as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(private.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(private.as_bytes()),
+        }
+        .unwrap();
+        encode(&Header::new(alg), &claims(), &key).unwrap()
+    };
+    for (i, (private, public, algs)) in cases.iter().enumerate() {
+        let path = dir.file(&format!("k{i}.pem"), public);
+        let s = jwt_server(&format!("public_key_pem = \"{path}\""));
+        let mut c = s.client();
+        for alg in *algs {
+            let r = c.request(&get("/me", &[&bearer(&sign(*alg, private))]));
+            assert_eq!(r.status, 200, "{alg:?}: {}", r.summary());
+        }
+        // Signed by another family's key: refused.
+        let (other_private, _, other_algs) = cases[(i + 1) % cases.len()];
+        let r = c.request(&get("/me", &[&bearer(&sign(other_algs[0], other_private))]));
+        assert_problem(&r, 401);
+        // The public key itself as an HMAC secret: refused.
+        let r = c.request(&get(
+            "/me",
+            &[&bearer(&hs(claims(), public, Algorithm::HS256, None))],
+        ));
+        assert_problem(&r, 401);
+    }
+}

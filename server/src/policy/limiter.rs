@@ -15,9 +15,9 @@
 //! token on credit (so a client's first request on a new connection is not
 //! refused while the first lease is on its way); the credit is reported
 //! with the first `Want` and taken off the owner's budget. Quotas give no
-//! credit: on a non-owner shard the first request for a key is refused
-//! (429, `Retry-After: 1`) while its first lease is fetched — quotas err on
-//! the side of refusing, never of exceeding the count.
+//! credit: on a multi-shard server, routes with a quota take the streaming
+//! path, where a request that finds its share empty while a lease is on its
+//! way waits for the owner's answer (bounded) instead of being refused.
 //!
 //! # Error bound
 //! Tokens only come from the owner's bucket, which starts at `burst` and
@@ -98,8 +98,17 @@ impl LimitSpec {
 /// What a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
-    Allow { remaining: u64, reset_secs: u64 },
-    Deny { retry_after_secs: u64 },
+    Allow {
+        remaining: u64,
+        reset_secs: u64,
+    },
+    Deny {
+        retry_after_secs: u64,
+    },
+    /// A quota share is empty and its lease is on its way: a caller that
+    /// can wait (the streaming path) waits for [`Limiters::settled`] and
+    /// asks again.
+    Pending,
 }
 
 /// The owner's budget for one key.
@@ -221,6 +230,11 @@ impl Limiters {
         l
     }
 
+    /// Whether budgets are split between shards (more than one shard).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.count > 1
+    }
+
     pub(crate) fn me(&self) -> usize {
         self.me
     }
@@ -237,7 +251,16 @@ impl Limiters {
     }
 
     /// Spends one token of spec `id` for `key`.
-    pub(crate) fn take(&self, id: usize, full: &[u8]) -> Decision {
+    /// Whether a share's lease request has been answered (or there is
+    /// nothing to wait for).
+    pub(crate) fn settled(&self, full: &[u8]) -> bool {
+        match self.shares.borrow().get(full) {
+            Some(s) => s.tokens >= 1.0 || s.pending_since.is_none() || s.spent_period.is_some(),
+            None => true,
+        }
+    }
+
+    pub(crate) fn take(&self, id: usize, full: &[u8], can_wait: bool) -> Decision {
         let Some(spec) = self.specs.get(id) else {
             return Decision::Deny {
                 retry_after_secs: 1,
@@ -257,9 +280,15 @@ impl Limiters {
                     };
                 }
             }
-            let o = owned
-                .entry(full.into())
-                .or_insert_with(|| fresh(spec.budget, now, unix));
+            // get_mut first: `entry` would allocate the key on every request.
+            if !owned.contains_key(full) {
+                owned.insert(full.into(), fresh(spec.budget, now, unix));
+            }
+            let Some(o) = owned.get_mut(full) else {
+                return Decision::Deny {
+                    retry_after_secs: 1,
+                };
+            };
             bring_up_to_date(o, spec.budget, now, unix);
             if o.tokens >= 1.0 {
                 o.tokens -= 1.0;
@@ -295,14 +324,24 @@ impl Limiters {
                 Budget::Rate { .. } => 1.0,
                 Budget::Quota { .. } => 0.0,
             };
-            let s = shares.entry(full.into()).or_insert(Share {
-                tokens: credit,
-                debt: credit,
-                pending_since: None,
-                retry_at: 0.0,
-                last_use: now,
-                spent_period: None,
-            });
+            if !shares.contains_key(full) {
+                shares.insert(
+                    full.into(),
+                    Share {
+                        tokens: credit,
+                        debt: credit,
+                        pending_since: None,
+                        retry_at: 0.0,
+                        last_use: now,
+                        spent_period: None,
+                    },
+                );
+            }
+            let Some(s) = shares.get_mut(full) else {
+                return Decision::Deny {
+                    retry_after_secs: 1,
+                };
+            };
             s.last_use = now;
             if let (Some(p), Budget::Quota { period, .. }) = (s.spent_period, spec.budget) {
                 if p == super::quota::period_of(period, unix) {
@@ -320,7 +359,14 @@ impl Limiters {
             let stale = s
                 .pending_since
                 .map_or(true, |t| now - t > PENDING_TIMEOUT_SECS);
-            if stale && s.tokens < (spec.lease / 2.0).max(1.0) && now >= s.retry_at {
+            // Rates lease ahead (before the share runs dry); quotas only
+            // when a request finds the share empty, so no lease sits unused
+            // on a shard while another shard's client is refused.
+            let wanted = match spec.budget {
+                Budget::Rate { .. } => s.tokens < (spec.lease / 2.0).max(1.0),
+                Budget::Quota { .. } => !allow,
+            };
+            if stale && wanted && now >= s.retry_at {
                 let want = Want {
                     key: full.into(),
                     debt: s.debt,
@@ -339,6 +385,11 @@ impl Limiters {
                     remaining: s.tokens as u64,
                     reset_secs: reset_secs(spec.budget, s.tokens, unix),
                 }
+            } else if can_wait
+                && matches!(spec.budget, Budget::Quota { .. })
+                && s.pending_since.is_some()
+            {
+                Decision::Pending
             } else {
                 let wait = (s.retry_at - now).max(0.0);
                 Decision::Deny {

@@ -3,16 +3,16 @@
 //! authentication, scopes, rate limit, quota, validation.
 //!
 //! # Design
-//! Each shard builds its own [`ShardPolicies`] (per-route chains, a JWT
+//! Each shard builds its own `ShardPolicies` (per-route chains, a JWT
 //! cache, limiter tables, an id generator): no locks, nothing shared but
 //! immutable config. The chain is split by what it needs:
 //!
-//! - [`ShardPolicies::check`] needs only the request head and is
+//! - `ShardPolicies::check` needs only the request head and is
 //!   synchronous: request id, CORS headers, API key / JWT (cached), scopes,
 //!   the local share of the rate limit and quota. It runs inline in
 //!   `GatewayApp::handle` for respond/handler routes, and first thing in
 //!   `GatewayApp::stream` for upstream/aggregate routes.
-//! - [`ShardPolicies::check_body`] needs the whole body: validation. Inline
+//! - `ShardPolicies::check_body` needs the whole body: validation. Inline
 //!   routes have it already (the connection loop buffered it); streamed
 //!   routes buffer it first (`ClientIo::buffer_body`) and hand it on to the
 //!   action unchanged.
@@ -34,7 +34,7 @@
 //!
 //! Rate limits and quotas are global: see `limiter` for the owner-shard
 //! design and its error bound. CORS preflights are answered by
-//! [`ShardPolicies::preflight`] before any other policy or action.
+//! `ShardPolicies::preflight` before any other policy or action.
 //!
 //! # Layout
 //! - `config`: `[auth.NAME]` and route policy keys → validated config.
@@ -46,6 +46,11 @@
 //! - `validate`: the JSON Schema subset and path parameter types.
 //! - `idempotency`: Idempotency-Key at the key's owner shard.
 //! - `hash`: the fixed hash for owner selection and shard-local tables.
+
+// A refusal is built on the cold path only; a larger `Err` costs a copy of
+// ~150 bytes there and nothing on the admitted path, where boxing it would
+// not save anything either.
+#![allow(clippy::result_large_err)]
 
 pub mod auth;
 pub mod config;
@@ -97,6 +102,9 @@ pub(crate) struct Rejected {
     /// A whole problem+json body, when the answer lists more than a detail
     /// (validation errors).
     pub body: Option<Vec<u8>>,
+    /// Not an answer yet: the quota share for this (full) key is waiting
+    /// for a lease; wait for it and check again (`CheckMode::retry`).
+    pub wait_lease: Option<Vec<u8>>,
 }
 
 impl Rejected {
@@ -108,6 +116,7 @@ impl Rejected {
             detail: detail.into(),
             headers: Vec::new(),
             body: None,
+            wait_lease: None,
         }
     }
 
@@ -133,9 +142,24 @@ pub(crate) struct Passed {
     pub consumer: Option<Vec<u8>>,
 }
 
+/// How a check runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CheckMode {
+    /// The caller can wait for a quota lease (streaming path).
+    pub can_wait: bool,
+    /// A second check after waiting: the rate limit was already charged.
+    pub retry: bool,
+}
+
+/// Longest a request waits for its shard's first quota lease.
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One route's chain on one shard.
 pub(crate) struct RoutePolicy {
     request_id: bool,
+    /// The action sends the request on (upstream, aggregate): the request
+    /// id and a traceparent are needed for the upstream head too.
+    forwards: bool,
     cors: Option<Cors>,
     auth: Option<Rc<Authenticator>>,
     scopes: Vec<String>,
@@ -163,8 +187,36 @@ fn default_request_id(action: &Action, p: &RoutePolicyConfig) -> bool {
     matches!(action, Action::Upstream(_) | Action::Aggregate(_)) || p.any()
 }
 
+thread_local! {
+    /// This shard's policies per config (by address): a second listener
+    /// built from the same config (HTTPS beside HTTP) must share the
+    /// limiter tables and the mesh subscription, or limits would count
+    /// twice.
+    static BUILT: RefCell<Vec<(usize, std::rc::Weak<ShardPolicies>)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl ShardPolicies {
-    pub(crate) fn new(cfg: &Config, shard: ShardInfo) -> ShardPolicies {
+    /// This shard's policies for `cfg`, built once per shard and config.
+    pub(crate) fn for_shard(cfg: &std::sync::Arc<Config>, shard: ShardInfo) -> Rc<ShardPolicies> {
+        let id = std::sync::Arc::as_ptr(cfg) as usize;
+        if let Some(p) = BUILT.with(|b| {
+            b.borrow()
+                .iter()
+                .find(|(k, _)| *k == id)
+                .and_then(|(_, w)| w.upgrade())
+        }) {
+            return p;
+        }
+        let p = Rc::new(ShardPolicies::new(cfg, shard));
+        BUILT.with(|b| {
+            let mut b = b.borrow_mut();
+            b.retain(|(_, w)| w.strong_count() > 0);
+            b.push((id, Rc::downgrade(&p)));
+        });
+        p
+    }
+
+    fn new(cfg: &Config, shard: ShardInfo) -> ShardPolicies {
         let mesh = shardline_shard::mesh::current();
         let auths: Vec<Rc<Authenticator>> = cfg
             .auth
@@ -230,6 +282,7 @@ impl ShardPolicies {
             });
             routes.push(Some(RoutePolicy {
                 request_id,
+                forwards: matches!(r.action, Action::Upstream(_) | Action::Aggregate(_)),
                 cors: p.cors.clone().map(|c| Cors::new(c, r.methods.as_deref())),
                 auth: p.auth.map(|i| Rc::clone(&auths[i])),
                 scopes: p.scopes.clone(),
@@ -252,7 +305,7 @@ impl ShardPolicies {
                     glommio::timer::sleep(std::time::Duration::from_secs(quota::QUOTA_SAVE_SECS))
                         .await;
                     let Some(l) = weak.upgrade() else { return };
-                    if let Err(e) = quota::save(&l, &dir, id) {
+                    if let Err(e) = quota::save(&l, &dir, id, false) {
                         eprintln!("shardline: shard {id}: saving quotas failed: {e}");
                     }
                 }
@@ -278,6 +331,21 @@ impl ShardPolicies {
         matches!(self.routes.get(i), Some(Some(_)))
     }
 
+    /// Whether route `i` has a quota kept across shards (such requests take
+    /// the streaming path so they can wait for their shard's lease).
+    pub(crate) fn quota_waits(&self, i: usize) -> bool {
+        self.limiters.is_shared()
+            && matches!(self.routes.get(i), Some(Some(p)) if p.quota.is_some())
+    }
+
+    /// Waits (bounded) until the lease a check was waiting for arrived.
+    pub(crate) async fn wait_lease(&self, full: &[u8]) {
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        while !self.limiters.settled(full) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Whether route `i` answers CORS preflights.
     pub(crate) fn has_cors(&self, i: usize) -> bool {
         matches!(self.routes.get(i), Some(Some(p)) if p.cors.is_some())
@@ -300,7 +368,7 @@ impl ShardPolicies {
     pub(crate) fn shutdown(&self) {
         if self.has_quotas {
             self.limiters.dirty.set(true);
-            if let Err(e) = quota::save(&self.limiters, &self.data_dir, self.shard) {
+            if let Err(e) = quota::save(&self.limiters, &self.data_dir, self.shard, true) {
                 eprintln!("shardline: shard {}: saving quotas failed: {e}", self.shard);
             }
         }
@@ -336,6 +404,7 @@ impl ShardPolicies {
         peer: SocketAddr,
         params: &Params<'_, '_>,
         passed: &mut Passed,
+        mode: CheckMode,
     ) -> Result<(), Rejected> {
         let Some(Some(p)) = self.routes.get(i) else {
             return Ok(());
@@ -356,8 +425,10 @@ impl ShardPolicies {
             out.extend_from_slice(b"X-Request-Id: ");
             out.extend_from_slice(id);
             out.extend_from_slice(b"\r\n");
-            passed.request_id = Some(id.to_vec());
-            passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
+            if p.forwards {
+                passed.request_id = Some(id.to_vec());
+                passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
+            }
         }
         if let Some(c) = &p.cors {
             c.actual(head.header("origin"), out);
@@ -408,6 +479,9 @@ impl ShardPolicies {
             let Some((id, key, hdrs)) = limit else {
                 continue;
             };
+            if mode.retry && !is_quota {
+                continue;
+            }
             let mut full = self.key_buf.borrow_mut();
             let key_bytes: std::borrow::Cow<'_, [u8]> = match key {
                 LimitKey::Consumer => consumer.as_deref().unwrap_or(b"").into(),
@@ -419,7 +493,12 @@ impl ShardPolicies {
                 LimitKey::Header(h) => head.header(h).unwrap_or(b"").into(),
             };
             limiter::full_key(&mut full, *id, &key_bytes);
-            match self.limiters.take(*id, &full) {
+            match self.limiters.take(*id, &full, mode.can_wait && !mode.retry) {
+                Decision::Pending => {
+                    let mut r = Rejected::new(503, "quota-lease", "Service Unavailable", "");
+                    r.wait_lease = Some(full.clone());
+                    return Err(r);
+                }
                 Decision::Allow {
                     remaining,
                     reset_secs,

@@ -4,7 +4,7 @@
 //! restart does not hand out a fresh quota.
 //!
 //! Each shard writes the quotas it owns to `quotas/shard-N.tsv` (one line
-//! per key: route name, period, requests used, key in hex) by writing a
+//! per key: route name in hex, period, requests used, key in hex) by writing a
 //! temporary file and renaming it. On start every shard reads every such
 //! file and keeps the lines it owns under the current shard count, taking
 //! the highest count when two files name the same key (a count only grows
@@ -90,8 +90,16 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Writes the quotas this shard owns. Blocking file I/O on the shard's
-/// thread: a small file, every few seconds at most, and at shutdown.
-pub(crate) fn save(l: &Limiters, data_dir: &Path, shard: usize) -> std::io::Result<()> {
+/// thread: a small file, every few seconds at most, and at shutdown. Only
+/// the shutdown save is `durable` (fsync): an fsync every few seconds would
+/// stall the shard's requests for milliseconds, and what a crash loses is
+/// bounded by the save interval anyway.
+pub(crate) fn save(
+    l: &Limiters,
+    data_dir: &Path,
+    shard: usize,
+    durable: bool,
+) -> std::io::Result<()> {
     if !l.dirty.replace(false) {
         return Ok(());
     }
@@ -113,7 +121,7 @@ pub(crate) fn save(l: &Limiters, data_dir: &Path, shard: usize) -> std::io::Resu
             let used = (limit as f64 - o.tokens).max(0.0) as u64;
             text.push_str(&format!(
                 "{}\t{}\t{}\t{}\n",
-                spec.route,
+                hex(spec.route.as_bytes()),
                 o.at as u64,
                 used,
                 hex(&k[4..])
@@ -124,7 +132,9 @@ pub(crate) fn save(l: &Limiters, data_dir: &Path, shard: usize) -> std::io::Resu
     let tmp = d.join(format!(".shard-{shard}.tsv.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, &path)
 }
 
@@ -151,9 +161,12 @@ pub(crate) fn load(l: &Limiters, data_dir: &Path) {
             else {
                 continue;
             };
-            let (Ok(period), Ok(used), Some(key)) =
-                (period.parse::<u64>(), used.parse::<u64>(), unhex(key))
-            else {
+            let (Ok(period), Ok(used), Some(key), Some(route)) = (
+                period.parse::<u64>(),
+                used.parse::<u64>(),
+                unhex(key),
+                unhex(route).and_then(|r| String::from_utf8(r).ok()),
+            ) else {
                 continue;
             };
             let Some((id, limit)) = l
@@ -162,7 +175,7 @@ pub(crate) fn load(l: &Limiters, data_dir: &Path) {
                 .enumerate()
                 .find_map(|(i, s)| match s.budget {
                     Budget::Quota { limit, period: p }
-                        if &*s.route == route && period_of(p, unix) == period =>
+                        if *s.route == *route && period_of(p, unix) == period =>
                     {
                         Some((i, limit))
                     }

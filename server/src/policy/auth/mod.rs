@@ -98,7 +98,7 @@ impl Authenticator {
                     return Err(AuthFailure::Missing);
                 };
                 match keys.lookup(&p) {
-                    Some(id) => Ok(f(&id)),
+                    Some(id) => Ok(f(id)),
                     None => Err(AuthFailure::UnknownKey),
                 }
             }
