@@ -25,7 +25,41 @@ use crate::obs::ObsSetup;
 
 /// Reloads the config file; `Ok` and `Err` are one-line messages.
 pub(crate) async fn reload(setup: &ObsSetup, coord: &Coordinator) -> Result<String, String> {
-    let result = try_reload(setup, coord).await;
+    // Certificates first, on their own: a config file that fails to load
+    // does not stop new certificates, and a bad certificate file keeps the
+    // old ones (rustls config swapped only when everything loaded).
+    let (tls_ok, tls_note) = match &setup.tls {
+        Some(t) => match t.reload() {
+            Ok(()) => {
+                eprintln!("shardline: reload: TLS certificates reloaded");
+                (true, "; TLS certificates reloaded".to_string())
+            }
+            Err(e) => {
+                eprintln!(
+                    "shardline: reload: TLS reload failed, keeping the old certificates: {e}"
+                );
+                (
+                    false,
+                    format!("; TLS reload failed, keeping the old certificates: {e}"),
+                )
+            }
+        },
+        None => (true, String::new()),
+    };
+    let result = match try_reload(setup, coord).await {
+        Ok(msg) if tls_ok => Ok(format!("{msg}{tls_note}")),
+        Ok(msg) => Err(format!("{msg}{tls_note}")),
+        // Started without a config file: certificates are all there is.
+        Err(_) if setup.reload.is_none() && setup.tls.is_some() => {
+            let note = tls_note.trim_start_matches("; ").to_string();
+            if tls_ok {
+                Ok(note)
+            } else {
+                Err(note)
+            }
+        }
+        Err(e) => Err(format!("{e}{tls_note}")),
+    };
     let counter = if result.is_ok() {
         &setup.reloads_ok
     } else {

@@ -120,7 +120,6 @@ pub fn main() -> ExitCode {
     if let Some(handle) = server.shutdown_handle() {
         let control = server.control_handle();
         let signals_handle = signals.handle();
-        let tls_reload = server.tls_reload_handle();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -130,16 +129,7 @@ pub fn main() -> ExitCode {
                         SIGHUP => {
                             tracing::info!("SIGHUP: reloading the config");
                             control.reload();
-                            // Certificates are re-read too; a bad file keeps
-                            // the old certificate in use.
-                            if let Some(t) = &tls_reload {
-                                match t.reload() {
-                                    Ok(()) => eprintln!("shardline: SIGHUP: TLS certificates reloaded"),
-                                    Err(e) => eprintln!(
-                                        "shardline: SIGHUP: TLS reload failed, keeping the old certificates: {e}"
-                                    ),
-                                }
-                            }
+                            // TLS certificates are re-read by the same reload.
                             continue;
                         }
                         SIGUSR1 => {

@@ -138,6 +138,10 @@ impl Server {
         .map_err(StartError)?;
         let (hub, reload_tx) = Hub::new(cpus.len());
         let handlers = Arc::new(self.handlers);
+        let tls = match &s.tls {
+            Some(t) => Some(Arc::new(TlsRuntime::new(t.clone()).map_err(StartError)?)),
+            None => None,
+        };
         let setup = Arc::new(ObsSetup {
             hub,
             access,
@@ -149,13 +153,10 @@ impl Server {
             generation: AtomicU64::new(1),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            tls: tls.clone(),
         });
         let gateway = GatewayFactory::new(Arc::clone(&config), handlers, Arc::clone(&setup))
             .map_err(StartError)?;
-        let tls = match &s.tls {
-            Some(t) => Some(Arc::new(TlsRuntime::new(t.clone()).map_err(StartError)?)),
-            None => None,
-        };
         let gateway: Arc<dyn AppFactory> = Arc::new(gateway);
         let mut listeners = vec![ListenerSpec {
             addr: s.listen,

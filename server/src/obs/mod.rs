@@ -56,6 +56,8 @@ pub(crate) struct ObsSetup {
     pub generation: std::sync::atomic::AtomicU64,
     pub reloads_ok: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
+    /// The HTTPS listener's certificates, re-read by every reload.
+    pub tls: Option<Arc<crate::tls::TlsRuntime>>,
 }
 
 impl ObsSetup {
