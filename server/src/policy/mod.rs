@@ -8,7 +8,8 @@
 //! immutable config. The chain is split by what it needs:
 //!
 //! - `ShardPolicies::check` needs only the request head and is
-//!   synchronous: request id, CORS headers, API key / JWT (cached), scopes,
+//!   synchronous: request id, CORS headers, API key / JWT (cached) / TLS
+//!   client certificate identity, scopes,
 //!   the local share of the rate limit and quota. It runs inline in
 //!   `GatewayApp::handle` for respond/handler routes, and first thing in
 //!   `GatewayApp::stream` for upstream/aggregate routes.
@@ -40,7 +41,8 @@
 //! - `config`: `[auth.NAME]` and route policy keys → validated config.
 //! - `request_id`: X-Request-Id and W3C traceparent.
 //! - `cors`: preflights and response headers.
-//! - `auth`: API keys (`auth/api_key`) and JWTs (`auth/jwt`).
+//! - `auth`: API keys (`auth/api_key`), JWTs (`auth/jwt`) and client
+//!   certificates (`auth/mtls`); each decision goes to the audit log.
 //! - `limiter`: owner-shard budgets with local shares (mesh messages).
 //! - `rate_limit`: rate-limit headers; `quota`: periods and persistence.
 //! - `validate`: the JSON Schema subset and path parameter types.
