@@ -505,13 +505,15 @@ impl GatewayApp {
             _ => Default::default(),
         };
         let mut passed = Passed::default();
+        let tls_id = io.tls_client_identity();
         let wait = pol::CheckMode {
             can_wait: true,
             retry: false,
         };
-        let mut checked = inner
-            .policies
-            .check(token, &head, io.peer(), &params, &mut passed, wait);
+        let mut checked =
+            inner
+                .policies
+                .check(token, &head, io.peer(), tls_id, &params, &mut passed, wait);
         if let Err(Rejected {
             wait_lease: Some(full),
             ..
@@ -526,9 +528,10 @@ impl GatewayApp {
                 can_wait: false,
                 retry: true,
             };
-            checked = inner
-                .policies
-                .check(token, &head, io.peer(), &params, &mut passed, retry);
+            checked =
+                inner
+                    .policies
+                    .check(token, &head, io.peer(), tls_id, &params, &mut passed, retry);
         }
         io.add_response_headers(&passed.response_headers);
         if let Err(r) = checked {
@@ -939,7 +942,15 @@ fn serve_inline(
         if inner.policies.active(i) {
             let checked = inner
                 .policies
-                .check(i, head, ex.peer, &params, &mut passed, Default::default())
+                .check(
+                    i,
+                    head,
+                    ex.peer,
+                    ex.tls_client_identity(),
+                    &params,
+                    &mut passed,
+                    Default::default(),
+                )
                 .and_then(|()| inner.policies.check_body(i, head, ex.body));
             if let Err(r) = checked {
                 reject_inline(ex, &r);

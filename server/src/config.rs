@@ -376,6 +376,7 @@ impl Config {
             server.tls = Some(tls);
         }
         let auth = crate::policy::config::validate_auth(file.auth.take())?;
+        crate::policy::config::check_mtls_has_client_auth(&auth, server.tls.as_ref())?;
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(file.upstreams.len());
         for (i, u) in file.upstreams.into_iter().enumerate() {
             let u = gw::validate_upstream(i, u)?;

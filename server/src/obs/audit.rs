@@ -51,7 +51,6 @@ pub(crate) fn install(log: Option<Rc<ShardLog>>) {
 }
 
 /// Writes one decision to the audit log (no-op when the audit log is off).
-#[allow(dead_code)] // Called by the auth policies (a parallel change).
 pub(crate) fn record(d: &Decision<'_>) {
     AUDIT.with(|a| {
         if let Some(log) = a.borrow().as_ref() {

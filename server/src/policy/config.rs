@@ -16,6 +16,7 @@ use crate::units::parse_duration;
 
 use super::auth::api_key::ApiKeys;
 use super::auth::jwt::JwtConfig;
+use super::auth::mtls::MtlsConfig;
 use super::validate::{ParamType, Schema};
 
 fn err<T>(key: &str, msg: impl std::fmt::Display) -> Result<T, ConfigError> {
@@ -33,6 +34,7 @@ pub struct AuthConfig {
 pub enum AuthKind {
     ApiKey(Arc<ApiKeys>),
     Jwt(Arc<JwtConfig>),
+    Mtls(Arc<MtlsConfig>),
 }
 
 /// A route's policies (all off by default).
@@ -158,6 +160,9 @@ struct FileAuth {
     consumer_claim: Option<String>,
     scopes_claim: Option<String>,
     cache_size: Option<usize>,
+    // mtls
+    allowed: Option<Vec<String>>,
+    scopes: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +250,16 @@ pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, C
         let key = format!("auth.{name}");
         let f: FileAuth = de(&key, section)?;
         let k = |s: &str| format!("{key}.{s}");
+        if f.kind.as_deref() != Some("mtls") {
+            for (n, present) in [
+                ("allowed", f.allowed.is_some()),
+                ("scopes", f.scopes.is_some()),
+            ] {
+                if present {
+                    return err(&k(n), "applies only to type = \"mtls\"");
+                }
+            }
+        }
         let kind = match f.kind.as_deref() {
             Some("api_key") => {
                 for (n, present) in [
@@ -358,22 +373,78 @@ pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, C
                 AuthKind::Jwt(Arc::new(cfg))
             }
             Some("mtls") => {
-                return err(
-                    &k("type"),
-                    "\"mtls\" is not supported by this build of shardline yet",
-                )
+                for (n, present) in [
+                    ("header", f.header.is_some()),
+                    ("query", f.query.is_some()),
+                    ("keys_file", f.keys_file.is_some()),
+                    ("keys", f.keys.is_some()),
+                    ("jwks_file", f.jwks_file.is_some()),
+                    ("public_key_pem", f.public_key_pem.is_some()),
+                    ("secret", f.secret.is_some()),
+                    ("algorithms", f.algorithms.is_some()),
+                    ("issuer", f.issuer.is_some()),
+                    ("audience", f.audience.is_some()),
+                    ("leeway", f.leeway.is_some()),
+                    ("consumer_claim", f.consumer_claim.is_some()),
+                    ("scopes_claim", f.scopes_claim.is_some()),
+                    ("cache_size", f.cache_size.is_some()),
+                ] {
+                    if present {
+                        return err(&k(n), "does not apply to type = \"mtls\"");
+                    }
+                }
+                let scopes: Vec<(String, Vec<String>)> =
+                    f.scopes.unwrap_or_default().into_iter().collect();
+                for (who, list) in &scopes {
+                    for s in list {
+                        if !scope_token(s) {
+                            return err(
+                                &k(&format!("scopes.{who}")),
+                                format!("{s:?} is not a scope token"),
+                            );
+                        }
+                    }
+                }
+                let cfg =
+                    MtlsConfig::new(name.clone(), f.allowed, scopes).or_else(|m| err(&key, m))?;
+                AuthKind::Mtls(Arc::new(cfg))
             }
             Some(other) => {
                 return err(
                     &k("type"),
-                    format!("{other:?} is not one of \"api_key\", \"jwt\""),
+                    format!("{other:?} is not one of \"api_key\", \"jwt\", \"mtls\""),
                 )
             }
-            None => return err(&k("type"), "missing (\"api_key\" or \"jwt\")"),
+            None => return err(&k("type"), "missing (\"api_key\", \"jwt\" or \"mtls\")"),
         };
         out.push(AuthConfig { name, kind });
     }
     Ok(out)
+}
+
+/// A scope as RFC 6749 §3.3 allows it, minus `"` (it is quoted in
+/// `WWW-Authenticate`).
+fn scope_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+}
+
+/// Checks that `mtls` sections have client certificates to read: without
+/// `[server.tls] client_auth` no connection carries a verified identity
+/// and every request on such a route would be refused.
+pub(crate) fn check_mtls_has_client_auth(
+    auth: &[AuthConfig],
+    tls: Option<&crate::config_tls::TlsConfig>,
+) -> Result<(), ConfigError> {
+    if tls.is_some_and(|t| t.client_auth.is_some()) {
+        return Ok(());
+    }
+    match auth.iter().find(|a| matches!(a.kind, AuthKind::Mtls(_))) {
+        Some(a) => err(
+            &format!("auth.{}.type", a.name),
+            "\"mtls\" needs [server.tls] with client_auth (a client CA)",
+        ),
+        None => Ok(()),
+    }
 }
 
 fn header_name(key: &str, h: &str) -> Result<String, ConfigError> {
@@ -442,7 +513,7 @@ pub(crate) fn validate_route_policy(
             return err(&key("scopes"), "needs auth = \"NAME\" on the route");
         }
         for s in &scopes {
-            if s.is_empty() || s.bytes().any(|b| !b.is_ascii_graphic() || b == b'"') {
+            if !scope_token(s) {
                 return err(&key("scopes"), format!("{s:?} is not a scope token"));
             }
         }

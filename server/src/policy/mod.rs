@@ -8,7 +8,8 @@
 //! immutable config. The chain is split by what it needs:
 //!
 //! - `ShardPolicies::check` needs only the request head and is
-//!   synchronous: request id, CORS headers, API key / JWT (cached), scopes,
+//!   synchronous: request id, CORS headers, API key / JWT (cached) / TLS
+//!   client certificate identity, scopes,
 //!   the local share of the rate limit and quota. It runs inline in
 //!   `GatewayApp::handle` for respond/handler routes, and first thing in
 //!   `GatewayApp::stream` for upstream/aggregate routes.
@@ -40,7 +41,8 @@
 //! - `config`: `[auth.NAME]` and route policy keys → validated config.
 //! - `request_id`: X-Request-Id and W3C traceparent.
 //! - `cors`: preflights and response headers.
-//! - `auth`: API keys (`auth/api_key`) and JWTs (`auth/jwt`).
+//! - `auth`: API keys (`auth/api_key`), JWTs (`auth/jwt`) and client
+//!   certificates (`auth/mtls`); each decision goes to the audit log.
 //! - `limiter`: owner-shard budgets with local shares (mesh messages).
 //! - `rate_limit`: rate-limit headers; `quota`: periods and persistence.
 //! - `validate`: the JSON Schema subset and path parameter types.
@@ -156,6 +158,8 @@ pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(200
 
 /// One route's chain on one shard.
 pub(crate) struct RoutePolicy {
+    /// The route's name (audit log lines).
+    name: Rc<str>,
     request_id: bool,
     /// The action sends the request on (upstream, aggregate): the request
     /// id and a traceparent are needed for the upstream head too.
@@ -227,6 +231,7 @@ impl ShardPolicies {
                     AuthKind::Jwt(j) => {
                         Authenticator::Jwt(auth::jwt::JwtVerifier::new(std::sync::Arc::clone(j)))
                     }
+                    AuthKind::Mtls(m) => Authenticator::Mtls(std::sync::Arc::clone(m)),
                 })
             })
             .collect();
@@ -281,6 +286,7 @@ impl ShardPolicies {
                 )
             });
             routes.push(Some(RoutePolicy {
+                name,
                 request_id,
                 forwards: matches!(r.action, Action::Upstream(_) | Action::Aggregate(_)),
                 cors: p.cors.clone().map(|c| Cors::new(c, r.methods.as_deref())),
@@ -396,12 +402,15 @@ impl ShardPolicies {
     }
 
     /// The head checks for route `i`. On refusal the response header lines
-    /// (request id, CORS) are in `passed` too.
+    /// (request id, CORS) are in `passed` too. `tls_identity` is the
+    /// connection's verified client certificate identity (for `mtls`).
+    #[allow(clippy::too_many_arguments)] // Each is a distinct input of the one check.
     pub(crate) fn check(
         &self,
         i: usize,
         head: &RequestHead<'_, '_>,
         peer: SocketAddr,
+        tls_identity: Option<&str>,
         params: &Params<'_, '_>,
         passed: &mut Passed,
         mode: CheckMode,
@@ -410,11 +419,13 @@ impl ShardPolicies {
             return Ok(());
         };
         let out = &mut passed.response_headers;
+        let mut gen = [0u8; request_id::GENERATED_ID_LEN];
+        // This request's id, for the audit log ("" with request ids off).
+        let mut rid: &[u8] = b"";
         if p.request_id {
             let incoming = head
                 .header("x-request-id")
                 .filter(|v| request_id::valid_request_id(v));
-            let mut gen = [0u8; request_id::GENERATED_ID_LEN];
             let id: &[u8] = match incoming {
                 Some(v) => v,
                 None => {
@@ -429,6 +440,7 @@ impl ShardPolicies {
                 passed.request_id = Some(id.to_vec());
                 passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
             }
+            rid = id;
         }
         if let Some(c) = &p.cors {
             c.actual(head.header("origin"), out);
@@ -438,11 +450,40 @@ impl ShardPolicies {
             let wants_consumer = matches!(&p.rate, Some((_, LimitKey::Consumer, _)))
                 || matches!(&p.quota, Some((_, LimitKey::Consumer, _)))
                 || p.idempotency.is_some();
-            let res = a.check(head, |id| {
+            // Valid request ids are ASCII (`valid_request_id`, generated).
+            let request_id = std::str::from_utf8(rid).unwrap_or("");
+            let audit = |allow: bool, reason: &str, consumer: Option<&str>| {
+                crate::obs::audit::record(&crate::obs::audit::Decision {
+                    allow,
+                    reason,
+                    consumer,
+                    route: &p.name,
+                    request_id,
+                    auth: a.name(),
+                })
+            };
+            let res = a.check(head, tls_identity, |id| {
                 let ok = id.has_all(&p.scopes);
+                audit(
+                    ok,
+                    if ok {
+                        a.valid_reason()
+                    } else {
+                        "scope_missing"
+                    },
+                    Some(&id.consumer),
+                );
                 let who = wants_consumer.then(|| id.consumer.as_bytes().to_vec());
                 (ok, who)
             });
+            if let Err(f) = &res {
+                let f = *f;
+                audit(
+                    false,
+                    f.reason(),
+                    tls_identity.filter(|_| f == AuthFailure::NotAllowed),
+                );
+            }
             match res {
                 Ok((true, who)) => consumer = who,
                 Ok((false, _)) => {
@@ -458,10 +499,18 @@ impl ShardPolicies {
                     ));
                     return Err(r);
                 }
+                Err(AuthFailure::NotAllowed) => {
+                    return Err(Rejected::new(
+                        403,
+                        "client-not-allowed",
+                        "Forbidden",
+                        AuthFailure::NotAllowed.detail(),
+                    ));
+                }
                 Err(f) => {
                     let mut r = Rejected::new(
                         401,
-                        if f == AuthFailure::Missing {
+                        if matches!(f, AuthFailure::Missing | AuthFailure::NoClientCert) {
                             "unauthenticated"
                         } else {
                             "invalid-credentials"

@@ -1,5 +1,5 @@
-//! Authentication (who is calling: API key or JWT) and the identity it
-//! yields: a consumer id and scopes.
+//! Authentication (who is calling: API key, JWT or TLS client certificate)
+//! and the identity it yields: a consumer id and scopes.
 //!
 //! Failures answer 401 with a `WWW-Authenticate` challenge (RFC 9110
 //! §11.6.1, RFC 6750 §3 for bearer tokens); missing scopes answer 403
@@ -7,6 +7,7 @@
 
 pub mod api_key;
 pub mod jwt;
+pub mod mtls;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use shardline_protocol::request::RequestHead;
 
 use self::api_key::ApiKeys;
 use self::jwt::{JwtVerifier, TokenError};
+use self::mtls::{Mapped, MtlsConfig};
 
 /// Who a request authenticated as.
 #[derive(Debug)]
@@ -34,6 +36,7 @@ impl Identity {
 pub(crate) enum Authenticator {
     ApiKey(Arc<ApiKeys>),
     Jwt(JwtVerifier),
+    Mtls(Arc<MtlsConfig>),
 }
 
 /// Why authentication failed.
@@ -45,14 +48,33 @@ pub(crate) enum AuthFailure {
     UnknownKey,
     /// A token that did not verify.
     Token(TokenError),
+    /// No verified TLS client certificate (plain listener, or TLS without
+    /// a client certificate where `client_auth.required = false`).
+    NoClientCert,
+    /// A verified client certificate whose identity is not on the
+    /// `allowed` list (403: the client is known, just not admitted).
+    NotAllowed,
 }
 
 impl AuthFailure {
+    /// The audit log's reason word for this refusal.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_credentials",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::Token(_) => "invalid_token",
+            AuthFailure::NoClientCert => "no_client_certificate",
+            AuthFailure::NotAllowed => "identity_not_allowed",
+        }
+    }
+
     pub(crate) fn detail(self) -> &'static str {
         match self {
             AuthFailure::Missing => "this route needs credentials",
             AuthFailure::UnknownKey => "the API key is not valid",
             AuthFailure::Token(t) => t.describe(),
+            AuthFailure::NoClientCert => "this route needs a verified TLS client certificate",
+            AuthFailure::NotAllowed => "the client certificate's identity is not allowed here",
         }
     }
 }
@@ -74,16 +96,39 @@ impl Authenticator {
         match self {
             Authenticator::ApiKey(k) => &k.name,
             Authenticator::Jwt(j) => j.name(),
+            Authenticator::Mtls(m) => &m.name,
+        }
+    }
+
+    /// The audit log's reason word for an admitted request.
+    pub(crate) fn valid_reason(&self) -> &'static str {
+        match self {
+            Authenticator::ApiKey(_) => "valid_key",
+            Authenticator::Jwt(_) => "valid_token",
+            Authenticator::Mtls(_) => "valid_certificate",
         }
     }
 
     /// Authenticates the request and hands the identity to `f`.
+    /// `tls_identity` is the connection's verified client certificate
+    /// identity (only `mtls` looks at it).
     pub(crate) fn check<R>(
         &self,
         head: &RequestHead<'_, '_>,
+        tls_identity: Option<&str>,
         f: impl FnOnce(&Identity) -> R,
     ) -> Result<R, AuthFailure> {
         match self {
+            Authenticator::Mtls(m) => {
+                let Some(who) = tls_identity else {
+                    return Err(AuthFailure::NoClientCert);
+                };
+                match m.map(who) {
+                    Mapped::Known(id) => Ok(f(id)),
+                    Mapped::Other(id) => Ok(f(&id)),
+                    Mapped::NotAllowed => Err(AuthFailure::NotAllowed),
+                }
+            }
             Authenticator::ApiKey(keys) => {
                 let from_header = keys.header.as_deref().and_then(|h| head.header(h));
                 let presented: Option<std::borrow::Cow<'_, [u8]>> = match from_header {
@@ -131,6 +176,9 @@ impl Authenticator {
                     f.detail()
                 ),
             },
+            // No registered scheme names client certificates; the
+            // challenge still says which credentials the route wants.
+            Authenticator::Mtls(m) => format!("ClientCertificate realm=\"{}\"", m.name),
         }
     }
 
@@ -139,6 +187,7 @@ impl Authenticator {
         let scheme = match self {
             Authenticator::ApiKey(_) => "ApiKey",
             Authenticator::Jwt(_) => "Bearer",
+            Authenticator::Mtls(_) => "ClientCertificate",
         };
         format!(
             "{scheme} realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
