@@ -355,7 +355,7 @@ impl GatewayFactory {
         let app = Rc::new(GatewayApp {
             inner: RefCell::new(Rc::new(inner)),
             cache_hit: RefCell::new(None),
-            gw: GatewayShard::new(obs.tracer.clone()),
+            gw: GatewayShard::new(obs.tracer.clone(), self.plan.config.server.read_yields),
             obs,
             shard,
             handlers: Arc::clone(&self.handlers),

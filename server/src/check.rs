@@ -97,6 +97,7 @@ pub fn effective_toml(c: &Config) -> String {
     let _ = writeln!(o, "spin_before_park = {}", dur(s.spin_before_park));
     let _ = writeln!(o, "preempt_timer = {}", dur(s.preempt_timer));
     let _ = writeln!(o, "ring_depth = {}", s.ring_depth);
+    let _ = writeln!(o, "read_yields = {}", s.read_yields);
 
     for u in &c.upstreams {
         let _ = writeln!(o, "\n[[upstreams]]");

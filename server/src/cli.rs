@@ -70,6 +70,10 @@ pub struct Cli {
     /// io_uring submission queue entries per ring.
     #[arg(long, global = true, value_name = "N")]
     pub ring_depth: Option<usize>,
+    /// Non-blocking read retries, each after yielding to the shard's other
+    /// tasks, before a socket read waits on io_uring (0 = wait at once).
+    #[arg(long, global = true, value_name = "N")]
+    pub read_yields: Option<u32>,
     /// HTTPS listener, IP:PORT ([server.tls] listen); with --tls-cert and
     /// --tls-key it enables TLS without a config file.
     #[arg(long, value_name = "ADDR")]
@@ -132,6 +136,7 @@ impl Cli {
             spin_before_park: self.spin_before_park.clone(),
             preempt_timer: self.preempt_timer.clone(),
             ring_depth: self.ring_depth,
+            read_yields: self.read_yields,
             tls_listen: self.tls_listen.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

@@ -65,13 +65,19 @@ pub(crate) struct GatewayShard {
     read_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
     /// This shard's tracer (client spans), when tracing is on.
     pub tracer: Option<Rc<crate::obs::trace::ShardTracer>>,
+    /// `[server] read_yields`, for upstream reads.
+    read_yields: u32,
 }
 
 impl GatewayShard {
-    pub(crate) fn new(tracer: Option<Rc<crate::obs::trace::ShardTracer>>) -> Self {
+    pub(crate) fn new(
+        tracer: Option<Rc<crate::obs::trace::ShardTracer>>,
+        read_yields: u32,
+    ) -> Self {
         GatewayShard {
             read_buffers: std::cell::RefCell::new(Vec::new()),
             tracer,
+            read_yields,
         }
     }
 
@@ -81,7 +87,9 @@ impl GatewayShard {
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| vec![0; UPSTREAM_READ_BUFFER_BYTES]);
-        RespBuf::new(data)
+        let mut buf = RespBuf::new(data);
+        buf.yields = self.read_yields;
+        buf
     }
 
     pub(crate) fn put_read(&self, buf: RespBuf) {

@@ -117,6 +117,7 @@ impl Server {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
             inline_max_body_bytes: s.max_body_bytes,
+            read_yields: s.read_yields,
             protocol,
         };
         let config = Arc::new(self.config.clone());

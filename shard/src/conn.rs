@@ -289,6 +289,9 @@ impl Conn {
     /// `timeout` is enforced by the shard's deadline sweep (`timeouts`), not
     /// a timer per read.
     pub(crate) async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
+        if let Some(n) = self.fill_without_poll().await {
+            return n;
+        }
         let timeouts = &self.shard.timeouts;
         let slot = self.timeout_slot;
         timeouts.arm(slot, timeout);
@@ -333,6 +336,48 @@ impl Conn {
         .await;
         timeouts.disarm(slot);
         res
+    }
+
+    /// Tries a plain socket a few times (`read_yields`), yielding to the
+    /// shard's other tasks in between, before `fill` arms an io_uring poll:
+    /// a poll that completes while the shard is busy is delivered by an
+    /// IPI, which measured at ~20% of a loaded gateway's CPU, while under
+    /// load the bytes usually arrive while the other connections run.
+    /// `None`: nothing came, go and wait.
+    async fn fill_without_poll(&mut self) -> Option<io::Result<usize>> {
+        let fd = self.stream.plain_fd()?;
+        let tries = self.shard.limits.read_yields;
+        if tries == 0 {
+            return None;
+        }
+        let max_bytes = self.shard.max_read_buffer_bytes;
+        for i in 0..tries {
+            if i > 0 || self.rbuf.is_none() {
+                futures_lite::future::yield_now().await;
+            }
+            let buf = self.rbuf.get_or_insert_with(|| self.shard.pool.take_read());
+            if !buf.make_room(max_bytes) {
+                return None;
+            }
+            let end = buf.end;
+            match crate::sys::try_recv(fd, &mut buf.data[end..]) {
+                Ok(n) => {
+                    buf.end += n;
+                    ShardCounters::add(&self.shard.counters.bytes_in, n as u64);
+                    return Some(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        if let Some(b) = self.rbuf.take() {
+                            self.shard.pool.put_read(b);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
     }
 
     /// Runs one streamed request; false when the connection must close.

@@ -30,6 +30,9 @@ pub struct ShardLimits {
     /// Body limit for requests served inline (buffered whole); the
     /// protocol limit's `max_body_bytes` may be higher for streamed routes.
     pub inline_max_body_bytes: u64,
+    /// Non-blocking read retries (yielding in between) before a read on a
+    /// plain socket waits on an io_uring poll (`conn::Conn::fill`).
+    pub read_yields: u32,
     pub protocol: Limits,
 }
 

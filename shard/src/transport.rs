@@ -20,6 +20,14 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// The socket of a plain (not TLS) connection, for `sys::try_recv`.
+    pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Transport::Plain(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            Transport::Tls(_) => None,
+        }
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(s) => s,

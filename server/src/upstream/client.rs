@@ -138,6 +138,9 @@ pub(crate) struct RespBuf {
     pub data: Vec<u8>,
     pub start: usize,
     pub end: usize,
+    /// Non-blocking reads tried (yielding in between) before a read arms
+    /// an io_uring poll: `[server] read_yields`.
+    pub yields: u32,
 }
 
 impl RespBuf {
@@ -146,6 +149,7 @@ impl RespBuf {
             data,
             start: 0,
             end: 0,
+            yields: 0,
         }
     }
 
@@ -170,6 +174,27 @@ impl RespBuf {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        // The upstream's answer usually arrives while the shard serves its
+        // other connections: look for it after yielding to them, before
+        // arming a poll whose completion would interrupt the shard (see
+        // `config::DEFAULT_READ_YIELDS`).
+        if let Some(fd) = stream.plain_fd() {
+            for _ in 0..self.yields {
+                futures_lite::future::yield_now().await;
+                match crate::system::try_recv(fd, &mut self.data[self.end..]) {
+                    Ok(n) => {
+                        self.end += n;
+                        return Ok(n);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let n = stream.read(&mut self.data[self.end..]).await?;
         self.end += n;

@@ -129,6 +129,14 @@ pub(crate) enum UpstreamStream {
 }
 
 impl UpstreamStream {
+    /// The socket of a plain (not TLS) connection.
+    pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            UpstreamStream::Plain(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            UpstreamStream::Tls(_) => None,
+        }
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(s) => s,
