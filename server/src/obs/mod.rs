@@ -121,11 +121,16 @@ impl ShardObs {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let access = access.map(Rc::new);
+        let audit = audit.map(Rc::new);
+        for l in access.iter().chain(audit.iter()) {
+            log::flush_at_exit(l);
+        }
         ShardObs {
             info,
             counters: shardline_shard::local_counters(),
-            access: access.map(Rc::new),
-            audit: audit.map(Rc::new),
+            access,
+            audit,
             tracer: tracer.map(Rc::new),
             started,
             rng: Cell::new((seed ^ ((info.id as u64 + 1) << 40)) | 1),
