@@ -875,3 +875,55 @@ fn admin_endpoints_list_and_probes_still_work() {
     assert_eq!(r.status, 404);
     assert!(r.text().contains("/metrics"));
 }
+
+#[test]
+fn reload_keeps_an_unchanged_route_cache_and_upstream_counters() {
+    let up = Upstream::start(Behaviour::reply(
+        Reply::ok("hi").header("Cache-Control", "max-age=60"),
+    ));
+    let dir = temp_dir("reload-cache");
+    let file = dir.join("shardline.toml");
+    let cfg = |extra: &str| {
+        format!(
+            "[[upstreams]]\nname = \"u\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"c\"\nmethod = \"GET\"\npath = \"/c\"\nupstream = \"u\"\ncache = {{ ttl = \"60s\" }}\n{extra}",
+            up.addr
+        )
+    };
+    write(&file, &cfg(""));
+    let srv = start_file(&file, 1);
+    let mut c = srv.client();
+    assert_eq!(
+        c.request(&get("/c", &[])).header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    write(
+        &file,
+        &cfg(
+            "\n[[routes]]\nname = \"q\"\npath = \"/q\"\nrespond = { status = 200, body = \"q\" }\n",
+        ),
+    );
+    assert_eq!(post_reload(&srv).status, 200);
+    assert_eq!(
+        c.request(&get("/c", &[])).header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(up.requests(), 1);
+    let target = up.addr.to_string();
+    let m = scrape(&srv);
+    assert_eq!(
+        m.value(
+            "shardline_upstream_requests_total",
+            &[("upstream", "u"), ("target", target.as_str())]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value("shardline_cache_hits_total", &[("route", "c")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("shardline_cache_misses_total", &[("route", "c")]),
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
