@@ -785,10 +785,13 @@ fn collector() -> (SocketAddr, mpsc::Receiver<(String, String)>) {
 fn spans_reach_the_collector_with_w3c_context() {
     let (col, spans) = collector();
     let up = Upstream::start(Behaviour::ok("from upstream"));
+    let dir = temp_dir("spans");
+    let log = dir.join("access.jsonl");
     let srv = start(
         &format!(
             r#"
 [observability]
+access_log = "{}"
 otlp_endpoint = "http://{col}/v1/traces"
 trace_sample_ratio = 0.0
 service_name = "obs-test"
@@ -808,6 +811,7 @@ method = "GET"
 path = "/plaintext"
 respond = {{ status = 200, body = "hi" }}
 "#,
+            log.display(),
             up.addr
         ),
         1,
@@ -864,6 +868,18 @@ respond = {{ status = 200, body = "hi" }}
         sent.contains(clients[0]["spanId"].as_str().unwrap()),
         "{sent}"
     );
+
+    // The access log carries the trace id (a new one when none came in).
+    drop(c);
+    srv.stop();
+    let lines = json_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let fresh = lines[0]["trace_id"].as_str().unwrap();
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[2]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
