@@ -257,7 +257,10 @@ impl GatewayInner {
                     timeout: pr
                         .timeout
                         .unwrap_or(config.upstreams[pr.upstream].request_timeout),
-                    cache: pr.cache.as_ref().map(crate::cache_glue::RouteCache::new),
+                    cache: pr.cache.as_ref().map(|c| {
+                        old.and_then(|o| o.reusable_cache(r, config))
+                            .unwrap_or_else(|| Rc::new(crate::cache_glue::RouteCache::new(c)))
+                    }),
                 })),
                 Action::Aggregate(parts) => {
                     ShardAction::Aggregate(Aggregate::new(parts, &upstreams))
@@ -292,6 +295,29 @@ impl GatewayInner {
             upstreams,
             policies: ShardPolicies::for_shard(config, shard),
             config: Arc::clone(config),
+        }
+    }
+
+    /// The cache of the route named like `r` in this generation, if its
+    /// cache settings and upstream are unchanged in `new` (a reload then
+    /// keeps the cached entries and the cache counters).
+    fn reusable_cache(
+        &self,
+        r: &crate::config::RouteConfig,
+        new: &Config,
+    ) -> Option<Rc<crate::cache_glue::RouteCache>> {
+        let i = self.config.routes.iter().position(|o| o.name == r.name)?;
+        let (Action::Upstream(old_p), Action::Upstream(new_p)) =
+            (&self.config.routes[i].action, &r.action)
+        else {
+            return None;
+        };
+        let same_upstream =
+            self.config.upstreams[old_p.upstream].name == new.upstreams[new_p.upstream].name;
+        let same_cache = format!("{:?}", old_p.cache) == format!("{:?}", new_p.cache);
+        match &self.actions[i] {
+            ShardAction::Proxy(p) if same_upstream && same_cache => p.cache.clone(),
+            _ => None,
         }
     }
 

@@ -106,7 +106,9 @@ pub(crate) struct Proxy {
     pub strip_prefix: Option<String>,
     pub rewrite: Option<String>,
     pub timeout: Duration,
-    pub cache: Option<crate::cache_glue::RouteCache>,
+    /// Shared with the next config generation when a reload leaves the
+    /// route's cache settings unchanged (entries and counters survive).
+    pub cache: Option<Rc<crate::cache_glue::RouteCache>>,
 }
 
 /// RFC 9110 §9.2.2 idempotent methods, plus any request carrying an

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`set`]: start every shard (ordered binding so port 0 works), drain, join.
-//! - `shard`: one shard's accept loops, connection cap, Date timer, drain.
+//! - `shard`: one shard's accept loops, connection cap, Date timer, drain,
+//!   and its counters ([`ShardCounters`], read through [`local_counters`]).
 //! - `conn`: the connection loop: read, parse all pipelined requests, answer,
 //!   one write; header-read and idle timeouts.
 //! - [`app`]: the [`App`] / [`AppFactory`] boundary and [`Exchange`].

@@ -785,10 +785,13 @@ fn collector() -> (SocketAddr, mpsc::Receiver<(String, String)>) {
 fn spans_reach_the_collector_with_w3c_context() {
     let (col, spans) = collector();
     let up = Upstream::start(Behaviour::ok("from upstream"));
+    let dir = temp_dir("spans");
+    let log = dir.join("access.jsonl");
     let srv = start(
         &format!(
             r#"
 [observability]
+access_log = "{}"
 otlp_endpoint = "http://{col}/v1/traces"
 trace_sample_ratio = 0.0
 service_name = "obs-test"
@@ -808,6 +811,7 @@ method = "GET"
 path = "/plaintext"
 respond = {{ status = 200, body = "hi" }}
 "#,
+            log.display(),
             up.addr
         ),
         1,
@@ -864,6 +868,18 @@ respond = {{ status = 200, body = "hi" }}
         sent.contains(clients[0]["spanId"].as_str().unwrap()),
         "{sent}"
     );
+
+    // The access log carries the trace id (a new one when none came in).
+    drop(c);
+    srv.stop();
+    let lines = json_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let fresh = lines[0]["trace_id"].as_str().unwrap();
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[2]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -874,4 +890,56 @@ fn admin_endpoints_list_and_probes_still_work() {
     let r = admin_get(&srv, "/nope", &[]);
     assert_eq!(r.status, 404);
     assert!(r.text().contains("/metrics"));
+}
+
+#[test]
+fn reload_keeps_an_unchanged_route_cache_and_upstream_counters() {
+    let up = Upstream::start(Behaviour::reply(
+        Reply::ok("hi").header("Cache-Control", "max-age=60"),
+    ));
+    let dir = temp_dir("reload-cache");
+    let file = dir.join("shardline.toml");
+    let cfg = |extra: &str| {
+        format!(
+            "[[upstreams]]\nname = \"u\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"c\"\nmethod = \"GET\"\npath = \"/c\"\nupstream = \"u\"\ncache = {{ ttl = \"60s\" }}\n{extra}",
+            up.addr
+        )
+    };
+    write(&file, &cfg(""));
+    let srv = start_file(&file, 1);
+    let mut c = srv.client();
+    assert_eq!(
+        c.request(&get("/c", &[])).header("x-cache").as_deref(),
+        Some("MISS")
+    );
+    write(
+        &file,
+        &cfg(
+            "\n[[routes]]\nname = \"q\"\npath = \"/q\"\nrespond = { status = 200, body = \"q\" }\n",
+        ),
+    );
+    assert_eq!(post_reload(&srv).status, 200);
+    assert_eq!(
+        c.request(&get("/c", &[])).header("x-cache").as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(up.requests(), 1);
+    let target = up.addr.to_string();
+    let m = scrape(&srv);
+    assert_eq!(
+        m.value(
+            "shardline_upstream_requests_total",
+            &[("upstream", "u"), ("target", target.as_str())]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value("shardline_cache_hits_total", &[("route", "c")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("shardline_cache_misses_total", &[("route", "c")]),
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

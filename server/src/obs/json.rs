@@ -1,6 +1,7 @@
 //! Small JSON writing helpers for log lines and admin replies (no
 //! allocation per value; the output buffer is the caller's).
 
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Appends `s` as a JSON string (quotes included), escaping per RFC 8259 §7.
@@ -48,13 +49,14 @@ pub(crate) fn push_time(out: &mut Vec<u8>, secs: u64, millis: u32) {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    let s = format!(
+    // Written straight into the line buffer: no allocation per line.
+    let _ = write!(
+        out,
         "\"{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z\"",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     );
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).

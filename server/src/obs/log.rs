@@ -34,6 +34,29 @@ pub const LOG_FLUSH_MS: u64 = 200;
 /// How often the writer looks at the reopen flag when no lines arrive.
 const WRITER_TICK: Duration = Duration::from_millis(100);
 
+thread_local! {
+    /// This shard's log buffers, flushed when the shard's thread ends.
+    /// A connection task still running when a shard stops is not dropped
+    /// by the executor (it is leaked with what it references), so a
+    /// buffer's own `Drop` may never run; this guard flushes it anyway.
+    static EXIT_FLUSH: ExitFlush = const { ExitFlush(RefCell::new(Vec::new())) };
+}
+
+struct ExitFlush(RefCell<Vec<std::rc::Weak<ShardLog>>>);
+
+impl Drop for ExitFlush {
+    fn drop(&mut self) {
+        for log in self.0.borrow().iter().filter_map(std::rc::Weak::upgrade) {
+            log.flush();
+        }
+    }
+}
+
+/// Flushes `log` when this thread (shard) ends.
+pub(crate) fn flush_at_exit(log: &std::rc::Rc<ShardLog>) {
+    EXIT_FLUSH.with(|f| f.0.borrow_mut().push(std::rc::Rc::downgrade(log)));
+}
+
 /// One shard's end of a log stream.
 pub(crate) struct ShardLog {
     tx: Sender<Vec<u8>>,
@@ -123,6 +146,10 @@ impl LogStream {
 #[derive(Clone, Default)]
 pub struct LogControl {
     reopen: Vec<Arc<AtomicBool>>,
+    /// Set once the shards have ended: writers drain what is queued and
+    /// exit (they cannot wait for every sender to be dropped: see
+    /// `EXIT_FLUSH`).
+    stop: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -145,6 +172,7 @@ impl LogControl {
     /// Waits for the writers to finish (after the shards ended, which
     /// closes their channels).
     pub(crate) fn join(&self) {
+        self.stop.store(true, Ordering::Release);
         let handles: Vec<JoinHandle<()>> = match self.threads.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => return,
@@ -182,9 +210,10 @@ pub(crate) fn start(
     }
     let reopen = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&reopen);
+    let stop = Arc::clone(&control.stop);
     let handle = std::thread::Builder::new()
         .name(format!("{name}-writer"))
-        .spawn(move || writer(sink, receivers, &flag))
+        .spawn(move || writer(sink, receivers, &flag, &stop))
         .map_err(|e| format!("{name}: cannot start the writer thread: {e}"))?;
     control.reopen.push(reopen);
     if let Ok(mut t) = control.threads.lock() {
@@ -236,10 +265,24 @@ impl Sink {
     }
 }
 
-fn writer(mut sink: Sink, mut receivers: Vec<Receiver<Vec<u8>>>, reopen: &AtomicBool) {
+fn writer(
+    mut sink: Sink,
+    mut receivers: Vec<Receiver<Vec<u8>>>,
+    reopen: &AtomicBool,
+    stop: &AtomicBool,
+) {
     while !receivers.is_empty() {
         if reopen.swap(false, Ordering::AcqRel) {
             sink.reopen();
+        }
+        if stop.load(Ordering::Acquire) {
+            // The shards are gone: write what they left and finish.
+            for r in &receivers {
+                while let Ok(b) = r.try_recv() {
+                    sink.write(&b);
+                }
+            }
+            break;
         }
         let mut sel = Select::new();
         for r in &receivers {

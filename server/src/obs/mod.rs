@@ -25,6 +25,7 @@ pub(crate) mod slo;
 pub(crate) mod trace;
 
 use std::cell::Cell;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -123,11 +124,16 @@ impl ShardObs {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let access = access.map(Rc::new);
+        let audit = audit.map(Rc::new);
+        for l in access.iter().chain(audit.iter()) {
+            log::flush_at_exit(l);
+        }
         ShardObs {
             info,
             counters: shardline_shard::local_counters(),
-            access: access.map(Rc::new),
-            audit: audit.map(Rc::new),
+            access,
+            audit,
             tracer: tracer.map(Rc::new),
             started,
             rng: Cell::new((seed ^ ((info.id as u64 + 1) << 40)) | 1),
@@ -173,26 +179,32 @@ impl ShardObs {
                 None => {
                     let n = self.next_id.get();
                     self.next_id.set(n + 1);
-                    let id = format!(
-                        "{:016x}{:04x}{:012x}",
+                    let _ = write!(
+                        out,
+                        "\"{:016x}{:04x}{:012x}\"",
                         self.id_salt,
                         self.info.id & 0xffff,
                         n & 0xffff_ffff_ffff
                     );
-                    json::push_bytes(out, id.as_bytes());
                 }
             }
             out.extend_from_slice(b",\"trace_id\":");
             match c.trace {
-                Some(t) => json::push_bytes(out, t.trace_id_hex().as_bytes()),
+                Some(t) => {
+                    out.push(b'"');
+                    for b in t.trace_id {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                    out.push(b'"');
+                }
                 None => out.extend_from_slice(b"null"),
             }
-            let rest = format!(
+            let _ = write!(
+                out,
                 ",\"shard\":{},\"consumer\":null,\"client\":\"{}\",\"method\":",
                 self.info.id,
                 c.peer.ip()
             );
-            out.extend_from_slice(rest.as_bytes());
             json::push_bytes(out, c.method.as_bytes());
             out.extend_from_slice(b",\"route\":");
             if c.route.is_some() {
@@ -203,16 +215,19 @@ impl ShardObs {
             // The path only: a query string may carry secrets.
             out.extend_from_slice(b",\"path\":");
             json::push_bytes(out, c.path.as_bytes());
-            let rest = format!(
+            let _ = write!(
+                out,
                 ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream\":",
                 c.status,
                 c.bytes_in,
                 c.bytes_out,
                 took.as_secs_f64() * 1000.0
             );
-            out.extend_from_slice(rest.as_bytes());
             match c.upstream {
-                Some(a) => json::push_bytes(out, a.to_string().as_bytes()),
+                // An address's text needs no JSON escaping.
+                Some(a) => {
+                    let _ = write!(out, "\"{a}\"");
+                }
                 None => out.extend_from_slice(b"null"),
             }
             out.extend_from_slice(b",\"cache\":");

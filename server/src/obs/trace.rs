@@ -40,10 +40,6 @@ pub(crate) struct TraceContext {
 }
 
 impl TraceContext {
-    pub(crate) fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-
     /// The `traceparent` value naming `span` as the parent (what the
     /// upstream receives).
     pub(crate) fn header_for(&self, span: &[u8; 8]) -> String {
