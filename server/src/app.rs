@@ -565,6 +565,7 @@ impl GatewayApp {
             if io.has_body() {
                 io.close_after();
             }
+            count_rejection(inner, token, &r);
             reject_stream(io, &r).await;
             return None;
         }
@@ -579,6 +580,7 @@ impl GatewayApp {
                 }
             };
             if let Err(r) = res {
+                count_rejection(inner, token, &r);
                 reject_stream(io, &r).await;
                 return None;
             }
@@ -780,8 +782,11 @@ impl App for GatewayApp {
             Match::Found(&i, _) => match &inner.actions[i] {
                 // A fresh cache hit is answered inline, as cheaply as a
                 // `respond` route; everything else about the route is async.
+                // Head policies (request id, auth, CORS, rate limit) run
+                // inline too, in `serve_inline`; only a quota lease wait
+                // needs the streaming path.
                 ShardAction::Proxy(p)
-                    if !inner.policies.active(i)
+                    if !inner.policies.quota_waits(i)
                         && p.cache.as_ref().is_some_and(|c| {
                             let hit = crate::cache_glue::fresh_hit(c, head);
                             let found = hit.is_some();
@@ -979,6 +984,7 @@ fn serve_inline(
                 )
                 .and_then(|()| inner.policies.check_body(i, head, ex.body));
             if let Err(r) = checked {
+                count_rejection(inner, i, &r);
                 reject_inline(ex, &r);
                 ex.insert_headers(&passed.response_headers);
                 return Some(i);
@@ -1098,6 +1104,13 @@ fn idempotency_candidate(head: &RequestHead<'_, '_>) -> bool {
     matches!(head.method, "POST" | "PATCH") && head.header("idempotency-key").is_some()
 }
 
+/// The `shardline_policy_rejections` metric of route `i`.
+fn count_rejection(inner: &GatewayInner, i: usize, r: &Rejected) {
+    if let Some(m) = inner.route_metrics.routes.get(i) {
+        m.reject(&r.problem_type);
+    }
+}
+
 fn reject_inline(ex: &mut Exchange<'_>, r: &Rejected) {
     let hs = r.header_refs();
     match &r.body {
@@ -1167,6 +1180,7 @@ fn answer_preflight(inner: &GatewayInner, ex: &mut Exchange<'_>) -> bool {
             true
         }
         Some(Err(r)) => {
+            count_rejection(inner, i, &r);
             reject_inline(ex, &r);
             true
         }

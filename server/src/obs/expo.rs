@@ -242,6 +242,28 @@ pub(crate) fn render(snaps: &[ShardSnapshot], slos: &[SloReport], fmt: Format) -
             e.int(&[("route", name), ("class", class)], classes[i]);
         }
     }
+    let mut rejections: Vec<(&str, &str, u64)> = Vec::new();
+    for s in snaps {
+        for r in &s.routes {
+            for (reason, n) in &r.rejections {
+                match rejections
+                    .iter_mut()
+                    .find(|(route, why, _)| *route == r.name && why == reason)
+                {
+                    Some((_, _, c)) => *c += n,
+                    None => rejections.push((&r.name, reason, *n)),
+                }
+            }
+        }
+    }
+    e.family(
+        "shardline_policy_rejections",
+        Kind::Counter,
+        "Requests a route's policies refused, by reason (the problem type: unauthenticated, invalid-credentials, insufficient-scope, client-not-allowed, rate-limited, quota-exceeded, validation, idempotency, CORS).",
+    );
+    for (route, reason, n) in &rejections {
+        e.int(&[("route", route), ("reason", reason)], *n);
+    }
     e.family(
         "shardline_http_request_duration_seconds",
         Kind::Histogram,

@@ -87,6 +87,11 @@ pub(crate) struct RouteMetrics {
     pub name: Arc<str>,
     by_class: [Cell<u64>; 5],
     latency: RefCell<LatencyHistogram>,
+    /// Requests a policy refused, by the problem type's slug
+    /// (`unauthenticated`, `invalid-credentials`, `insufficient-scope`,
+    /// `rate-limited`, `quota-exceeded`, ...). A handful of distinct
+    /// reasons per route: a short list beats a map.
+    rejections: RefCell<Vec<(String, u64)>>,
 }
 
 impl RouteMetrics {
@@ -95,6 +100,18 @@ impl RouteMetrics {
             name,
             by_class: std::array::from_fn(|_| Cell::new(0)),
             latency: RefCell::new(LatencyHistogram::new()),
+            rejections: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Counts a request a policy refused; `reason` is the problem type's
+    /// last path segment.
+    pub(crate) fn reject(&self, problem_type: &str) {
+        let reason = problem_type.rsplit('/').next().unwrap_or(problem_type);
+        let mut r = self.rejections.borrow_mut();
+        match r.iter_mut().find(|(n, _)| n == reason) {
+            Some((_, c)) => *c += 1,
+            None => r.push((reason.to_string(), 1)),
         }
     }
 
@@ -109,6 +126,7 @@ impl RouteMetrics {
             name: self.name.to_string(),
             by_class: std::array::from_fn(|i| self.by_class[i].get()),
             latency: self.latency.borrow().clone(),
+            rejections: self.rejections.borrow().clone(),
         }
     }
 }
@@ -122,6 +140,8 @@ pub(crate) struct RouteSnapshot {
     pub name: String,
     pub by_class: [u64; 5],
     pub latency: LatencyHistogram,
+    /// (reason, count) of policy refusals.
+    pub rejections: Vec<(String, u64)>,
 }
 
 pub(crate) struct CountersSnapshot {
