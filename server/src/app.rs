@@ -890,6 +890,8 @@ impl App for GatewayApp {
 
     fn handle(&self, ex: &mut Exchange<'_>) {
         let inner = Rc::clone(&self.inner.borrow());
+        // A fresh hit found by `dispatch`: it is consumed when answered.
+        let had_hit = self.cache_hit.borrow().is_some();
         let route = if ex.token() == PREFLIGHT {
             let i = preflight_route(&inner, ex.head);
             if !answer_preflight(&inner, ex) {
@@ -919,7 +921,7 @@ impl App for GatewayApp {
                 bytes_in: ex.bytes_in(),
                 bytes_out: ex.bytes_out(),
                 upstream: None,
-                cache: None,
+                cache: (had_hit && self.cache_hit.borrow().is_none()).then_some("HIT"),
                 request_id,
                 trace: trace.as_ref(),
                 peer: ex.peer,

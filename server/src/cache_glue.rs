@@ -343,17 +343,13 @@ pub(crate) fn fresh_hit(
     if head.header("cache-control").is_some() && request_bypasses(&values(head, "cache-control")) {
         return None;
     }
-    let found = cache.store.borrow_mut().lookup(
+    cache.store.borrow_mut().lookup_fresh(
         head.method,
         head.path,
         head.query,
         |n| head.header(n),
         Instant::now(),
-    );
-    match found {
-        Lookup::Fresh(entry) => Some(entry),
-        _ => None,
-    }
+    )
 }
 
 /// Writes a fresh hit found by [`fresh_hit`] into the inline response.

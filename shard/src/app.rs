@@ -208,6 +208,7 @@ impl<'x> Exchange<'x> {
             return;
         }
         self.responded = true;
+        self.status = status;
         let opts = self.options();
         let delimit = if status == 304 {
             response::BodyDelimit::None

@@ -388,6 +388,28 @@ impl ResponseCache {
         found
     }
 
+    /// A fresh entry for the request, or `None`; a hit is counted, a miss
+    /// is not: this is the peek that decides whether a request can be
+    /// answered inline, and a request it sends on is looked up (and its miss
+    /// counted) again on the streaming path.
+    pub(crate) fn lookup_fresh<'h>(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        now: Instant,
+    ) -> Option<Rc<CachedResponse>> {
+        let misses = self.misses;
+        match self.lookup(method, path, query, req_header, now) {
+            Lookup::Fresh(r) => Some(r),
+            _ => {
+                self.misses = misses;
+                None
+            }
+        }
+    }
+
     fn lookup_key<'h>(
         &mut self,
         key: &[u8],

@@ -81,24 +81,13 @@ fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 /// invalid value (which is then ignored, §3.2.2.x "restart the trace").
 pub(crate) fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     let v = v.trim_ascii();
-    if v.len() < 55 {
-        return None;
-    }
-    let version = unhex::<1>(&v[0..2])?[0];
-    // Version ff is invalid; version 00 is exactly 55 bytes; a later
-    // version may append fields after a '-' (§3.2.4).
-    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
-        return None;
-    }
-    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
+    // The syntax rules (version ff, exact length of version 00, lower-case
+    // hex, all-zero ids) live in one place, shared with the request-id
+    // policy that forwards the header.
+    crate::policy::request_id::parse_traceparent(v)?;
     let trace_id = unhex::<16>(&v[3..35])?;
     let parent = unhex::<8>(&v[36..52])?;
     let flags = unhex::<1>(&v[53..55])?[0];
-    if trace_id == [0; 16] || parent == [0; 8] {
-        return None;
-    }
     Some((trace_id, parent, flags & 1 == 1))
 }
 
