@@ -943,3 +943,32 @@ fn reload_keeps_an_unchanged_route_cache_and_upstream_counters() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Requests a policy refuses are counted by route and reason.
+#[test]
+fn policy_rejections_are_counted_by_reason() {
+    let srv = start(
+        r#"
+[[routes]]
+name = "limited"
+method = "GET"
+path = "/limited"
+respond = { status = 200, body = "ok" }
+rate_limit = { per_minute = 1, burst = 1, key = "route" }
+"#,
+        1,
+    );
+    let mut c = srv.client();
+    assert_eq!(c.request(&get("/limited", &[])).status, 200);
+    for _ in 0..3 {
+        assert_eq!(c.request(&get("/limited", &[])).status, 429);
+    }
+    let m = scrape(&srv);
+    assert_eq!(
+        m.value(
+            "shardline_policy_rejections_total",
+            &[("route", "limited"), ("reason", "rate-limited")]
+        ),
+        3.0
+    );
+}
