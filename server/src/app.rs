@@ -341,34 +341,9 @@ pub(crate) struct GatewayApp {
     setup: Arc<ObsSetup>,
 }
 
-thread_local! {
-    /// The gateway app already built on this shard's thread, per factory:
-    /// the plain and the HTTPS listener serve the same routes, so they
-    /// share one app (its caches, limits, metrics, reload coordinator)
-    /// instead of each building its own.
-    static BUILT_APPS: RefCell<Vec<(usize, std::rc::Weak<GatewayApp>)>> =
-        const { RefCell::new(Vec::new()) };
-}
-
 impl AppFactory for GatewayFactory {
     fn build(&self, shard: ShardInfo) -> Rc<dyn App> {
-        let key = self as *const GatewayFactory as usize;
-        let built = BUILT_APPS.with(|b| {
-            b.borrow()
-                .iter()
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, w)| w.upgrade())
-        });
-        if let Some(app) = built {
-            return app;
-        }
-        let app = self.build_app(shard);
-        BUILT_APPS.with(|b| {
-            let mut b = b.borrow_mut();
-            b.retain(|(_, w)| w.strong_count() > 0);
-            b.push((key, Rc::downgrade(&app)));
-        });
-        app
+        self.build_app(shard)
     }
 }
 

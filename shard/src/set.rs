@@ -15,7 +15,9 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use shardline_protocol::limits::Limits;
 
-use crate::app::{AppFactory, ShardInfo};
+use std::rc::Rc;
+
+use crate::app::{App, AppFactory, ShardInfo};
 use crate::shard::{self, BoundListener};
 use crate::tls::{LocalTls, TlsAcceptor};
 
@@ -266,6 +268,11 @@ async fn shard_main(
     let start_mesh = mesh_ends.map(|ends| crate::mesh::install(info.id, ends));
     let mut bound = Vec::new();
     let mut bound_addrs = Vec::new();
+    // One app per factory on this shard: listeners that share a factory
+    // (the plain and the HTTPS listener of one gateway) share its state —
+    // caches, limits, metrics, reload — instead of each building its own.
+    type Built<'s> = (&'s Arc<dyn AppFactory>, Rc<dyn App>);
+    let mut apps: Vec<Built<'_>> = Vec::new();
     for (spec, addr) in specs.iter().zip(addrs) {
         if spec.placement == ListenerPlacement::FirstShard && info.id != 0 {
             bound_addrs.push(addr);
@@ -280,9 +287,17 @@ async fn shard_main(
         };
         let local = listener.local_addr().unwrap_or(addr);
         bound_addrs.push(local);
+        let app = match apps.iter().find(|(f, _)| Arc::ptr_eq(f, &spec.app)) {
+            Some((_, app)) => Rc::clone(app),
+            None => {
+                let app = spec.app.build(info);
+                apps.push((&spec.app, Rc::clone(&app)));
+                app
+            }
+        };
         bound.push(BoundListener {
             listener,
-            app: spec.app.build(info),
+            app,
             max_connections: spec
                 .max_connections
                 .unwrap_or(limits.max_connections_per_shard),

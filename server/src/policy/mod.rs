@@ -191,33 +191,12 @@ fn default_request_id(action: &Action, p: &RoutePolicyConfig) -> bool {
     matches!(action, Action::Upstream(_) | Action::Aggregate(_)) || p.any()
 }
 
-thread_local! {
-    /// This shard's policies per config (by address): a second listener
-    /// built from the same config (HTTPS beside HTTP) must share the
-    /// limiter tables and the mesh subscription, or limits would count
-    /// twice.
-    static BUILT: RefCell<Vec<(usize, std::rc::Weak<ShardPolicies>)>> = const { RefCell::new(Vec::new()) };
-}
-
 impl ShardPolicies {
-    /// This shard's policies for `cfg`, built once per shard and config.
+    /// This shard's policies for `cfg` (one config generation). The
+    /// plain and HTTPS listeners share them because the shard builds one
+    /// app per factory (`ShardSet`).
     pub(crate) fn for_shard(cfg: &std::sync::Arc<Config>, shard: ShardInfo) -> Rc<ShardPolicies> {
-        let id = std::sync::Arc::as_ptr(cfg) as usize;
-        if let Some(p) = BUILT.with(|b| {
-            b.borrow()
-                .iter()
-                .find(|(k, _)| *k == id)
-                .and_then(|(_, w)| w.upgrade())
-        }) {
-            return p;
-        }
-        let p = Rc::new(ShardPolicies::new(cfg, shard));
-        BUILT.with(|b| {
-            let mut b = b.borrow_mut();
-            b.retain(|(_, w)| w.strong_count() > 0);
-            b.push((id, Rc::downgrade(&p)));
-        });
-        p
+        Rc::new(ShardPolicies::new(cfg, shard))
     }
 
     fn new(cfg: &Config, shard: ShardInfo) -> ShardPolicies {
