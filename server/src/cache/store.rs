@@ -378,14 +378,16 @@ impl ResponseCache {
         req_header: impl Fn(&str) -> Option<&'h [u8]>,
         now: Instant,
     ) -> Lookup {
-        let mut key = mem::take(&mut self.key_buf);
-        let found = if write_primary_key(&mut key, method, path, query) {
-            self.lookup_key(&key, req_header, now)
-        } else {
-            Lookup::Miss
-        };
-        self.key_buf = key;
-        found
+        match self.find(method, path, query, req_header, now) {
+            None => Lookup::Miss,
+            Some(found) => {
+                match found {
+                    Lookup::Fresh(_) => self.hits += 1,
+                    Lookup::Stale(_) | Lookup::Miss => self.misses += 1,
+                }
+                found
+            }
+        }
     }
 
     /// A fresh entry for the request, or `None`; a hit is counted, a miss
@@ -400,14 +402,30 @@ impl ResponseCache {
         req_header: impl Fn(&str) -> Option<&'h [u8]>,
         now: Instant,
     ) -> Option<Rc<CachedResponse>> {
-        let misses = self.misses;
-        match self.lookup(method, path, query, req_header, now) {
-            Lookup::Fresh(r) => Some(r),
-            _ => {
-                self.misses = misses;
-                None
+        match self.find(method, path, query, req_header, now) {
+            Some(Lookup::Fresh(r)) => {
+                self.hits += 1;
+                Some(r)
             }
+            _ => None,
         }
+    }
+
+    /// The lookup itself, uncounted; `None` for a method that is never
+    /// cached.
+    fn find<'h>(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        now: Instant,
+    ) -> Option<Lookup> {
+        let mut key = mem::take(&mut self.key_buf);
+        let found = write_primary_key(&mut key, method, path, query)
+            .then(|| self.lookup_key(&key, req_header, now));
+        self.key_buf = key;
+        found
     }
 
     fn lookup_key<'h>(
@@ -417,7 +435,6 @@ impl ResponseCache {
         now: Instant,
     ) -> Lookup {
         let Some(entry) = self.lru.get_mut(key) else {
-            self.misses += 1;
             return Lookup::Miss;
         };
         let vary = &entry.vary;
@@ -426,15 +443,12 @@ impl ResponseCache {
             .iter()
             .position(|v| vary_matches(vary, &v.vary_values, &req_header))
         else {
-            self.misses += 1;
             return Lookup::Miss;
         };
         let response = Rc::clone(&entry.variants[i].response);
         if now < response.fresh_until {
-            self.hits += 1;
             return Lookup::Fresh(response);
         }
-        self.misses += 1;
         if now < response.stale_until {
             return Lookup::Stale(response);
         }
