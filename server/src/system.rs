@@ -163,17 +163,3 @@ pub(crate) fn peek_idle(fd: std::os::fd::RawFd) -> IdleSocket {
     }
     IdleSocket::Unusable
 }
-
-/// One non-blocking `recv` into `buf`, without registering interest with
-/// the shard's ring when nothing is there (`WouldBlock`).
-#[allow(unsafe_code)]
-pub(crate) fn try_recv(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, a valid,
-    // writable, exclusively borrowed slice that outlives the call; `fd` is
-    // borrowed from a live socket owned by the caller.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}

@@ -34,7 +34,7 @@ pub mod router;
 pub mod set;
 mod shard;
 pub mod stream;
-mod sys;
+pub mod sys;
 pub mod timeouts;
 pub mod tls;
 mod transport;

@@ -2,7 +2,8 @@
 //! socket glommio owns, so that a read can be retried after yielding to
 //! the shard's other tasks without arming an io_uring poll (see
 //! `ShardLimits::read_yields`). glommio's `TcpStream` exposes only
-//! `AsRawFd`, not `AsFd`, so no safe socket API can borrow it.
+//! `AsRawFd`, not `AsFd`, so no safe socket API can borrow it. The
+//! gateway's upstream reads use the same function.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -10,7 +11,7 @@ use std::os::fd::RawFd;
 
 /// One `recv(fd, buf, MSG_DONTWAIT)`: `Ok(0)` is EOF, `WouldBlock` means
 /// nothing is there yet.
-pub(crate) fn try_recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn try_recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, a valid,
     // exclusively borrowed slice that outlives the call; `fd` is borrowed
     // from a socket the caller owns and keeps open for the call.

@@ -182,7 +182,7 @@ impl RespBuf {
         if let Some(fd) = stream.plain_fd() {
             for _ in 0..self.yields {
                 futures_lite::future::yield_now().await;
-                match crate::system::try_recv(fd, &mut self.data[self.end..]) {
+                match shardline_shard::sys::try_recv(fd, &mut self.data[self.end..]) {
                     Ok(n) => {
                         self.end += n;
                         return Ok(n);
