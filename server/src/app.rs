@@ -16,8 +16,8 @@ use std::time::Instant;
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::Response as ProtoResponse;
 use shardline_shard::{
-    App, AppFactory, ClientIo, Dispatch, Exchange, Match, Methods, Router, ShardInfo, StreamFuture,
-    StreamRequest,
+    App, AppFactory, ClientIo, Dispatch, Exchange, Match, Methods, Params, Router, ShardInfo,
+    StreamFuture, StreamRequest,
 };
 
 use crate::aggregate::{self, Aggregate};
@@ -497,14 +497,11 @@ impl GatewayApp {
         inner: &GatewayInner,
         token: usize,
         req: &StreamRequest,
+        params: &Params<'_, '_>,
         io: &mut ClientIo<'_>,
     ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
         let mut fields = Vec::new();
         let head = req.head(&mut fields);
-        let params = match inner.router.at(head.method, head.path) {
-            Match::Found(_, params) => params,
-            _ => Default::default(),
-        };
         let mut passed = Passed::default();
         let tls_id = io.tls_client_identity();
         let wait = pol::CheckMode {
@@ -514,7 +511,7 @@ impl GatewayApp {
         let mut checked =
             inner
                 .policies
-                .check(token, &head, io.peer(), tls_id, &params, &mut passed, wait);
+                .check(token, &head, io.peer(), tls_id, params, &mut passed, wait);
         if let Err(Rejected {
             wait_lease: Some(full),
             ..
@@ -532,7 +529,7 @@ impl GatewayApp {
             checked =
                 inner
                     .policies
-                    .check(token, &head, io.peer(), tls_id, &params, &mut passed, retry);
+                    .check(token, &head, io.peer(), tls_id, params, &mut passed, retry);
         }
         io.add_response_headers(&passed.response_headers);
         if let Err(r) = checked {
@@ -572,14 +569,11 @@ impl GatewayApp {
         action: &ShardAction,
         token: usize,
         req: &StreamRequest,
+        params: &Params<'_, '_>,
         io: &mut ClientIo<'_>,
     ) {
         let mut fields = Vec::new();
         let head = req.head(&mut fields);
-        let params = match inner.router.at(head.method, head.path) {
-            Match::Found(_, params) => params,
-            _ => Default::default(),
-        };
         match action {
             ShardAction::Proxy(p) => {
                 // The path sent upstream, from the route's params.
@@ -587,12 +581,12 @@ impl GatewayApp {
                     head.path,
                     p.strip_prefix.as_deref(),
                     p.rewrite.as_deref(),
-                    &params,
+                    params,
                 );
                 crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
             }
             ShardAction::Aggregate(a) => {
-                aggregate::serve(a, &self.gw, &head, &params, io).await;
+                aggregate::serve(a, &self.gw, &head, params, io).await;
             }
             ShardAction::Respond { .. } | ShardAction::Handler(_) => {
                 // A synchronous action sent down this path by a policy
@@ -608,14 +602,7 @@ impl GatewayApp {
                 // The policies already ran on this path: answer with the
                 // route's action alone.
                 io.serve_inline(&head, &body, token, |ex| {
-                    match inner.router.at(ex.head.method, ex.head.path) {
-                        Match::Found(&i, params) => {
-                            serve_route(inner, &self.cache_hit, i, params, ex)
-                        }
-                        _ => {
-                            serve_inline(inner, &self.cache_hit, ex);
-                        }
-                    }
+                    serve_route(inner, &self.cache_hit, token, *params, ex)
                 })
                 .await;
             }
@@ -631,6 +618,7 @@ impl GatewayApp {
         action: &ShardAction,
         token: usize,
         req: &StreamRequest,
+        params: &Params<'_, '_>,
         consumer: Option<Vec<u8>>,
         io: &mut ClientIo<'_>,
     ) {
@@ -640,7 +628,8 @@ impl GatewayApp {
         let key = match head.header("idempotency-key") {
             Some(k) if idempotency_candidate(&head) => k.to_vec(),
             _ => {
-                self.run_stream_action(inner, action, token, req, io).await;
+                self.run_stream_action(inner, action, token, req, params, io)
+                    .await;
                 return;
             }
         };
@@ -675,7 +664,8 @@ impl GatewayApp {
                     done: false,
                 };
                 io.capture_response(cfg.max_response_bytes);
-                self.run_stream_action(inner, action, token, req, io).await;
+                self.run_stream_action(inner, action, token, req, params, io)
+                    .await;
                 let captured = io.take_captured();
                 let store = if io.is_broken() {
                     None
@@ -796,9 +786,9 @@ impl App for GatewayApp {
             // Matched again on this generation's table (a reload may have
             // changed it since dispatch; the token's index is then stale).
             let _ = untoken(token);
-            let index = match inner.router.at(head.method, head.path) {
-                Match::Found(&i, _) => i,
-                _ => usize::MAX,
+            let (index, params) = match inner.router.at(head.method, head.path) {
+                Match::Found(&i, params) => (i, params),
+                _ => (usize::MAX, Params::default()),
             };
             let trace = self.trace_context(&head);
             if let Some(t) = &trace {
@@ -806,19 +796,22 @@ impl App for GatewayApp {
             }
             match inner.actions.get(index) {
                 Some(action) if !inner.policies.active(index) => {
-                    self.run_stream_action(&inner, action, index, req, io).await;
+                    self.run_stream_action(&inner, action, index, req, &params, io)
+                        .await;
                 }
                 Some(action) => {
                     if let Some((req, consumer)) =
-                        self.stream_policies(&inner, index, req, io).await
+                        self.stream_policies(&inner, index, req, &params, io).await
                     {
                         match inner.policies.idempotency(index) {
                             Some(cfg) => {
-                                self.idempotent(&inner, cfg, action, index, &req, consumer, io)
-                                    .await
+                                self.idempotent(
+                                    &inner, cfg, action, index, &req, &params, consumer, io,
+                                )
+                                .await
                             }
                             None => {
-                                self.run_stream_action(&inner, action, index, &req, io)
+                                self.run_stream_action(&inner, action, index, &req, &params, io)
                                     .await
                             }
                         }
