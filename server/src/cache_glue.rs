@@ -354,12 +354,7 @@ pub(crate) fn fresh_hit(
 
 /// Writes a fresh hit found by [`fresh_hit`] into the inline response.
 pub(crate) fn answer_hit_inline(ex: &mut Exchange<'_>, entry: &CachedResponse) {
-    // Most hits carry no validator: no vector for them.
-    let inm = if ex.head.header("if-none-match").is_some() {
-        values(ex.head, "if-none-match")
-    } else {
-        Vec::new()
-    };
+    let inm = values(ex.head, "if-none-match");
     let age = entry.age_secs(Instant::now());
     let mut digits = itoa::Buffer::new();
     let age = digits.format(age).as_bytes();
