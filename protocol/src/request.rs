@@ -14,8 +14,8 @@ use crate::error::{Error, ErrorKind};
 use crate::framing::{check_framing, BodyFraming};
 use crate::limits::{Limits, MAX_LEADING_EMPTY_LINES, REQUEST_LINE_SLACK_BYTES};
 use crate::syntax::{
-    hex_val, is_pchar, is_sub_delim, is_tchar, is_unreserved, list_elements, TARGET_CLASS,
-    TARGET_PATH, TARGET_QUERY,
+    find_cr_or_lf, hex_val, is_pchar, is_sub_delim, is_tchar, is_unreserved, list_elements,
+    TARGET_CLASS, TARGET_PATH, TARGET_QUERY,
 };
 
 /// Protocol version of a request (RFC 9112 §2.3). Only these two are served.
@@ -405,34 +405,6 @@ fn scan_head<'b>(buf: &'b [u8], limits: &Limits) -> Result<HeadScan<'b>, Error> 
             line_bytes: &buf[fields_start..line_start],
         },
     })
-}
-
-/// Offset of the first CR or LF in `s`, eight bytes at a time: a head is
-/// scanned on every request, and a byte-at-a-time loop was most of the
-/// parser's cost over httparse's.
-fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        // A byte of `x` is zero where `w` holds CR (resp. LF); the classic
-        // has-zero-byte test flags it. Only bytes after a true match can be
-        // false positives, and the lowest flag is the first match.
-        let x = w ^ (ONES * u64::from(b'\r'));
-        let y = w ^ (ONES * u64::from(b'\n'));
-        let hits = (x.wrapping_sub(ONES) & !x & HIGHS) | (y.wrapping_sub(ONES) & !y & HIGHS);
-        if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    s[i..]
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .map(|p| i + p)
 }
 
 /// Bytes that no request-target may contain (RFC 3986 §2, RFC 9112 §3.2),

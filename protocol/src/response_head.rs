@@ -18,7 +18,7 @@
 
 use httparse::Header;
 
-use crate::syntax::{is_token, list_elements, trim_ows};
+use crate::syntax::{find_cr_or_lf, is_token, list_elements, trim_ows};
 
 /// Default cap on a whole response head: status line, header fields and the
 /// final blank line, in bytes. Upstream API heads are a few hundred bytes;
@@ -628,33 +628,6 @@ fn parse_status_line(line: &[u8]) -> Result<StatusLine<'_>, ResponseError> {
         status,
         reason: std::str::from_utf8(reason).unwrap_or(""),
     })
-}
-
-/// Offset of the first CR or LF in `s`, eight bytes at a time (the same
-/// technique as the request parser: a head is scanned for every response).
-fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        // A byte of `x` is zero where `w` holds CR (resp. LF); the classic
-        // has-zero-byte test flags it. Only bytes after a true match can be
-        // false positives, and the lowest flag is the first match.
-        let x = w ^ (ONES * u64::from(b'\r'));
-        let y = w ^ (ONES * u64::from(b'\n'));
-        let hits = (x.wrapping_sub(ONES) & !x & HIGHS) | (y.wrapping_sub(ONES) & !y & HIGHS);
-        if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    s[i..]
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .map(|p| i + p)
 }
 
 #[cfg(test)]
