@@ -498,6 +498,7 @@ impl GatewayApp {
         token: usize,
         req: &StreamRequest,
         params: &Params<'_, '_>,
+        request_id: &mut Option<Vec<u8>>,
         io: &mut ClientIo<'_>,
     ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
         let mut fields = Vec::new();
@@ -532,6 +533,7 @@ impl GatewayApp {
                     .check(token, &head, io.peer(), tls_id, params, &mut passed, retry);
         }
         io.add_response_headers(&passed.response_headers);
+        request_id.clone_from(&passed.request_id);
         if let Err(r) = checked {
             // The body is not read: close rather than read it for nothing.
             if io.has_body() {
@@ -794,14 +796,17 @@ impl App for GatewayApp {
             if let Some(t) = &trace {
                 io.set_traceparent(t.header_for(&t.span_id));
             }
+            // A request id the policies generated, for the access log.
+            let mut policy_id: Option<Vec<u8>> = None;
             match inner.actions.get(index) {
                 Some(action) if !inner.policies.active(index) => {
                     self.run_stream_action(&inner, action, index, req, &params, io)
                         .await;
                 }
                 Some(action) => {
-                    if let Some((req, consumer)) =
-                        self.stream_policies(&inner, index, req, &params, io).await
+                    if let Some((req, consumer)) = self
+                        .stream_policies(&inner, index, req, &params, &mut policy_id, io)
+                        .await
                     {
                         match inner.policies.idempotency(index) {
                             Some(cfg) => {
@@ -844,7 +849,7 @@ impl App for GatewayApp {
                     bytes_out: io.bytes_out(),
                     upstream: io.upstream(),
                     cache: io.cache_status(),
-                    request_id: head.header("x-request-id"),
+                    request_id: policy_id.as_deref().or(head.header("x-request-id")),
                     trace: trace.as_ref(),
                     peer: req.peer,
                 },
@@ -860,20 +865,22 @@ impl App for GatewayApp {
         let inner = Rc::clone(&self.inner.borrow());
         // A fresh hit found by `dispatch`: it is consumed when answered.
         let had_hit = self.cache_hit.borrow().is_some();
+        // A request id the policies generated, for the access log.
+        let mut policy_id: Option<Vec<u8>> = None;
         let route = if ex.token() == PREFLIGHT {
             let i = preflight_route(&inner, ex.head);
             if !answer_preflight(&inner, ex) {
-                serve_inline(&inner, &self.cache_hit, ex);
+                serve_inline(&inner, &self.cache_hit, ex, &mut policy_id);
             }
             i
         } else {
-            serve_inline(&inner, &self.cache_hit, ex)
+            serve_inline(&inner, &self.cache_hit, ex, &mut policy_id)
         };
         let head = ex.head;
         // Header lookups only when something will use them.
         let trace = self.trace_context(head);
         let request_id = if self.obs.access.is_some() {
-            head.header("x-request-id")
+            policy_id.as_deref().or(head.header("x-request-id"))
         } else {
             None
         };
@@ -906,6 +913,7 @@ fn serve_inline(
     inner: &GatewayInner,
     cache_hit: &RefCell<Option<Rc<crate::cache::CachedResponse>>>,
     ex: &mut Exchange<'_>,
+    request_id: &mut Option<Vec<u8>>,
 ) -> Option<usize> {
     let head = ex.head;
     let (generation, token) = untoken(ex.token());
@@ -953,6 +961,7 @@ fn serve_inline(
                     Default::default(),
                 )
                 .and_then(|()| inner.policies.check_body(i, head, ex.body));
+            *request_id = passed.request_id.take();
             if let Err(r) = checked {
                 count_rejection(inner, i, &r);
                 reject_inline(ex, &r);

@@ -972,3 +972,57 @@ rate_limit = { per_minute = 1, burst = 1, key = "route" }
         3.0
     );
 }
+
+/// A request id the server generates (request ids are on by default for
+/// upstream routes and any route with a policy) is the one the access log
+/// records, on the streaming and on the inline path.
+#[test]
+fn access_log_records_the_generated_request_id() {
+    let dir = temp_dir("access-rid");
+    let log = dir.join("access.jsonl");
+    let up = Upstream::start(Behaviour::reply(Reply::ok("hi")));
+    let srv = start(
+        &format!(
+            r#"
+[observability]
+access_log = "{}"
+
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "proxied"
+method = "GET"
+path = "/p"
+upstream = "u"
+
+[[routes]]
+name = "limited"
+method = "GET"
+path = "/l"
+respond = {{ status = 200, body = "ok" }}
+rate_limit = {{ per_minute = 100, burst = 100, key = "route" }}
+"#,
+            log.display(),
+            up.addr
+        ),
+        1,
+    );
+    let mut c = srv.client();
+    let ids: Vec<String> = ["/p", "/l"]
+        .iter()
+        .map(|p| {
+            let r = c.request(&get(p, &[]));
+            assert_eq!(r.status, 200, "{}", r.summary());
+            r.header("x-request-id").expect("a generated X-Request-Id")
+        })
+        .collect();
+    drop(c);
+    srv.stop();
+    let lines = json_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["request_id"], ids[0].as_str());
+    assert_eq!(lines[1]["request_id"], ids[1].as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+}

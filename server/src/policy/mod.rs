@@ -137,7 +137,8 @@ pub(crate) struct Passed {
     /// Raw `Name: value\r\n` lines to add to the response (also to a
     /// refusal's response).
     pub response_headers: Vec<u8>,
-    /// The request id and this hop's traceparent, for the upstream.
+    /// The request id (sent upstream, and what the access log records)
+    /// and this hop's traceparent (for the upstream).
     pub request_id: Option<Vec<u8>>,
     pub traceparent: Option<[u8; request_id::TRACEPARENT_LEN]>,
     /// The consumer id, when a later stage needs it (idempotency scope).
@@ -415,8 +416,8 @@ impl ShardPolicies {
             out.extend_from_slice(b"X-Request-Id: ");
             out.extend_from_slice(id);
             out.extend_from_slice(b"\r\n");
+            passed.request_id = Some(id.to_vec());
             if p.forwards {
-                passed.request_id = Some(id.to_vec());
                 passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
             }
             rid = id;
