@@ -264,12 +264,79 @@ pub fn encode_forwarded_head<'a>(
     date: &DateCache,
 ) {
     let status = sanitize_status(status);
+    write_status_line(out, status);
+    let has_date = write_forwarded_fields(out, headers);
+    finish_forwarded_head(out, status, has_date, delimit, opts, date);
+}
+
+/// Forwarded header fields checked and encoded once (a cache entry's
+/// stored fields), so that each hit copies them instead of checking every
+/// name and value again: what [`encode_forwarded_head`] would write for
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedFields {
+    lines: Box<[u8]>,
+    has_date: bool,
+}
+
+impl PreparedFields {
+    /// Checks and encodes `headers` as [`encode_forwarded_head`] would.
+    pub fn new<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut lines = Vec::new();
+        let has_date = write_forwarded_fields(&mut lines, headers);
+        PreparedFields {
+            lines: lines.into_boxed_slice(),
+            has_date,
+        }
+    }
+
+    /// Encoded size in bytes (cache accounting).
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// No field survived (or none was given).
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// [`encode_forwarded_head`] for prepared fields, plus `extra` lines
+/// that are already `Name: value\r\n` (the caller's own, e.g. `Age`,
+/// `X-Cache` and what the route's policies add).
+pub fn encode_prepared_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    fields: &PreparedFields,
+    extra: &[&[u8]],
+    delimit: BodyDelimit,
+    opts: EncodeOptions,
+    date: &DateCache,
+) {
+    let status = sanitize_status(status);
+    write_status_line(out, status);
+    out.extend_from_slice(&fields.lines);
+    for e in extra {
+        out.extend_from_slice(e);
+    }
+    finish_forwarded_head(out, status, fields.has_date, delimit, opts, date);
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: u16) {
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(num.format(status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the fields whose names are tokens, values sanitized; returns
+/// whether one was `Date`.
+fn write_forwarded_fields<'a>(
+    out: &mut Vec<u8>,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> bool {
     let mut has_date = false;
     for (name, value) in headers {
         if !is_token(name.as_bytes()) {
@@ -281,6 +348,17 @@ pub fn encode_forwarded_head<'a>(
         write_sanitized_value(out, value);
         out.extend_from_slice(b"\r\n");
     }
+    has_date
+}
+
+fn finish_forwarded_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    has_date: bool,
+    delimit: BodyDelimit,
+    opts: EncodeOptions,
+    date: &DateCache,
+) {
     if !has_date {
         out.extend_from_slice(b"Date: ");
         out.extend_from_slice(date.as_bytes());
@@ -288,6 +366,7 @@ pub fn encode_forwarded_head<'a>(
     }
     match delimit {
         BodyDelimit::Length(n) if status_has_content(status) => {
+            let mut num = itoa::Buffer::new();
             out.extend_from_slice(b"Content-Length: ");
             out.extend_from_slice(num.format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -381,6 +460,46 @@ fn write_sanitized_value(out: &mut Vec<u8>, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_head_equals_forwarded_head() {
+        let fields: [(&str, &[u8]); 4] = [
+            ("Content-Type", b"text/plain"),
+            ("Bad Name", b"dropped"),
+            ("X-Odd", b"a\r\nInjected: 1"),
+            ("ETag", b"\"x\""),
+        ];
+        let extra: [(&str, &[u8]); 2] = [("Age", b"3"), ("X-Cache", b"HIT")];
+        for (version, keep_alive, head) in [
+            (Version::Http11, true, false),
+            (Version::Http10, true, true),
+            (Version::Http11, false, false),
+        ] {
+            let o = opts(version, keep_alive, head);
+            let mut a = Vec::new();
+            encode_forwarded_head(
+                &mut a,
+                200,
+                fields.iter().copied().chain(extra.iter().copied()),
+                BodyDelimit::Length(5),
+                o,
+                &date(),
+            );
+            let prepared = PreparedFields::new(fields.iter().copied());
+            let mut b = Vec::new();
+            encode_prepared_head(
+                &mut b,
+                200,
+                &prepared,
+                &[b"Age: 3\r\n", b"X-Cache: HIT\r\n"],
+                BodyDelimit::Length(5),
+                o,
+                &date(),
+            );
+            assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+            assert!(!String::from_utf8_lossy(&b).contains("\r\nInjected"));
+        }
+    }
     use crate::error::ErrorKind;
 
     const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";

@@ -923,7 +923,7 @@ fn serve_inline(
     {
         if let Some(ShardAction::Proxy(_)) = inner.actions.get(token) {
             if let Some(entry) = cache_hit.borrow_mut().take() {
-                crate::cache_glue::answer_hit_inline(ex, &entry);
+                crate::cache_glue::answer_hit_inline(ex, &entry, b"");
                 return Some(token);
             }
         }
@@ -969,8 +969,21 @@ fn serve_inline(
                 return Some(i);
             }
         }
-        serve_route(inner, cache_hit, i, params, ex);
-        ex.insert_headers(&passed.response_headers);
+        // A cache hit writes the policies' fields in its head; anything
+        // else gets them inserted after it is encoded.
+        let hit = match inner.actions.get(i) {
+            Some(ShardAction::Proxy(_)) => cache_hit.borrow_mut().take(),
+            _ => None,
+        };
+        match hit {
+            Some(entry) => {
+                crate::cache_glue::answer_hit_inline(ex, &entry, &passed.response_headers)
+            }
+            None => {
+                serve_route(inner, cache_hit, i, params, ex);
+                ex.insert_headers(&passed.response_headers);
+            }
+        }
         return Some(i);
     }
     match matched {
@@ -1063,7 +1076,7 @@ fn serve_route(
         }
         ShardAction::Proxy(_) if cache_hit.borrow().is_some() => {
             if let Some(entry) = cache_hit.borrow_mut().take() {
-                crate::cache_glue::answer_hit_inline(ex, &entry);
+                crate::cache_glue::answer_hit_inline(ex, &entry, b"");
             }
         }
         // Dispatched to the streaming path; never reached.

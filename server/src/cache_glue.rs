@@ -352,29 +352,30 @@ pub(crate) fn fresh_hit(
     )
 }
 
-/// Writes a fresh hit found by [`fresh_hit`] into the inline response.
-pub(crate) fn answer_hit_inline(ex: &mut Exchange<'_>, entry: &CachedResponse) {
+/// Writes a fresh hit found by [`fresh_hit`] into the inline response,
+/// with `policy_lines` (raw `Name: value\r\n` lines the route's policies
+/// add, e.g. `X-Request-Id`) in its head. The stored fields were checked
+/// and encoded when stored, so a hit copies them.
+pub(crate) fn answer_hit_inline(
+    ex: &mut Exchange<'_>,
+    entry: &CachedResponse,
+    policy_lines: &[u8],
+) {
     let inm = values(ex.head, "if-none-match");
     let age = entry.age_secs(Instant::now());
+    // "Age: " + at most 20 digits + CRLF.
+    let mut age_line = [0u8; 27];
     let mut digits = itoa::Buffer::new();
-    let age = digits.format(age).as_bytes();
-    let extra: [(&str, &[u8]); 2] = [("Age", age), ("X-Cache", b"HIT")];
+    let digits = digits.format(age).as_bytes();
+    let n = 5 + digits.len();
+    age_line[..5].copy_from_slice(b"Age: ");
+    age_line[5..n].copy_from_slice(digits);
+    age_line[n..n + 2].copy_from_slice(b"\r\n");
+    let extra: [&[u8]; 3] = [&age_line[..n + 2], b"X-Cache: HIT\r\n", policy_lines];
     if !inm.is_empty() && entry.matches_if_none_match(&inm) {
-        ex.respond_fields(
-            304,
-            entry.not_modified_headers().chain(extra.iter().copied()),
-            b"",
-        );
+        ex.respond_prepared(304, &entry.prepared_not_modified, &extra, b"");
     } else {
-        ex.respond_fields(
-            entry.status,
-            entry
-                .headers
-                .iter()
-                .map(|(n, v)| (&**n, &**v))
-                .chain(extra.iter().copied()),
-            &entry.body,
-        );
+        ex.respond_prepared(entry.status, &entry.prepared, &extra, &entry.body);
     }
 }
 

@@ -221,6 +221,33 @@ impl<'x> Exchange<'x> {
         }
     }
 
+    /// [`Exchange::respond_fields`] for fields prepared once
+    /// ([`response::PreparedFields`], e.g. a cache entry's), plus `extra`
+    /// raw `Name: value\r\n` lines.
+    pub fn respond_prepared(
+        &mut self,
+        status: u16,
+        fields: &response::PreparedFields,
+        extra: &[&[u8]],
+        body: &[u8],
+    ) {
+        if self.responded {
+            return;
+        }
+        self.responded = true;
+        self.status = status;
+        let opts = self.options();
+        let delimit = if status == 304 {
+            response::BodyDelimit::None
+        } else {
+            response::BodyDelimit::Length(body.len() as u64)
+        };
+        response::encode_prepared_head(self.out, status, fields, extra, delimit, opts, self.date);
+        if !opts.head && !matches!(status, 100..=199 | 204 | 304) {
+            self.out.extend_from_slice(body);
+        }
+    }
+
     /// An RFC 9457 problem response.
     pub fn problem(
         &mut self,

@@ -502,3 +502,37 @@ fn pipelined_hits_and_misses_are_answered_in_order() {
     }
     assert_eq!(up.requests(), 2);
 }
+
+/// A hit is written from fields encoded when the entry was stored, with
+/// the policies' own fields in its head: each once, the request id new per
+/// request (or the client's), also on a 304.
+#[test]
+fn hits_carry_the_policies_fields_once() {
+    let up = cache_upstream();
+    let srv = TestServer::start_toml(&cache_config(&up, "60s", ""));
+    let mut c = srv.client();
+    let miss = expect(&mut c, "/ids", &[], "MISS", "/ids#1");
+    let hit = expect(&mut c, "/ids", &[], "HIT", "/ids#1");
+    for r in [&miss, &hit] {
+        assert_eq!(r.header_all("x-request-id").len(), 1, "{}", r.summary());
+        assert_eq!(r.header_all("etag").len(), 1, "{}", r.summary());
+        assert_eq!(r.header_all("date").len(), 1, "{}", r.summary());
+    }
+    assert_ne!(miss.header("x-request-id"), hit.header("x-request-id"));
+    assert_eq!(hit.header_all("age").len(), 1, "{}", hit.summary());
+    assert_eq!(miss.header("etag"), hit.header("etag"));
+
+    let mine = expect(&mut c, "/ids", &["X-Request-Id: abc-123"], "HIT", "/ids#1");
+    assert_eq!(mine.header("x-request-id").as_deref(), Some("abc-123"));
+
+    let etag = hit.header("etag").unwrap_or_default();
+    let inm = format!("If-None-Match: {etag}");
+    let r = c.request(&get("/ids", &[&inm]));
+    assert_eq!(r.status, 304, "{}", r.summary());
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.header_all("x-request-id").len(), 1, "{}", r.summary());
+    assert_eq!(r.header("etag").as_deref(), Some(etag.as_str()));
+    assert!(r.body.is_empty());
+    assert!(r.header("content-length").is_none(), "{}", r.summary());
+    assert_eq!(up.requests(), 1);
+}

@@ -27,6 +27,8 @@ use std::mem;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use shardline_protocol::response::PreparedFields;
+
 use super::control::{
     parse_delta_seconds, parse_vary, trim_ows, RequestDirectives, ResponseDirectives,
     DELTA_SECONDS_MAX,
@@ -106,6 +108,10 @@ pub(crate) struct CachedResponse {
     pub(crate) stale_until: Instant,
     /// The upstream's `Age` when stored (RFC 9111 §4.2.3), zero if none.
     pub(crate) initial_age: Duration,
+    /// `headers`, and the subset a 304 carries, checked and encoded once
+    /// at store time: a hit copies them (see `cache_glue`).
+    pub(crate) prepared: PreparedFields,
+    pub(crate) prepared_not_modified: PreparedFields,
 }
 
 impl CachedResponse {
@@ -142,11 +148,7 @@ impl CachedResponse {
     pub(crate) fn not_modified_headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         self.headers
             .iter()
-            .filter(|(name, _)| {
-                NOT_MODIFIED_FIELDS
-                    .iter()
-                    .any(|f| f.eq_ignore_ascii_case(name))
-            })
+            .filter(|(name, _)| is_not_modified_field(name))
             .map(|(name, value)| (&**name, &**value))
     }
 
@@ -516,7 +518,16 @@ impl ResponseCache {
             .iter()
             .map(|name| req_header(name).map(|v| Box::from(trim_ows(v))))
             .collect();
-        let cost = variant_cost(&headers, &body, &etag, &vary_values);
+        let prepared = PreparedFields::new(headers.iter().map(|(n, v)| (&**n, &**v)));
+        let prepared_not_modified = PreparedFields::new(
+            headers
+                .iter()
+                .filter(|(n, _)| is_not_modified_field(n))
+                .map(|(n, v)| (&**n, &**v)),
+        );
+        // The encoded copies are about as large as the fields again.
+        let cost = variant_cost(&headers, &body, &etag, &vary_values)
+            + (prepared.len() + prepared_not_modified.len()) as u64;
         let response = Rc::new(CachedResponse {
             status: decision.status,
             headers,
@@ -526,6 +537,8 @@ impl ResponseCache {
             fresh_until,
             stale_until,
             initial_age,
+            prepared,
+            prepared_not_modified,
         });
         let variant = Variant {
             vary_values,
@@ -667,6 +680,12 @@ fn add_capped(t: Instant, d: Duration) -> Instant {
 }
 
 /// Bytes charged for one variant (its key is charged by the LRU).
+fn is_not_modified_field(name: &str) -> bool {
+    NOT_MODIFIED_FIELDS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
 fn variant_cost(
     headers: &[(Box<str>, Box<[u8]>)],
     body: &[u8],

@@ -145,6 +145,10 @@ pub(crate) struct Passed {
     pub consumer: Option<Vec<u8>>,
 }
 
+/// Room reserved for the response fields policies add, in bytes: an
+/// `X-Request-Id` line (52) plus a `RateLimit`/`RateLimit-Policy` pair.
+pub const POLICY_LINES_CAPACITY_BYTES: usize = 192;
+
 /// How a check runs.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CheckMode {
@@ -413,6 +417,9 @@ impl ShardPolicies {
                     &gen
                 }
             };
+            // One allocation for the id line and what usually follows
+            // (CORS, rate-limit fields), not a regrowth per line.
+            out.reserve(POLICY_LINES_CAPACITY_BYTES);
             out.extend_from_slice(b"X-Request-Id: ");
             out.extend_from_slice(id);
             out.extend_from_slice(b"\r\n");
