@@ -31,7 +31,7 @@ use crate::obs::metrics::{
 use crate::obs::slo::SloTable;
 use crate::obs::trace::{unix_nanos, AttrValue, Span, TraceContext};
 use crate::obs::{Completed, ObsSetup, ShardObs};
-use crate::policy::{self as pol, Passed, Rejected, ShardPolicies};
+use crate::policy::{self as pol, CheckMode, Passed, Rejected, ShardPolicies};
 use crate::proxy::{self, GatewayShard, Proxy};
 use crate::upstream::{self, Upstream};
 
@@ -507,7 +507,7 @@ impl GatewayApp {
         let tls_id = io.tls_client_identity();
         let wait = pol::CheckMode {
             can_wait: true,
-            retry: false,
+            ..pol::CheckMode::default()
         };
         let mut checked =
             inner
@@ -524,8 +524,8 @@ impl GatewayApp {
             inner.policies.wait_lease(full).await;
             passed = Passed::default();
             let retry = pol::CheckMode {
-                can_wait: false,
                 retry: true,
+                ..pol::CheckMode::default()
             };
             checked =
                 inner
@@ -943,6 +943,46 @@ fn serve_inline(
                 });
                 return Some(token);
             }
+        }
+    }
+    // A cache hit on a route whose policies do not read path parameters
+    // needs no second route match (dispatch found the route): run the
+    // policies and answer.
+    if ex.token() != NO_ROUTE
+        && generation == (inner.generation & TOKEN_GENERATION_MASK)
+        && !inner.policies.uses_params(token)
+        && matches!(inner.actions.get(token), Some(ShardAction::Proxy(_)))
+    {
+        if let Some(entry) = cache_hit.borrow_mut().take() {
+            let mut passed = Passed::default();
+            let mode = CheckMode {
+                no_upstream: true,
+                ..CheckMode::default()
+            };
+            let checked = inner
+                .policies
+                .check(
+                    token,
+                    head,
+                    ex.peer,
+                    ex.tls_client_identity(),
+                    &Params::default(),
+                    &mut passed,
+                    mode,
+                )
+                .and_then(|()| inner.policies.check_body(token, head, ex.body));
+            *request_id = passed.request_id.take();
+            match checked {
+                Ok(()) => {
+                    crate::cache_glue::answer_hit_inline(ex, &entry, &passed.response_headers)
+                }
+                Err(r) => {
+                    count_rejection(inner, token, &r);
+                    reject_inline(ex, &r);
+                    ex.insert_headers(&passed.response_headers);
+                }
+            }
+            return Some(token);
         }
     }
     let matched = inner.router.at(head.method, head.path);

@@ -536,3 +536,53 @@ fn hits_carry_the_policies_fields_once() {
     assert!(r.header("content-length").is_none(), "{}", r.summary());
     assert_eq!(up.requests(), 1);
 }
+
+/// A route's policies run on every hit: a stored answer is no way around
+/// authentication or scopes.
+#[test]
+fn hits_still_pass_the_routes_policies() {
+    let up = cache_upstream();
+    let keys = std::env::temp_dir().join(format!("shardline-cache-keys-{}", std::process::id()));
+    std::fs::write(
+        &keys,
+        "key-aaaaaaaaaaaaaaaaaaaa acme read\nkey-bbbbbbbbbbbbbbbbbbbb beta write\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[auth.partners]
+type = "api_key"
+header = "x-api-key"
+keys_file = "{}"
+
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "cached"
+path = "/{{*rest}}"
+upstream = "u"
+auth = "partners"
+scopes = ["read"]
+cache = {{ ttl = "60s" }}
+"#,
+        keys.display(),
+        up.target()
+    );
+    let srv = TestServer::start_toml(&config);
+    let mut c = srv.client();
+    let good = "X-Api-Key: key-aaaaaaaaaaaaaaaaaaaa";
+    expect(&mut c, "/p", &[good], "MISS", "/p#1");
+    expect(&mut c, "/p", &[good], "HIT", "/p#1");
+    let r = c.request(&get("/p", &[]));
+    assert_eq!(r.status, 401, "{}", r.summary());
+    assert!(r.header("x-cache").is_none(), "{}", r.summary());
+    assert!(r.header("www-authenticate").is_some(), "{}", r.summary());
+    let r = c.request(&get("/p", &["X-Api-Key: key-bbbbbbbbbbbbbbbbbbbb"]));
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_ne!(r.text(), "/p#1");
+    expect(&mut c, "/p", &[good], "HIT", "/p#1");
+    assert_eq!(up.requests(), 1);
+    let _ = std::fs::remove_file(&keys);
+}

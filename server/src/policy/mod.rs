@@ -156,6 +156,9 @@ pub(crate) struct CheckMode {
     pub can_wait: bool,
     /// A second check after waiting: the rate limit was already charged.
     pub retry: bool,
+    /// The answer comes from this shard (a cache hit): no upstream will
+    /// see a `traceparent`, so none is made.
+    pub no_upstream: bool,
 }
 
 /// Longest a request waits for its shard's first quota lease.
@@ -321,6 +324,12 @@ impl ShardPolicies {
         matches!(self.routes.get(i), Some(Some(_)))
     }
 
+    /// Whether route `i`'s checks read its path parameters (so the caller
+    /// must pass them, not an empty set).
+    pub(crate) fn uses_params(&self, i: usize) -> bool {
+        matches!(self.routes.get(i), Some(Some(p)) if p.validate.as_ref().is_some_and(|v| !v.params.is_empty()))
+    }
+
     /// Whether route `i` has a quota kept across shards (such requests take
     /// the streaming path so they can wait for their shard's lease).
     pub(crate) fn quota_waits(&self, i: usize) -> bool {
@@ -424,7 +433,7 @@ impl ShardPolicies {
             out.extend_from_slice(id);
             out.extend_from_slice(b"\r\n");
             passed.request_id = Some(id.to_vec());
-            if p.forwards {
+            if p.forwards && !mode.no_upstream {
                 passed.traceparent = Some(self.ids.traceparent(head.header("traceparent")));
             }
             rid = id;
