@@ -945,45 +945,53 @@ fn serve_inline(
             }
         }
     }
-    // A cache hit on a route whose policies do not read path parameters
-    // needs no second route match (dispatch found the route): run the
-    // policies and answer.
-    if ex.token() != NO_ROUTE
-        && generation == (inner.generation & TOKEN_GENERATION_MASK)
+    // A static answer or a cache hit on a route whose policies do not
+    // read path parameters needs no second route match (dispatch found
+    // the route): run the policies and answer.
+    let dispatched =
+        ex.token() != NO_ROUTE && generation == (inner.generation & TOKEN_GENERATION_MASK);
+    let no_params_needed = dispatched
         && !inner.policies.uses_params(token)
-        && matches!(inner.actions.get(token), Some(ShardAction::Proxy(_)))
-    {
-        if let Some(entry) = cache_hit.borrow_mut().take() {
-            let mut passed = Passed::default();
-            let mode = CheckMode {
-                no_upstream: true,
-                ..CheckMode::default()
-            };
-            let checked = inner
-                .policies
-                .check(
-                    token,
-                    head,
-                    ex.peer,
-                    ex.tls_client_identity(),
-                    &Params::default(),
-                    &mut passed,
-                    mode,
-                )
-                .and_then(|()| inner.policies.check_body(token, head, ex.body));
-            *request_id = passed.request_id.take();
-            match checked {
-                Ok(()) => {
-                    crate::cache_glue::answer_hit_inline(ex, &entry, &passed.response_headers)
-                }
-                Err(r) => {
-                    count_rejection(inner, token, &r);
-                    reject_inline(ex, &r);
-                    ex.insert_headers(&passed.response_headers);
-                }
+        && match inner.actions.get(token) {
+            Some(ShardAction::Respond { .. }) => true,
+            Some(ShardAction::Proxy(_)) => cache_hit.borrow().is_some(),
+            _ => false,
+        };
+    if no_params_needed {
+        let hit = cache_hit.borrow_mut().take();
+        let mut passed = Passed::default();
+        let mode = CheckMode {
+            no_upstream: true,
+            ..CheckMode::default()
+        };
+        let checked = inner
+            .policies
+            .check(
+                token,
+                head,
+                ex.peer,
+                ex.tls_client_identity(),
+                &Params::default(),
+                &mut passed,
+                mode,
+            )
+            .and_then(|()| inner.policies.check_body(token, head, ex.body));
+        *request_id = passed.request_id.take();
+        match (checked, hit) {
+            (Ok(()), Some(entry)) => {
+                crate::cache_glue::answer_hit_inline(ex, &entry, &passed.response_headers)
             }
-            return Some(token);
+            (Ok(()), None) => {
+                serve_route(inner, cache_hit, token, Params::default(), ex);
+                ex.insert_headers(&passed.response_headers);
+            }
+            (Err(r), _) => {
+                count_rejection(inner, token, &r);
+                reject_inline(ex, &r);
+                ex.insert_headers(&passed.response_headers);
+            }
         }
+        return Some(token);
     }
     let matched = inner.router.at(head.method, head.path);
     if let Match::Found(&i, params) = matched {
