@@ -588,7 +588,9 @@ impl GatewayApp {
                 crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
             }
             ShardAction::Aggregate(a) => {
-                aggregate::serve(a, &self.gw, &head, params, io).await;
+                // Boxed: a fan-out's future is large, and inline it would
+                // be copied into the box of every streamed request.
+                Box::pin(aggregate::serve(a, &self.gw, &head, params, io)).await;
             }
             ShardAction::Respond { .. } | ShardAction::Handler(_) => {
                 // A synchronous action sent down this path by a policy
@@ -809,10 +811,12 @@ impl App for GatewayApp {
                         .await
                     {
                         match inner.policies.idempotency(index) {
+                            // Boxed, like the other rare paths, so that they
+                            // do not enlarge every request's future.
                             Some(cfg) => {
-                                self.idempotent(
+                                Box::pin(self.idempotent(
                                     &inner, cfg, action, index, &req, &params, consumer, io,
-                                )
+                                ))
                                 .await
                             }
                             None => {

@@ -439,7 +439,10 @@ async fn try_target(
                 if left.is_zero() {
                     return Err(TryError::Upstream(Failure::Timeout));
                 }
-                let s = client::connect(t, up.cfg.connect_timeout.min(left))
+                // Boxed: a new connection (and its TLS handshake) is the
+                // rare path, and its future would otherwise make every
+                // request's future larger (it is copied into a box each time).
+                let s = Box::pin(client::connect(t, up.cfg.connect_timeout.min(left)))
                     .await
                     .map_err(TryError::Upstream)?;
                 t.pool.count_opened();

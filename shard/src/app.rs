@@ -204,6 +204,19 @@ impl<'x> Exchange<'x> {
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
         body: &[u8],
     ) {
+        self.respond_forwarded(status, body, |out, delimit, opts, date| {
+            response::encode_forwarded_head(out, status, headers, delimit, opts, date);
+        });
+    }
+
+    /// One response with a forwarded-style head (written by `head`) and
+    /// `body`, framed by Content-Length (none for 304).
+    fn respond_forwarded(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        head: impl FnOnce(&mut Vec<u8>, response::BodyDelimit, EncodeOptions, &DateCache),
+    ) {
         if self.responded {
             return;
         }
@@ -215,7 +228,7 @@ impl<'x> Exchange<'x> {
         } else {
             response::BodyDelimit::Length(body.len() as u64)
         };
-        response::encode_forwarded_head(self.out, status, headers, delimit, opts, self.date);
+        head(self.out, delimit, opts, self.date);
         if !opts.head && !matches!(status, 100..=199 | 204 | 304) {
             self.out.extend_from_slice(body);
         }
@@ -231,21 +244,9 @@ impl<'x> Exchange<'x> {
         extra: &[&[u8]],
         body: &[u8],
     ) {
-        if self.responded {
-            return;
-        }
-        self.responded = true;
-        self.status = status;
-        let opts = self.options();
-        let delimit = if status == 304 {
-            response::BodyDelimit::None
-        } else {
-            response::BodyDelimit::Length(body.len() as u64)
-        };
-        response::encode_prepared_head(self.out, status, fields, extra, delimit, opts, self.date);
-        if !opts.head && !matches!(status, 100..=199 | 204 | 304) {
-            self.out.extend_from_slice(body);
-        }
+        self.respond_forwarded(status, body, |out, delimit, opts, date| {
+            response::encode_prepared_head(out, status, fields, extra, delimit, opts, date);
+        });
     }
 
     /// An RFC 9457 problem response.

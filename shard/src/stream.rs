@@ -33,6 +33,11 @@ use crate::shard::{ShardCounters, TimeoutKind};
 #[derive(Clone)]
 pub struct StreamRequest {
     bytes: Vec<u8>,
+    /// The method, target, path, query and field names (all ASCII, as the
+    /// parser checked), copied once: `head()` hands them out as `&str`
+    /// without validating UTF-8 again each time it is called. Their ranges
+    /// index this, not `bytes`.
+    text: String,
     method: Range<usize>,
     target: Range<usize>,
     path: Range<usize>,
@@ -73,21 +78,40 @@ impl StreamRequest {
         copy.clear();
         copy.extend_from_slice(&base[..head.head_len]);
         let base = &base[..head.head_len];
+        let names: usize = head.headers.iter().map(|h| h.name.len()).sum();
+        let mut text = String::with_capacity(
+            head.method.len()
+                + head.target.len()
+                + head.path.len()
+                + head.query.map_or(0, str::len)
+                + names,
+        );
+        let mut keep = |part: &str| {
+            let start = text.len();
+            text.push_str(part);
+            start..text.len()
+        };
+        let method = keep(head.method);
+        let target = keep(head.target);
+        let path = keep(head.path);
+        let query = head.query.map(&mut keep);
+        let fields = head
+            .headers
+            .iter()
+            .map(|h| (keep(h.name), offsets(base, h.value)))
+            .collect();
         StreamRequest {
-            method: offsets(base, head.method.as_bytes()),
-            target: offsets(base, head.target.as_bytes()),
-            path: offsets(base, head.path.as_bytes()),
-            query: head.query.map(|q| offsets(base, q.as_bytes())),
+            text,
+            method,
+            target,
+            path,
+            query,
             version: head.version,
             head_len: head.head_len,
             framing: head.framing,
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
-            fields: head
-                .headers
-                .iter()
-                .map(|h| (offsets(base, h.name.as_bytes()), offsets(base, h.value)))
-                .collect(),
+            fields,
             bytes: copy,
             peer,
             shard,
@@ -101,10 +125,7 @@ impl StreamRequest {
     }
 
     fn str_at(&self, r: &Range<usize>) -> &str {
-        self.bytes
-            .get(r.clone())
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+        self.text.get(r.clone()).unwrap_or("")
     }
 
     /// The parsed head; `storage` holds its header fields (one small heap

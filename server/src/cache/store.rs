@@ -1330,15 +1330,18 @@ mod tests {
 
     #[test]
     fn eviction_by_bytes_and_refusal() {
-        // Room for about two 300-byte bodies.
-        let per = 300 + VARIANT_OVERHEAD_BYTES + 60 + ENTRY_OVERHEAD_BYTES + HEADER_OVERHEAD_BYTES;
+        // Room for two entries with 300-byte bodies, as one costs.
+        let t0 = Instant::now();
+        let body = "b".repeat(300);
+        let mut probe = cache();
+        put(&mut probe, "/0", &body, t0);
+        let per = probe.bytes();
+        assert!(per > 300 + VARIANT_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES);
         let mut c = ResponseCache::new(CacheLimits {
             max_bytes: 2 * per + 10,
             max_entry_bytes: 10_000,
             ..limits()
         });
-        let t0 = Instant::now();
-        let body = "b".repeat(300);
         put(&mut c, "/1", &body, t0);
         put(&mut c, "/2", &body, t0);
         put(&mut c, "/3", &body, t0);
