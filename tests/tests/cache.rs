@@ -71,6 +71,11 @@ fn cache_upstream() -> Upstream {
 
 /// One upstream and a catch-all route with `cache = { ttl, <extra> }`.
 fn cache_config(up: &Upstream, ttl: &str, extra: &str) -> String {
+    cache_config_with(up, ttl, extra, "")
+}
+
+/// `cache_config` with more keys (`route_keys`, whole lines) on the route.
+fn cache_config_with(up: &Upstream, ttl: &str, extra: &str, route_keys: &str) -> String {
     format!(
         r#"
 [[upstreams]]
@@ -81,6 +86,7 @@ targets = ["{}"]
 name = "cached"
 path = "/{{*rest}}"
 upstream = "u"
+{route_keys}
 cache = {{ ttl = "{ttl}", max_entries = 100, max_bytes = "1MiB", max_entry_bytes = "64KiB"{extra} }}
 "#,
         up.target()
@@ -549,26 +555,9 @@ fn hits_still_pass_the_routes_policies() {
     )
     .unwrap();
     let config = format!(
-        r#"
-[auth.partners]
-type = "api_key"
-header = "x-api-key"
-keys_file = "{}"
-
-[[upstreams]]
-name = "u"
-targets = ["{}"]
-
-[[routes]]
-name = "cached"
-path = "/{{*rest}}"
-upstream = "u"
-auth = "partners"
-scopes = ["read"]
-cache = {{ ttl = "60s" }}
-"#,
+        "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n{}",
         keys.display(),
-        up.target()
+        cache_config_with(&up, "60s", "", "auth = \"partners\"\nscopes = [\"read\"]")
     );
     let srv = TestServer::start_toml(&config);
     let mut c = srv.client();
