@@ -122,7 +122,7 @@ pub(crate) async fn serve(
         );
         match found {
             Lookup::Fresh(entry) => {
-                respond_cached(io, &entry, b"HIT", &inm).await;
+                respond_cached(io, &entry, XCache::Hit, &inm).await;
                 return;
             }
             Lookup::Stale(entry) => stale = Some(entry),
@@ -174,7 +174,7 @@ pub(crate) async fn serve(
     let Some(answer) = answer else {
         if let Some(entry) = stale {
             cache.store.borrow_mut().record_stale_served();
-            respond_cached(io, &entry, b"STALE", &inm).await;
+            respond_cached(io, &entry, XCache::Stale, &inm).await;
         }
         return;
     };
@@ -294,7 +294,7 @@ async fn store_and_forward(
             now,
         );
         match stored {
-            Some(e) => respond_cached(io, &e, b"MISS", inm).await,
+            Some(e) => respond_cached(io, &e, XCache::Miss, inm).await,
             None => {
                 io.send_problem(
                     500,
@@ -352,6 +352,57 @@ pub(crate) fn fresh_hit(
     )
 }
 
+/// `Age: <seconds>\r\n` for a cached entry (RFC 9111 §5.1), built on the
+/// stack.
+struct AgeLine {
+    // "Age: " + at most 20 digits + CRLF.
+    buf: [u8; 27],
+    len: usize,
+}
+
+impl AgeLine {
+    fn new(entry: &CachedResponse, now: Instant) -> Self {
+        let mut buf = [0u8; 27];
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(entry.age_secs(now)).as_bytes();
+        let n = 5 + digits.len();
+        buf[..5].copy_from_slice(b"Age: ");
+        buf[5..n].copy_from_slice(digits);
+        buf[n..n + 2].copy_from_slice(b"\r\n");
+        AgeLine { buf, len: n + 2 }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// What a response answered from a cache entry says in `X-Cache`.
+#[derive(Debug, Clone, Copy)]
+enum XCache {
+    Hit,
+    Stale,
+    Miss,
+}
+
+impl XCache {
+    fn value(self) -> &'static str {
+        match self {
+            XCache::Hit => "HIT",
+            XCache::Stale => "STALE",
+            XCache::Miss => "MISS",
+        }
+    }
+
+    fn line(self) -> &'static [u8] {
+        match self {
+            XCache::Hit => b"X-Cache: HIT\r\n",
+            XCache::Stale => b"X-Cache: STALE\r\n",
+            XCache::Miss => b"X-Cache: MISS\r\n",
+        }
+    }
+}
+
 /// Writes a fresh hit found by [`fresh_hit`] into the inline response,
 /// with `policy_lines` (raw `Name: value\r\n` lines the route's policies
 /// add, e.g. `X-Request-Id`) in its head. The stored fields were checked
@@ -362,16 +413,8 @@ pub(crate) fn answer_hit_inline(
     policy_lines: &[u8],
 ) {
     let inm = values(ex.head, "if-none-match");
-    let age = entry.age_secs(Instant::now());
-    // "Age: " + at most 20 digits + CRLF.
-    let mut age_line = [0u8; 27];
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(age).as_bytes();
-    let n = 5 + digits.len();
-    age_line[..5].copy_from_slice(b"Age: ");
-    age_line[5..n].copy_from_slice(digits);
-    age_line[n..n + 2].copy_from_slice(b"\r\n");
-    let extra: [&[u8]; 3] = [&age_line[..n + 2], b"X-Cache: HIT\r\n", policy_lines];
+    let age = AgeLine::new(entry, Instant::now());
+    let extra: [&[u8]; 3] = [age.as_bytes(), XCache::Hit.line(), policy_lines];
     if !inm.is_empty() && entry.matches_if_none_match(&inm) {
         ex.respond_prepared(304, &entry.prepared_not_modified, &extra, b"");
     } else {
@@ -384,21 +427,21 @@ pub(crate) fn answer_hit_inline(
 async fn respond_cached(
     io: &mut ClientIo<'_>,
     entry: &CachedResponse,
-    x_cache: &'static [u8],
+    x_cache: XCache,
     inm: &[&[u8]],
 ) {
-    io.set_cache_status(std::str::from_utf8(x_cache).unwrap_or("HIT"));
-    let now = Instant::now();
-    let age = entry.age_secs(now).to_string();
-    let extra: [(&str, &[u8]); 2] = [("Age", age.as_bytes()), ("X-Cache", x_cache)];
+    io.set_cache_status(x_cache.value());
+    let age = AgeLine::new(entry, Instant::now());
+    let extra: [&[u8]; 2] = [age.as_bytes(), x_cache.line()];
     let opts = io.encode_options();
     let mut out = io.take_buffer();
     if !inm.is_empty() && entry.matches_if_none_match(inm) {
         io.with_date(|date| {
-            response::encode_forwarded_head(
+            response::encode_prepared_head(
                 &mut out,
                 304,
-                entry.not_modified_headers().chain(extra.iter().copied()),
+                &entry.prepared_not_modified,
+                &extra,
                 BodyDelimit::None,
                 opts,
                 date,
@@ -406,14 +449,11 @@ async fn respond_cached(
         });
     } else {
         io.with_date(|date| {
-            response::encode_forwarded_head(
+            response::encode_prepared_head(
                 &mut out,
                 entry.status,
-                entry
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (&**n, &**v))
-                    .chain(extra.iter().copied()),
+                &entry.prepared,
+                &extra,
                 BodyDelimit::Length(entry.body.len() as u64),
                 opts,
                 date,
