@@ -492,17 +492,17 @@ impl GatewayApp {
     /// The head and body policies of a streamed route; `None` when the
     /// request was refused (and answered). The request returned carries
     /// the head to send on (request id, traceparent).
+    #[allow(clippy::too_many_arguments)] // The request, its parsed head and the route's params: distinct inputs.
     async fn stream_policies(
         &self,
         inner: &GatewayInner,
         token: usize,
         req: &StreamRequest,
+        head: &RequestHead<'_, '_>,
         params: &Params<'_, '_>,
         request_id: &mut Option<Vec<u8>>,
         io: &mut ClientIo<'_>,
     ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
-        let mut fields = Vec::new();
-        let head = req.head(&mut fields);
         let mut passed = Passed::default();
         let tls_id = io.tls_client_identity();
         let wait = pol::CheckMode {
@@ -512,7 +512,7 @@ impl GatewayApp {
         let mut checked =
             inner
                 .policies
-                .check(token, &head, io.peer(), tls_id, params, &mut passed, wait);
+                .check(token, head, io.peer(), tls_id, params, &mut passed, wait);
         if let Err(Rejected {
             wait_lease: Some(full),
             ..
@@ -530,7 +530,7 @@ impl GatewayApp {
             checked =
                 inner
                     .policies
-                    .check(token, &head, io.peer(), tls_id, params, &mut passed, retry);
+                    .check(token, head, io.peer(), tls_id, params, &mut passed, retry);
         }
         io.add_response_headers(&passed.response_headers);
         request_id.clone_from(&passed.request_id);
@@ -547,7 +547,7 @@ impl GatewayApp {
             let limit = inner.body_limits[token].min(MAX_VALIDATED_BODY_BYTES);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let res = match io.buffer_body(limit).await {
-                Ok(body) => inner.policies.check_body(token, &head, body),
+                Ok(body) => inner.policies.check_body(token, head, body),
                 Err(e) => {
                     proxy::client_body_failed(io, e).await;
                     return None;
@@ -560,7 +560,7 @@ impl GatewayApp {
             }
         }
         let mut h = io.take_buffer();
-        pol::upstream_head(&head, &passed, &mut h);
+        pol::upstream_head(head, &passed, &mut h);
         Some((req.with_head(h), passed.consumer.take()))
     }
 
@@ -570,12 +570,10 @@ impl GatewayApp {
         inner: &GatewayInner,
         action: &ShardAction,
         token: usize,
-        req: &StreamRequest,
+        head: &RequestHead<'_, '_>,
         params: &Params<'_, '_>,
         io: &mut ClientIo<'_>,
     ) {
-        let mut fields = Vec::new();
-        let head = req.head(&mut fields);
         match action {
             ShardAction::Proxy(p) => {
                 // The path sent upstream, from the route's params.
@@ -585,12 +583,12 @@ impl GatewayApp {
                     p.rewrite.as_deref(),
                     params,
                 );
-                crate::cache_glue::serve(p, &self.gw, req, io, &path).await;
+                crate::cache_glue::serve(p, &self.gw, head, io, &path).await;
             }
             ShardAction::Aggregate(a) => {
                 // Boxed: a fan-out's future is large, and inline it would
                 // be copied into the box of every streamed request.
-                Box::pin(aggregate::serve(a, &self.gw, &head, params, io)).await;
+                Box::pin(aggregate::serve(a, &self.gw, head, params, io)).await;
             }
             ShardAction::Respond { .. } | ShardAction::Handler(_) => {
                 // A synchronous action sent down this path by a policy
@@ -605,7 +603,7 @@ impl GatewayApp {
                 };
                 // The policies already ran on this path: answer with the
                 // route's action alone.
-                io.serve_inline(&head, &body, token, |ex| {
+                io.serve_inline(head, &body, token, |ex| {
                     serve_route(inner, &self.cache_hit, token, *params, ex)
                 })
                 .await;
@@ -621,18 +619,16 @@ impl GatewayApp {
         cfg: &crate::policy::config::IdempotencyConfig,
         action: &ShardAction,
         token: usize,
-        req: &StreamRequest,
+        head: &RequestHead<'_, '_>,
         params: &Params<'_, '_>,
         consumer: Option<Vec<u8>>,
         io: &mut ClientIo<'_>,
     ) {
         use crate::policy::idempotency::{self as idem, Begin};
-        let mut fields = Vec::new();
-        let head = req.head(&mut fields);
         let key = match head.header("idempotency-key") {
-            Some(k) if idempotency_candidate(&head) => k.to_vec(),
+            Some(k) if idempotency_candidate(head) => k.to_vec(),
             _ => {
-                self.run_stream_action(inner, action, token, req, params, io)
+                self.run_stream_action(inner, action, token, head, params, io)
                     .await;
                 return;
             }
@@ -668,7 +664,7 @@ impl GatewayApp {
                     done: false,
                 };
                 io.capture_response(cfg.max_response_bytes);
-                self.run_stream_action(inner, action, token, req, params, io)
+                self.run_stream_action(inner, action, token, head, params, io)
                     .await;
                 let captured = io.take_captured();
                 let store = if io.is_broken() {
@@ -802,25 +798,29 @@ impl App for GatewayApp {
             let mut policy_id: Option<Vec<u8>> = None;
             match inner.actions.get(index) {
                 Some(action) if !inner.policies.active(index) => {
-                    self.run_stream_action(&inner, action, index, req, &params, io)
+                    self.run_stream_action(&inner, action, index, &head, &params, io)
                         .await;
                 }
                 Some(action) => {
                     if let Some((req, consumer)) = self
-                        .stream_policies(&inner, index, req, &params, &mut policy_id, io)
+                        .stream_policies(&inner, index, req, &head, &params, &mut policy_id, io)
                         .await
                     {
+                        // The policies rewrote the head for the upstream
+                        // (request id, traceparent): the action sees that.
+                        let mut fields = Vec::new();
+                        let head = req.head(&mut fields);
                         match inner.policies.idempotency(index) {
                             // Boxed, like the other rare paths, so that they
                             // do not enlarge every request's future.
                             Some(cfg) => {
                                 Box::pin(self.idempotent(
-                                    &inner, cfg, action, index, &req, &params, consumer, io,
+                                    &inner, cfg, action, index, &head, &params, consumer, io,
                                 ))
                                 .await
                             }
                             None => {
-                                self.run_stream_action(&inner, action, index, &req, &params, io)
+                                self.run_stream_action(&inner, action, index, &head, &params, io)
                                     .await
                             }
                         }

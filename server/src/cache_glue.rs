@@ -16,7 +16,7 @@ use std::time::Instant;
 use shardline_protocol::request::RequestHead;
 use shardline_protocol::response::{self, BodyDelimit};
 use shardline_protocol::response_head::ResponseFraming;
-use shardline_shard::{ClientIo, Exchange, StreamRequest};
+use shardline_shard::{ClientIo, Exchange};
 
 use crate::cache::{
     is_cacheable_method, primary_key, request_bypasses, CacheLimits, CachedResponse, InFlight,
@@ -78,16 +78,14 @@ fn values<'b>(head: &RequestHead<'b, '_>, name: &str) -> Vec<&'b [u8]> {
 pub(crate) async fn serve(
     p: &Proxy,
     gw: &GatewayShard,
-    req: &StreamRequest,
+    head: &RequestHead<'_, '_>,
     io: &mut ClientIo<'_>,
     path: &str,
 ) {
     let Some(cache) = &p.cache else {
-        proxy::serve(p, gw, req, io, path, &[]).await;
+        proxy::serve(p, gw, head, io, path, &[]).await;
         return;
     };
-    let mut fields = Vec::new();
-    let head = req.head(&mut fields);
     if !is_cacheable_method(head.method) {
         // RFC 9111 §4.4: an unsafe method on a URI invalidates what is
         // stored for it (done before forwarding: a stale entry must not
@@ -95,19 +93,19 @@ pub(crate) async fn serve(
         if !matches!(head.method, "OPTIONS" | "TRACE") {
             cache.store.borrow_mut().invalidate(head.path, head.query);
         }
-        proxy::serve(p, gw, req, io, path, &[]).await;
+        proxy::serve(p, gw, head, io, path, &[]).await;
         return;
     }
-    if request_bypasses(&values(&head, "cache-control")) {
+    if request_bypasses(&values(head, "cache-control")) {
         io.set_cache_status("BYPASS");
-        proxy::serve(p, gw, req, io, path, &[("X-Cache", b"BYPASS")]).await;
+        proxy::serve(p, gw, head, io, path, &[("X-Cache", b"BYPASS")]).await;
         return;
     }
     let Some(key) = primary_key("GET", head.path, head.query) else {
-        proxy::serve(p, gw, req, io, path, &[]).await;
+        proxy::serve(p, gw, head, io, path, &[]).await;
         return;
     };
-    let inm = values(&head, "if-none-match");
+    let inm = values(head, "if-none-match");
     let mut waited = false;
     let mut stale: Option<Rc<CachedResponse>> = None;
     let mut leader: Option<Leader<'_>> = None;
@@ -151,7 +149,7 @@ pub(crate) async fn serve(
         waited = true;
     }
 
-    let Ok(out) = proxy::prepare(&head, path, &p.up, io).await else {
+    let Ok(out) = proxy::prepare(head, path, &p.up, io).await else {
         return;
     };
     let outcome = proxy::exchange(&p.up, gw, &out, io, p.timeout).await;
@@ -178,7 +176,7 @@ pub(crate) async fn serve(
         }
         return;
     };
-    store_and_forward(p, gw, cache, &head, io, *answer, &inm).await;
+    store_and_forward(p, gw, cache, head, io, *answer, &inm).await;
     drop(leader);
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, BodyDelimit, LAST_CHUNK};
 use shardline_protocol::response_head::ResponseFraming;
-use shardline_shard::{BodyError, ClientIo, StreamRequest};
+use shardline_shard::{BodyError, ClientIo};
 
 use crate::config_gateway::HostMode;
 use crate::upstream::client::{self, BodyReader, Failure, Head, RespBuf};
@@ -972,14 +972,12 @@ pub(crate) async fn forward(
 pub(crate) async fn serve(
     p: &Proxy,
     gw: &GatewayShard,
-    req: &StreamRequest,
+    head: &RequestHead<'_, '_>,
     io: &mut ClientIo<'_>,
     path: &str,
     extra: &[(&str, &[u8])],
 ) {
-    let mut fields = Vec::new();
-    let head = req.head(&mut fields);
-    let Ok(out) = prepare(&head, path, &p.up, io).await else {
+    let Ok(out) = prepare(head, path, &p.up, io).await else {
         return;
     };
     let outcome = exchange(&p.up, gw, &out, io, p.timeout).await;
