@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use shardline_protocol::response::{self, Response};
+use shardline_protocol::response::Response;
 use shardline_shard::{
     App, AppFactory, ClientIo, Dispatch, Exchange, ShardInfo, StreamFuture, StreamRequest,
 };
@@ -205,21 +205,11 @@ async fn method_not_allowed(io: &mut ClientIo<'_>, allow: &str) {
 }
 
 async fn send(io: &mut ClientIo<'_>, status: u16, content_type: &str, body: &[u8]) {
-    let mut out = io.take_buffer();
-    let opts = io.encode_options();
-    io.with_date(|date| {
-        response::encode(
-            &mut out,
-            &Response {
-                status,
-                headers: &[],
-                content_type: Some(content_type.as_bytes()),
-                body,
-            },
-            opts,
-            date,
-        );
-    });
-    let _ = io.write_all(&out).await;
-    io.put_buffer(out);
+    io.send_response(&Response {
+        status,
+        headers: &[],
+        content_type: Some(content_type.as_bytes()),
+        body,
+    })
+    .await;
 }

@@ -320,21 +320,11 @@ pub(crate) async fn serve(
 }
 
 async fn send(io: &mut ClientIo<'_>, status: u16, content_type: &[u8], body: &[u8]) {
-    let mut out = io.take_buffer();
-    let opts = io.encode_options();
-    io.with_date(|date| {
-        response::encode(
-            &mut out,
-            &Response {
-                status,
-                headers: &[],
-                content_type: Some(content_type),
-                body,
-            },
-            opts,
-            date,
-        );
-    });
-    let _ = io.write_all(&out).await;
-    io.put_buffer(out);
+    io.send_response(&Response {
+        status,
+        headers: &[],
+        content_type: Some(content_type),
+        body,
+    })
+    .await;
 }

@@ -99,6 +99,11 @@ pub(crate) struct ConnContext<'x> {
     pub bytes_in: u64,
 }
 
+/// The problem type and detail of the 500 sent when a route's action
+/// produced no response (inline or streamed).
+pub(crate) const NO_RESPONSE_PROBLEM: &str = "https://shardline.dev/problems/no-response";
+pub(crate) const NO_RESPONSE_DETAIL: &str = "the route's action produced no response";
+
 /// One request and the means to answer it.
 pub struct Exchange<'x> {
     pub head: &'x RequestHead<'x, 'x>,
@@ -247,6 +252,20 @@ impl<'x> Exchange<'x> {
         self.respond_forwarded(status, body, |out, delimit, opts, date| {
             response::encode_prepared_head(out, status, fields, extra, delimit, opts, date);
         });
+    }
+
+    /// A 500 problem when the route's action wrote no response (a
+    /// request is always answered).
+    pub(crate) fn answer_if_silent(&mut self) {
+        if !self.responded {
+            self.problem(
+                500,
+                NO_RESPONSE_PROBLEM,
+                "Internal Server Error",
+                NO_RESPONSE_DETAIL,
+                &[],
+            );
+        }
     }
 
     /// An RFC 9457 problem response.

@@ -399,9 +399,9 @@ impl Conn {
             if !io.started() {
                 io.send_problem(
                     500,
-                    "https://shardline.dev/problems/no-response",
+                    crate::app::NO_RESPONSE_PROBLEM,
                     "Internal Server Error",
-                    "the route's action produced no response",
+                    crate::app::NO_RESPONSE_DETAIL,
                     &[],
                 )
                 .await;
@@ -633,15 +633,7 @@ impl Conn {
                 };
                 let mut ex = Exchange::new(&head, body, conn, out, &date, token);
                 self.app.handle(&mut ex);
-                if !ex.responded() {
-                    ex.problem(
-                        500,
-                        "https://shardline.dev/problems/no-response",
-                        "Internal Server Error",
-                        "the route's action produced no response",
-                        &[],
-                    );
-                }
+                ex.answer_if_silent();
                 ex.keep_alive()
             };
             shard.count_request();

@@ -366,15 +366,7 @@ impl<'c> ClientIo<'c> {
             };
             let mut ex = Exchange::new(head, body, ctx, &mut out, &date, token);
             f(&mut ex);
-            if !ex.responded() {
-                ex.problem(
-                    500,
-                    "https://shardline.dev/problems/no-response",
-                    "Internal Server Error",
-                    "the route's action produced no response",
-                    &[],
-                );
-            }
+            ex.answer_if_silent();
             ex.keep_alive()
         };
         if !keep {
@@ -553,6 +545,20 @@ impl<'c> ClientIo<'c> {
             self.broken = true;
         }
         res
+    }
+
+    /// Writes a whole response with `body` (only before anything else was
+    /// written; ignored after).
+    pub async fn send_response(&mut self, resp: &response::Response<'_>) {
+        if self.started {
+            self.broken = true;
+            return;
+        }
+        let mut out = self.take_buffer();
+        let opts = self.encode_options();
+        self.with_date(|date| response::encode(&mut out, resp, opts, date));
+        let _ = self.write_all(&out).await;
+        self.put_buffer(out);
     }
 
     /// Writes a whole problem+json response (only before anything else was
