@@ -350,34 +350,28 @@ impl Conn {
         if tries == 0 {
             return None;
         }
-        let max_bytes = self.shard.max_read_buffer_bytes;
-        for i in 0..tries {
-            if i > 0 || self.rbuf.is_none() {
-                futures_lite::future::yield_now().await;
-            }
-            let buf = self.rbuf.get_or_insert_with(|| self.shard.pool.take_read());
-            if !buf.make_room(max_bytes) {
-                return None;
-            }
-            let end = buf.end;
-            match crate::sys::try_recv(fd, &mut buf.data[end..]) {
-                Ok(n) => {
-                    buf.end += n;
-                    ShardCounters::add(&self.shard.counters.bytes_in, n as u64);
-                    return Some(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        if let Some(b) = self.rbuf.take() {
-                            self.shard.pool.put_read(b);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(Err(e)),
-            }
+        // Right after a batch was answered the buffer is still held: look
+        // at once (a pipelining client may have sent more).
+        let look_first = self.rbuf.is_some();
+        let buf = self.rbuf.get_or_insert_with(|| self.shard.pool.take_read());
+        if !buf.make_room(self.shard.max_read_buffer_bytes) {
+            return None;
         }
-        None
+        let end = buf.end;
+        let res = crate::look::recv_after_yields(fd, &mut buf.data[end..], tries, look_first).await;
+        match res {
+            Some(Ok(n)) => {
+                buf.end += n;
+                ShardCounters::add(&self.shard.counters.bytes_in, n as u64);
+            }
+            None if buf.is_empty() => {
+                if let Some(b) = self.rbuf.take() {
+                    self.shard.pool.put_read(b);
+                }
+            }
+            _ => {}
+        }
+        res
     }
 
     /// Runs one streamed request; false when the connection must close.

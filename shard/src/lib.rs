@@ -18,6 +18,7 @@
 //! - [`buffers`]: per-shard read/write buffer pools (idle connections hold none).
 //! - [`cpus`]: CPU lists and the process affinity mask.
 //! - `event`: a shard-local one-shot event (drain).
+//! - [`look`]: yield-and-look socket reads (`read_yields`).
 //! - [`mesh`]: shard-to-shard messages (owner shards of global state).
 //! - [`timeouts`]: read deadlines checked by one coarse sweep per shard.
 //! - [`tls`]: TLS termination (rustls over the shard's socket), reloadable
@@ -29,6 +30,7 @@ pub mod buffers;
 mod conn;
 pub mod cpus;
 mod event;
+pub mod look;
 pub mod mesh;
 pub mod router;
 pub mod set;

@@ -25,6 +25,7 @@ use shardline_protocol::limits::Limits;
 use shardline_protocol::response_head::{
     self, ParsedResponse, ResponseError, ResponseFraming, DEFAULT_MAX_RESPONSE_HEAD_BYTES,
 };
+use shardline_shard::look::recv_after_yields;
 
 /// Most header fields accepted in an upstream response head. Matches the
 /// request side's default; an upstream sending more is misbehaving.
@@ -180,20 +181,11 @@ impl RespBuf {
         // arming a poll whose completion would interrupt the shard (see
         // `config::DEFAULT_READ_YIELDS`).
         if let Some(fd) = stream.plain_fd() {
-            for _ in 0..self.yields {
-                futures_lite::future::yield_now().await;
-                match shardline_shard::sys::try_recv(fd, &mut self.data[self.end..]) {
-                    Ok(n) => {
-                        self.end += n;
-                        return Ok(n);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => return Err(e),
-                }
+            let buf = &mut self.data[self.end..];
+            if let Some(res) = recv_after_yields(fd, buf, self.yields, false).await {
+                let n = res?;
+                self.end += n;
+                return Ok(n);
             }
         }
         let n = stream.read(&mut self.data[self.end..]).await?;
