@@ -239,6 +239,44 @@ fn de<T: serde::de::DeserializeOwned>(key: &str, v: toml::Value) -> Result<T, Co
     T::deserialize(v).map_err(|e| ConfigError(format!("{key}: {}", e.message())))
 }
 
+/// Refuses a key of another auth type than the section's: `allowed` and
+/// `scopes` outside `mtls` sections; for the known types, the other known
+/// types' keys. An unknown type is reported by the caller.
+fn refuse_other_types_keys(f: &FileAuth, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let kind = f.kind.as_deref();
+    let known = matches!(kind, Some("api_key" | "jwt" | "mtls"));
+    // Each type-specific key and the type it belongs to, mtls's first.
+    let keys = [
+        ("allowed", "mtls", f.allowed.is_some()),
+        ("scopes", "mtls", f.scopes.is_some()),
+        ("header", "api_key", f.header.is_some()),
+        ("query", "api_key", f.query.is_some()),
+        ("keys_file", "api_key", f.keys_file.is_some()),
+        ("keys", "api_key", f.keys.is_some()),
+        ("jwks_file", "jwt", f.jwks_file.is_some()),
+        ("public_key_pem", "jwt", f.public_key_pem.is_some()),
+        ("secret", "jwt", f.secret.is_some()),
+        ("algorithms", "jwt", f.algorithms.is_some()),
+        ("issuer", "jwt", f.issuer.is_some()),
+        ("audience", "jwt", f.audience.is_some()),
+        ("leeway", "jwt", f.leeway.is_some()),
+        ("consumer_claim", "jwt", f.consumer_claim.is_some()),
+        ("scopes_claim", "jwt", f.scopes_claim.is_some()),
+        ("cache_size", "jwt", f.cache_size.is_some()),
+    ];
+    for (name, owner, present) in keys {
+        if !present || kind == Some(owner) || (owner != "mtls" && !known) {
+            continue;
+        }
+        return if kind == Some("mtls") {
+            err(&k(name), "does not apply to type = \"mtls\"")
+        } else {
+            err(&k(name), format!("applies only to type = \"{owner}\""))
+        };
+    }
+    Ok(())
+}
+
 /// Validates every `[auth.NAME]` section.
 pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, ConfigError> {
     let Some(v) = v else { return Ok(Vec::new()) };
@@ -250,34 +288,9 @@ pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, C
         let key = format!("auth.{name}");
         let f: FileAuth = de(&key, section)?;
         let k = |s: &str| format!("{key}.{s}");
-        if f.kind.as_deref() != Some("mtls") {
-            for (n, present) in [
-                ("allowed", f.allowed.is_some()),
-                ("scopes", f.scopes.is_some()),
-            ] {
-                if present {
-                    return err(&k(n), "applies only to type = \"mtls\"");
-                }
-            }
-        }
+        refuse_other_types_keys(&f, &k)?;
         let kind = match f.kind.as_deref() {
             Some("api_key") => {
-                for (n, present) in [
-                    ("jwks_file", f.jwks_file.is_some()),
-                    ("public_key_pem", f.public_key_pem.is_some()),
-                    ("secret", f.secret.is_some()),
-                    ("algorithms", f.algorithms.is_some()),
-                    ("issuer", f.issuer.is_some()),
-                    ("audience", f.audience.is_some()),
-                    ("leeway", f.leeway.is_some()),
-                    ("consumer_claim", f.consumer_claim.is_some()),
-                    ("scopes_claim", f.scopes_claim.is_some()),
-                    ("cache_size", f.cache_size.is_some()),
-                ] {
-                    if present {
-                        return err(&k(n), "applies only to type = \"jwt\"");
-                    }
-                }
                 let header = match (&f.header, &f.query) {
                     (Some(h), _) => Some(header_name(&k("header"), h)?),
                     (None, Some(_)) => None,
@@ -308,16 +321,6 @@ pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, C
                 AuthKind::ApiKey(Arc::new(keys))
             }
             Some("jwt") => {
-                for (n, present) in [
-                    ("header", f.header.is_some()),
-                    ("query", f.query.is_some()),
-                    ("keys_file", f.keys_file.is_some()),
-                    ("keys", f.keys.is_some()),
-                ] {
-                    if present {
-                        return err(&k(n), "applies only to type = \"api_key\"");
-                    }
-                }
                 let leeway = match &f.leeway {
                     Some(l) => {
                         let d = parse_duration(l).or_else(|e| err(&k("leeway"), e))?;
@@ -373,26 +376,6 @@ pub(crate) fn validate_auth(v: Option<toml::Value>) -> Result<Vec<AuthConfig>, C
                 AuthKind::Jwt(Arc::new(cfg))
             }
             Some("mtls") => {
-                for (n, present) in [
-                    ("header", f.header.is_some()),
-                    ("query", f.query.is_some()),
-                    ("keys_file", f.keys_file.is_some()),
-                    ("keys", f.keys.is_some()),
-                    ("jwks_file", f.jwks_file.is_some()),
-                    ("public_key_pem", f.public_key_pem.is_some()),
-                    ("secret", f.secret.is_some()),
-                    ("algorithms", f.algorithms.is_some()),
-                    ("issuer", f.issuer.is_some()),
-                    ("audience", f.audience.is_some()),
-                    ("leeway", f.leeway.is_some()),
-                    ("consumer_claim", f.consumer_claim.is_some()),
-                    ("scopes_claim", f.scopes_claim.is_some()),
-                    ("cache_size", f.cache_size.is_some()),
-                ] {
-                    if present {
-                        return err(&k(n), "does not apply to type = \"mtls\"");
-                    }
-                }
                 let scopes: Vec<(String, Vec<String>)> =
                     f.scopes.unwrap_or_default().into_iter().collect();
                 for (who, list) in &scopes {
