@@ -144,12 +144,10 @@ impl CachedResponse {
         if_none_match(if_none_match_values, &self.etag)
     }
 
-    /// The stored fields that a 304 for this response carries.
+    /// The stored fields that a 304 for this response carries (what
+    /// `prepared_not_modified` holds encoded).
     pub(crate) fn not_modified_headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.headers
-            .iter()
-            .filter(|(name, _)| is_not_modified_field(name))
-            .map(|(name, value)| (&**name, &**value))
+        not_modified_fields(&self.headers)
     }
 
     /// First stored field named `name` (ASCII case-insensitive).
@@ -519,12 +517,7 @@ impl ResponseCache {
             .map(|name| req_header(name).map(|v| Box::from(trim_ows(v))))
             .collect();
         let prepared = PreparedFields::new(headers.iter().map(|(n, v)| (&**n, &**v)));
-        let prepared_not_modified = PreparedFields::new(
-            headers
-                .iter()
-                .filter(|(n, _)| is_not_modified_field(n))
-                .map(|(n, v)| (&**n, &**v)),
-        );
+        let prepared_not_modified = PreparedFields::new(not_modified_fields(&headers));
         // The encoded copies are about as large as the fields again.
         let cost = variant_cost(&headers, &body, &etag, &vary_values)
             + (prepared.len() + prepared_not_modified.len()) as u64;
@@ -680,10 +673,18 @@ fn add_capped(t: Instant, d: Duration) -> Instant {
 }
 
 /// Bytes charged for one variant (its key is charged by the LRU).
-fn is_not_modified_field(name: &str) -> bool {
-    NOT_MODIFIED_FIELDS
+/// The fields of `headers` that a 304 carries (RFC 9110 §15.4.5).
+fn not_modified_fields(
+    headers: &[(Box<str>, Box<[u8]>)],
+) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    headers
         .iter()
-        .any(|f| f.eq_ignore_ascii_case(name))
+        .filter(|(name, _)| {
+            NOT_MODIFIED_FIELDS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+        })
+        .map(|(name, value)| (&**name, &**value))
 }
 
 fn variant_cost(
