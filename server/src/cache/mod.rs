@@ -26,10 +26,9 @@
 //! 2. [`ResponseCache::lookup`]. `Fresh`: answer from it (`X-Cache: HIT`,
 //!    an `Age` of [`CachedResponse::age_secs`]); if
 //!    [`CachedResponse::matches_if_none_match`] on the request's
-//!    `If-None-Match` values, answer 304 with
-//!    [`CachedResponse::not_modified_headers`] and no body. A hit writes
-//!    the entry's fields as encoded once at store time
-//!    (`CachedResponse::prepared`, `prepared_not_modified`).
+//!    `If-None-Match` values, answer 304 with the fields RFC 9110 §15.4.5
+//!    lists and no body. A hit writes the entry's fields as encoded once
+//!    at store time (`CachedResponse::prepared`, `prepared_not_modified`).
 //! 3. `Stale` or `Miss`: [`InFlight::begin`] with [`primary_key`]. A
 //!    follower waits ([`InFlight::wait`]) and then looks up again. The
 //!    leader goes upstream; on the response head,
