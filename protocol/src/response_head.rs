@@ -151,7 +151,7 @@ impl ResponseError {
             ResponseError::TooManyHeaders => "The upstream response has too many header fields.",
             ResponseError::AmbiguousFraming(_) => "The upstream response framing is ambiguous.",
             ResponseError::UnsupportedTransferCoding => {
-                "The upstream response uses a transfer coding other than a final chunked."
+                "The upstream response uses a transfer coding other than chunked."
             }
             ResponseError::BadContentLength => {
                 "The upstream response has an invalid Content-Length."

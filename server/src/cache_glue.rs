@@ -227,9 +227,9 @@ async fn store_and_forward(
         proxy::forward(&p.up, gw, io, answer, miss, None).await;
         return;
     };
-    let stored_headers: Vec<(Box<str>, Box<[u8]>)> = ah
-        .fields(buf)
-        .filter(|(n, _)| !proxy::is_framing_or_hop(n))
+    let all: Vec<(&str, &[u8])> = ah.fields(buf).collect();
+    let stored_headers: Vec<(Box<str>, Box<[u8]>)> = proxy::forwardable_fields(&all)
+        .into_iter()
         .map(|(n, v)| (Box::from(n), Box::from(v)))
         .collect();
     let limit =
@@ -243,38 +243,41 @@ async fn store_and_forward(
             head: up_head,
             mut buf,
             target,
+            deadline,
+            partial_request,
         } = answer;
         let mut body = Vec::with_capacity(n);
         let mut reader = BodyReader::new(up_head.framing);
-        let mut ok = true;
+        let mut failed = None;
         loop {
+            // The whole body within the exchange's deadline: nothing has
+            // been sent to the client yet, so a slow one still gets a 504.
+            let left = deadline.saturating_duration_since(Instant::now());
             match reader
-                .next(&mut stream, &mut buf, &mut body, p.up.cfg.request_timeout)
+                .next(
+                    &mut stream,
+                    &mut buf,
+                    &mut body,
+                    p.up.cfg.request_timeout.min(left),
+                )
                 .await
             {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(_) => {
-                    ok = false;
+                Err(e) => {
+                    failed = Some(e);
                     break;
                 }
             }
         }
         let now = Instant::now();
-        if !ok {
+        if let Some(why) = failed {
             p.up.record(target, false, now);
             gw.put_read(buf);
-            io.send_problem(
-                502,
-                proxy::PROBLEM_BAD_GATEWAY,
-                "Bad Gateway",
-                "the upstream broke off the response body",
-                &[],
-            )
-            .await;
+            proxy::answer_body_failure(io, &why).await;
             return;
         }
-        if up_head.keep_alive && reader.done() && buf.pending().is_empty() {
+        if up_head.keep_alive && !partial_request && reader.done() && buf.pending().is_empty() {
             p.up.targets[target].pool.put(stream, now);
         }
         gw.put_read(buf);

@@ -17,7 +17,7 @@ use shardline_protocol::response_head::ResponseFraming;
 use shardline_shard::{BodyError, ClientIo};
 
 use crate::config_gateway::HostMode;
-use crate::upstream::client::{self, BodyReader, Failure, Head, RespBuf};
+use crate::upstream::client::{self, BodyFailure, BodyReader, Failure, Head, RespBuf};
 use crate::upstream::tls::UpstreamStream;
 use crate::upstream::{InFlight, Pick, Upstream};
 
@@ -164,11 +164,24 @@ pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_,
     out
 }
 
-/// Fields a stored or forwarded response never carries over: hop-by-hop
-/// ones and the framing we write ourselves.
-pub(crate) fn is_framing_or_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || name.eq_ignore_ascii_case("content-length")
+/// The fields of an upstream response that are passed on (to the client,
+/// or into the cache): all but the hop-by-hop ones, fixed and named in
+/// `Connection` (RFC 9110 §7.6.1), and the Content-Length we write
+/// ourselves.
+pub(crate) fn forwardable_fields<'a>(fields: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    connection_tokens(
+        fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| *v),
+        &mut tokens,
+    );
+    fields
+        .iter()
+        .copied()
+        .filter(|(n, _)| !is_hop_by_hop(n, &tokens) && !n.eq_ignore_ascii_case("content-length"))
+        .collect()
 }
 
 fn is_hop_by_hop(name: &str, connection_tokens: &[&[u8]]) -> bool {
@@ -368,6 +381,36 @@ pub(crate) struct Answer {
     pub head: Head,
     pub buf: RespBuf,
     pub target: usize,
+    /// When the exchange's total time runs out: reading the body is bound
+    /// by it too.
+    pub deadline: Instant,
+    /// The upstream answered before taking the whole request body: the
+    /// connection is left mid-request and must not go back to the pool.
+    pub partial_request: bool,
+}
+
+/// How long to look for an upstream's answer after sending it the request
+/// body failed (it closed or reset the connection): an upstream that
+/// refuses an upload (413, 401) often answers and closes before reading
+/// it, and its answer is what the client should get.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+/// How streaming the request body to the upstream ended.
+enum BodySent {
+    All,
+    /// The upstream sent something (or closed) before the body was all
+    /// sent: an early answer, read next instead of sending the rest.
+    Stopped,
+}
+
+/// A failed write to the upstream: a write that made no progress within
+/// its timeout is a timeout (504), anything else a broken connection.
+fn send_failure(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Failure::Timeout
+    } else {
+        Failure::Io(e)
+    }
 }
 
 /// A try failed, on a target (for the breaker) or on the client's side.
@@ -452,12 +495,35 @@ async fn try_target(
         let _ = stream.set_write_timeout(Some(up.cfg.request_timeout));
         let mut buf = gw.take_read();
         let mut deadline = deadline;
+        let mut partial_request = false;
         let res: Result<Head, TryError> = async {
             client::send(&mut stream, bytes)
                 .await
-                .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+                .map_err(|e| TryError::Upstream(send_failure(e)))?;
             if !out.replayable {
-                stream_body(&mut stream, io, out.chunked_rest).await?;
+                match stream_body(&mut stream, &mut buf, io, out).await {
+                    Ok(BodySent::All) => {}
+                    Ok(BodySent::Stopped) => partial_request = true,
+                    Err(TryError::Upstream(f)) => {
+                        // RFC 9112 §9.6: a server may answer and close before
+                        // reading the whole body; forward that answer rather
+                        // than the broken write.
+                        let wait = Instant::now() + EARLY_ANSWER_WAIT;
+                        return match client::with_deadline(
+                            wait.min(deadline),
+                            client::read_head(&mut stream, &mut buf, out.is_head),
+                        )
+                        .await
+                        {
+                            Some(Ok(head)) => {
+                                partial_request = true;
+                                Ok(head)
+                            }
+                            _ => Err(TryError::Upstream(f)),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                }
                 // The deadline counts from the end of a streamed body.
                 deadline = deadline.max(Instant::now() + timeout);
             }
@@ -474,12 +540,19 @@ async fn try_target(
         .await;
         match res {
             Ok(head) => {
+                if partial_request {
+                    // The client's body was not all read: this connection
+                    // cannot carry another request.
+                    io.close_after();
+                }
                 return Ok(Answer {
                     stream,
                     head,
                     buf,
                     target,
-                })
+                    deadline,
+                    partial_request,
+                });
             }
             Err(TryError::Upstream(Failure::Io(_)))
                 if reused && fresh_retry_left && out.replayable && out.idempotent =>
@@ -496,16 +569,30 @@ async fn try_target(
 }
 
 /// Streams the rest of the client's body (after the replayable prefix
-/// already sent) to the upstream.
+/// already sent) to the upstream. Stops early when a plain upstream has
+/// already answered (or closed): sending it the rest would only fill a
+/// socket nobody reads.
 async fn stream_body(
     stream: &mut UpstreamStream,
+    buf: &mut RespBuf,
     io: &mut ClientIo<'_>,
-    chunked: bool,
-) -> Result<(), TryError> {
+    out: &Outgoing,
+) -> Result<BodySent, TryError> {
+    let chunked = out.chunked_rest;
     let mut piece = io.take_buffer();
     let mut framed = io.take_buffer();
     let res = async {
         loop {
+            // One MSG_PEEK per piece (up to 64 KiB): cheap beside the copy.
+            // TLS upstreams are not checked: their bytes may be a session
+            // ticket rather than an answer.
+            if let Some(fd) = stream.plain_fd() {
+                if crate::system::peek_idle(fd) != crate::system::IdleSocket::Quiet
+                    && client::answered_early(stream, buf, out.is_head).await
+                {
+                    return Ok(BodySent::Stopped);
+                }
+            }
             piece.clear();
             let n = io
                 .read_body(&mut piece, RESPONSE_FLUSH_BYTES)
@@ -515,9 +602,9 @@ async fn stream_body(
                 if chunked {
                     client::send(stream, LAST_CHUNK)
                         .await
-                        .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+                        .map_err(|e| TryError::Upstream(send_failure(e)))?;
                 }
-                return Ok(());
+                return Ok(BodySent::All);
             }
             let bytes: &[u8] = if chunked {
                 framed.clear();
@@ -530,7 +617,7 @@ async fn stream_body(
             };
             client::send(stream, bytes)
                 .await
-                .map_err(|e| TryError::Upstream(Failure::Io(e)))?;
+                .map_err(|e| TryError::Upstream(send_failure(e)))?;
         }
     }
     .await;
@@ -829,8 +916,18 @@ pub(crate) async fn forward(
         head,
         mut buf,
         target,
+        deadline,
+        partial_request,
     } = answer;
     let chunked_out: bool;
+    // RFC 9110 §15.3.5: a 204 has no body; one that declares a length or
+    // coding anyway may yet send the body it declared, late, into the next
+    // request's response: such a connection is not reused.
+    let declared_body_on_204 = head.status == 204
+        && (head.get(&buf.data, "transfer-encoding").is_some()
+            || head
+                .get(&buf.data, "content-length")
+                .is_some_and(|v| v.iter().any(|&b| (b'1'..=b'9').contains(&b))));
     let opts = io.encode_options();
     let mut out = io.take_buffer();
     {
@@ -860,17 +957,8 @@ pub(crate) async fn forward(
             io.close_after();
         }
         let opts = io.encode_options();
-        let mut tokens: Vec<&[u8]> = Vec::new();
-        connection_tokens(
-            fields
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-                .map(|(_, v)| *v),
-            &mut tokens,
-        );
-        let kept = fields.iter().copied().filter(|(n, _)| {
-            !is_hop_by_hop(n, &tokens) && !n.eq_ignore_ascii_case("content-length")
-        });
+        let kept = forwardable_fields(&fields);
+        let kept = kept.iter().copied();
         io.with_date(|date| {
             response::encode_forwarded_head(
                 &mut out,
@@ -890,28 +978,35 @@ pub(crate) async fn forward(
         Vec::new()
     };
     let read_timeout = up.cfg.request_timeout;
-    let mut failed = false;
+    let mut failed = None;
+    // Whether any of the response has reached the client: until then a
+    // failure can still be answered with a 502/504 instead of a cut.
+    let mut sent = false;
     loop {
         // Nothing more buffered from the upstream: send what we have before
         // waiting, so a slow stream (SSE, long polling) reaches the client
         // as it arrives. A small response is all in the buffer already and
         // still goes out in one write.
         if !reader.done() && buf.pending().is_empty() && !out.is_empty() {
+            sent = true;
             if io.write_all(&out).await.is_err() {
-                failed = true;
+                failed = Some(BodyFailure::Io);
                 break;
             }
             out.clear();
         }
         let target_buf: &mut Vec<u8> = if chunked_out { &mut piece } else { &mut out };
         let before = target_buf.len();
+        // Each read must make progress within the upstream's
+        // request_timeout, and the whole body arrive before the deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
         let n = match reader
-            .next(&mut stream, &mut buf, target_buf, read_timeout)
+            .next(&mut stream, &mut buf, target_buf, read_timeout.min(left))
             .await
         {
             Ok(n) => n,
-            Err(_) => {
-                failed = true;
+            Err(e) => {
+                failed = Some(e);
                 0
             }
         };
@@ -929,7 +1024,7 @@ pub(crate) async fn forward(
             out.extend_from_slice(b"\r\n");
             piece.clear();
         }
-        if failed {
+        if failed.is_some() {
             break;
         }
         if n == 0 {
@@ -939,33 +1034,79 @@ pub(crate) async fn forward(
             break;
         }
         if out.len() >= RESPONSE_FLUSH_BYTES {
+            sent = true;
             if io.write_all(&out).await.is_err() {
-                failed = true;
+                failed = Some(BodyFailure::Io);
                 break;
             }
             out.clear();
         }
     }
+    if let Some(why) = failed {
+        io.put_buffer(out);
+        if chunked_out {
+            io.put_buffer(piece);
+        }
+        up.record(target, false, Instant::now());
+        gw.put_read(buf);
+        if sent {
+            // The head is out: the only honest signal left is to cut the
+            // connection (the client sees a short body or no last chunk).
+            io.abort();
+        } else {
+            // Nothing has reached the client yet (the body broke within
+            // what was already buffered): it can still get a clean answer.
+            answer_body_failure(io, &why).await;
+        }
+        return None;
+    }
     if !out.is_empty() && io.write_all(&out).await.is_err() {
-        failed = true;
+        io.abort();
+        io.put_buffer(out);
+        up.record(target, false, Instant::now());
+        gw.put_read(buf);
+        return None;
     }
     io.put_buffer(out);
     if chunked_out {
         io.put_buffer(piece);
     }
-    if failed {
-        // The head is out: the only honest signal left is to cut the
-        // connection (the client sees a short body or no last chunk).
-        io.abort();
-        up.record(target, false, Instant::now());
-        gw.put_read(buf);
-        return None;
-    }
-    if head.keep_alive && reader.done() && buf.pending().is_empty() {
+    if head.keep_alive
+        && !partial_request
+        && !declared_body_on_204
+        && reader.done()
+        && buf.pending().is_empty()
+    {
         up.targets[target].pool.put(stream, Instant::now());
     }
     gw.put_read(buf);
     capture.map(|(copy, _)| copy)
+}
+
+/// Answers the client, before any of the response reached it, for an
+/// upstream body that broke off, was framed wrongly or took too long.
+pub(crate) async fn answer_body_failure(io: &mut ClientIo<'_>, why: &BodyFailure) {
+    let (status, ty, title, detail) = match why {
+        BodyFailure::Timeout => (
+            504,
+            PROBLEM_GATEWAY_TIMEOUT,
+            "Gateway Timeout",
+            "the upstream did not send the response body in time",
+        ),
+        BodyFailure::Framing => (
+            502,
+            PROBLEM_BAD_GATEWAY,
+            "Bad Gateway",
+            "the upstream sent a malformed chunked body",
+        ),
+        BodyFailure::Truncated | BodyFailure::Io => (
+            502,
+            PROBLEM_BAD_GATEWAY,
+            "Bad Gateway",
+            "the upstream broke off the response body",
+        ),
+    };
+    io.send_problem(status, ty, title, detail, &[]).await;
 }
 
 /// The whole upstream action, without cache.

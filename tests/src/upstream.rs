@@ -353,6 +353,13 @@ pub enum Action {
         /// Body length in bytes.
         len: u64,
     },
+    /// Perform the steps without reading the body (an upstream that answers
+    /// an upload early, then ignores it), then close the connection. The
+    /// request is logged with an empty body.
+    Unread(Vec<Step>),
+    /// Write these bytes (an interim response, say) before reading the
+    /// body, then act as [`Action::Sink`].
+    InterimThenSink(Vec<u8>),
 }
 
 /// The function an upstream applies to each request head (the body has not
@@ -956,22 +963,17 @@ impl Conn<'_> {
                 self.record(req);
                 Ok(keep_alive)
             }
-            Action::Sink => {
-                let mut ok = true;
-                let mut offset = 0u64;
-                let n = self.read_body(framing, &mut |piece| {
-                    ok &= pattern_matches(offset, piece);
-                    offset += piece.len() as u64;
-                    Ok(())
-                })?;
-                req.body_len = n;
+            Action::Unread(steps) => {
                 let head_only = req.method == "HEAD";
                 self.record(req);
-                let reply = Reply::ok(&n.to_string())
-                    .header("X-Pattern-Ok", if ok { "true" } else { "false" });
-                self.write(&reply.encode(head_only))?;
-                Ok(keep_alive)
+                self.perform(Action::Steps(steps), head_only)?;
+                Ok(false)
             }
+            Action::InterimThenSink(bytes) => {
+                self.write(&bytes)?;
+                self.sink(req, framing, keep_alive)
+            }
+            Action::Sink => self.sink(req, framing, keep_alive),
             other => {
                 let mut body = Vec::new();
                 let n = self.read_body(framing, &mut |piece| {
@@ -985,6 +987,25 @@ impl Conn<'_> {
                 Ok(self.perform(other, head_only)? && keep_alive)
             }
         }
+    }
+
+    /// Reads the body without keeping it and answers with its byte count
+    /// (see [`Action::Sink`]).
+    fn sink(&mut self, mut req: Recorded, framing: Framing, keep_alive: bool) -> Result<bool, End> {
+        let mut ok = true;
+        let mut offset = 0u64;
+        let n = self.read_body(framing, &mut |piece| {
+            ok &= pattern_matches(offset, piece);
+            offset += piece.len() as u64;
+            Ok(())
+        })?;
+        req.body_len = n;
+        let head_only = req.method == "HEAD";
+        self.record(req);
+        let reply =
+            Reply::ok(&n.to_string()).header("X-Pattern-Ok", if ok { "true" } else { "false" });
+        self.write(&reply.encode(head_only))?;
+        Ok(keep_alive)
     }
 
     fn record(&self, req: Recorded) {
@@ -1049,7 +1070,9 @@ impl Conn<'_> {
                 Ok(true)
             }
             // Handled before the body is read.
-            Action::Echo | Action::Sink => Ok(false),
+            Action::Echo | Action::Sink | Action::Unread(_) | Action::InterimThenSink(_) => {
+                Ok(false)
+            }
         }
     }
 

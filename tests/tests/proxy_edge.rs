@@ -157,3 +157,199 @@ fn a_pooled_connection_the_upstream_closed_is_not_used_even_for_a_post() {
     }
     assert_eq!(up.requests(), 5, "each POST reached the upstream once");
 }
+
+/// A POST whose body (`len` bytes, over the replayable prefix so it is
+/// streamed) is written from another thread until done or refused, while
+/// this one reads the answer: an upstream that answers early must not
+/// depend on the client finishing its upload first.
+fn upload_reading_concurrently(srv: &TestServer, len: usize) -> shardline_tests::Response {
+    let mut c = srv.client();
+    c.send(
+        format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n")
+            .as_bytes(),
+    );
+    let mut writer = c.stream().try_clone().unwrap();
+    let uploader = std::thread::spawn(move || {
+        use std::io::Write;
+        let piece = vec![b'x'; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(piece.len());
+            if writer.write_all(&piece[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+    });
+    let r = c.response();
+    uploader.join().unwrap();
+    r
+}
+
+fn upload_config(up: &Upstream) -> String {
+    config(up, "request_timeout = \"5s\"").replace(
+        "timeout = \"2s\"",
+        "timeout = \"5s\"\nmax_body_bytes = \"64MiB\"",
+    )
+}
+
+#[test]
+fn an_upstream_that_refuses_an_upload_early_is_answered_with_its_refusal() {
+    let refusal =
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
+            .to_vec();
+    // The upstream answers after reading only the head, then either closes
+    // (with the body unread, so the gateway's writes fail) or holds the
+    // connection without reading (so they would block until the timeout).
+    for then in [Step::Close, Step::Hang] {
+        let up = Upstream::start(Behaviour::always(Action::Unread(vec![
+            Step::Write(refusal.clone()),
+            then.clone(),
+        ])));
+        let srv = TestServer::start_toml(&upload_config(&up));
+        let r = upload_reading_concurrently(&srv, 16 * 1024 * 1024);
+        assert_eq!(r.status, 413, "{then:?}: {}", r.summary());
+        assert_eq!(r.body, b"too big!", "{then:?}");
+        // The rest of the client's body was never read: the connection ends
+        // after this answer.
+        assert!(r.closes(), "{then:?}: {}", r.summary());
+    }
+}
+
+#[test]
+fn an_interim_response_during_an_upload_does_not_stop_it() {
+    let up = Upstream::start(Behaviour::always(Action::InterimThenSink(
+        b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+    )));
+    let srv = TestServer::start_toml(&upload_config(&up));
+    let len = 4 * 1024 * 1024;
+    let r = upload_reading_concurrently(&srv, len);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(
+        r.text(),
+        len.to_string(),
+        "the whole body reached the upstream"
+    );
+}
+
+#[test]
+fn a_transfer_coding_besides_chunked_is_a_502() {
+    // We decode chunked and frame the body ourselves: passing on gzip-coded
+    // bytes without their coding would corrupt the body.
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let up = Upstream::start(Behaviour::raw(raw));
+        let srv = TestServer::start_toml(&config(&up, ""));
+        assert_problem(&srv.client().request(&get("/x", &[])), 502, "bad-gateway");
+    }
+}
+
+#[test]
+fn a_malformed_chunk_found_before_anything_was_sent_is_a_502() {
+    let up = Upstream::start(Behaviour::raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    ));
+    let srv = TestServer::start_toml(&config(&up, ""));
+    let mut c = srv.client();
+    // Twice on one connection: the first 502 left it in step.
+    for _ in 0..2 {
+        assert_problem(&c.request(&get("/x", &[])), 502, "bad-gateway");
+    }
+}
+
+#[test]
+fn a_204_that_declares_a_body_does_not_go_back_to_the_pool() {
+    // It may yet send the 4 bytes it declared, into the next response.
+    let up = Upstream::start(Behaviour::raw(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n",
+    ));
+    let srv = TestServer::start_toml(&config(&up, ""));
+    let mut c = srv.client();
+    for _ in 0..2 {
+        let r = c.request(&get("/x", &[]));
+        assert_eq!(r.status, 204, "{}", r.summary());
+    }
+    assert_eq!(up.connections(), 2, "the 204's connection was reused");
+}
+
+/// An answer whose head comes at once and whose 40-byte body trickles in
+/// a byte per 200 ms: every read makes progress, the whole takes 8 s.
+fn trickled_body(extra_head: &str) -> Behaviour {
+    let mut steps = vec![Step::Write(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 40\r\n{extra_head}\r\n").into_bytes(),
+    )];
+    for _ in 0..40 {
+        steps.push(Step::Sleep(Duration::from_millis(200)));
+        steps.push(Step::Write(b"x".to_vec()));
+    }
+    Behaviour::always(Action::Steps(steps))
+}
+
+#[test]
+fn a_body_trickled_past_the_route_timeout_is_cut() {
+    let up = Upstream::start(trickled_body(""));
+    let srv =
+        TestServer::start_toml(&config(&up, "").replace("timeout = \"2s\"", "timeout = \"500ms\""));
+    let mut c = srv.client();
+    c.send(&get("/x", &[]));
+    let got = c.read_to_eof().unwrap_or_default();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &got[shardline_tests::client::find(&got, b"\r\n\r\n").unwrap() + 4..];
+    assert!(
+        body.len() < 40,
+        "the body outlived the route's timeout: {text}"
+    );
+}
+
+#[test]
+fn a_cached_route_answers_504_when_the_body_outlives_the_timeout() {
+    // Nothing is sent before a cacheable body is whole, so a slow one can
+    // still get a clean 504.
+    let up = Upstream::start(trickled_body("Cache-Control: max-age=60\r\n"));
+    let srv = TestServer::start_toml(&config(&up, "").replace(
+        "timeout = \"2s\"",
+        "timeout = \"500ms\"\ncache = { ttl = \"60s\" }",
+    ));
+    assert_problem(
+        &srv.client().request(&get("/x", &[])),
+        504,
+        "gateway-timeout",
+    );
+}
+
+#[test]
+fn fields_named_in_connection_are_dropped_on_cached_routes_too() {
+    for framing in [
+        "Content-Length: 2\r\n\r\nok",
+        "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ] {
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s3cret\r\n\
+             Cache-Control: max-age=60\r\n{framing}"
+        );
+        let up = Upstream::start(Behaviour::raw(raw.as_bytes()));
+        let srv = TestServer::start_toml(&config(&up, "").replace(
+            "timeout = \"2s\"",
+            "timeout = \"2s\"\ncache = { ttl = \"60s\" }",
+        ));
+        let mut c = srv.client();
+        for expect in ["MISS", "HIT"] {
+            let r = c.request(&get("/same", &[]));
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert_eq!(
+                r.header("x-cache").as_deref(),
+                Some(expect),
+                "{}",
+                r.summary()
+            );
+            assert!(
+                !r.has_header("x-secret"),
+                "{framing:?} {expect}: {}",
+                r.summary()
+            );
+        }
+    }
+}

@@ -229,6 +229,18 @@ impl Head {
     }
 }
 
+/// A Transfer-Encoding names a coding besides `chunked` (`gzip, chunked`).
+/// We decode chunked and re-frame the body ourselves, so such a coding
+/// would reach the client unlabelled (compressed bytes it takes for the
+/// body), and the cache could not say how its copy is coded: refused (502).
+fn other_transfer_coding(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
     let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
     start..start + part.len()
@@ -254,6 +266,9 @@ pub(crate) async fn read_head(
                 request_was_head,
             ) {
                 Ok(ParsedResponse::Complete(h)) => {
+                    if h.framing == ResponseFraming::Chunked && other_transfer_coding(h.headers) {
+                        return Err(Failure::Malformed(ResponseError::UnsupportedTransferCoding));
+                    }
                     let base = &buf.data[..];
                     let fields = h
                         .headers
@@ -301,6 +316,46 @@ pub(crate) async fn read_head(
                 Ok(_) => {}
                 Err(e) => return Err(Failure::Io(e)),
             },
+        }
+    }
+}
+
+/// Called while the request body is still going out, when the upstream's
+/// socket has something to read: reads it and drops interim (1xx)
+/// responses (an upstream's `100 Continue`). `true` when the upstream has
+/// refused the request (a final status of 400 or more), closed, or sent
+/// something unparseable: stop sending the body and read the answer. A
+/// success that starts early (an upstream that streams its answer while it
+/// reads) and a partly received head stay in `buf` for [`read_head`], and
+/// the body goes on meanwhile.
+pub(crate) async fn answered_early(
+    stream: &mut UpstreamStream,
+    buf: &mut RespBuf,
+    request_was_head: bool,
+) -> bool {
+    match buf.fill(stream).await {
+        Ok(0) | Err(_) => return true,
+        Ok(_) => {}
+    }
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let parsed = response_head::parse_response(
+            buf.pending(),
+            &mut headers,
+            DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+            request_was_head,
+        );
+        match parsed {
+            Ok(ParsedResponse::Complete(h)) if h.status < 200 && h.status != 101 => {
+                let len = h.head_len;
+                buf.consume(len);
+                if buf.pending().is_empty() {
+                    return false;
+                }
+            }
+            Ok(ParsedResponse::Partial) => return false,
+            Ok(ParsedResponse::Complete(h)) => return h.status >= 400 || h.status == 101,
+            Err(_) => return true,
         }
     }
 }
