@@ -1,8 +1,9 @@
 //! Config reload (SIGHUP, `POST /admin/reload`), run on shard 0.
 //!
-//! The file is read and validated completely first (the same checks as at
-//! start-up, plus the route table and handler names); a bad file leaves
-//! the running config in place and the error says why. A good one becomes
+//! The file and every TLS certificate, key and CA file are read and
+//! validated completely first (the same checks as at start-up, plus the
+//! route table and handler names); any bad file leaves the running config
+//! and certificates in place and the error says why. A good set becomes
 //! a new generation that shard 0 sends to every shard by message; each
 //! shard swaps its route table, actions and upstreams at once, between
 //! requests. Connections stay open; requests already streaming finish on
@@ -20,46 +21,13 @@ use std::time::Duration;
 
 use crate::app::{ReloadPlan, Routing};
 use crate::config::Config;
-use crate::obs::hub::{Coordinator, RELOAD_POLL_MS};
+use crate::obs::hub::{Coordinator, ReloadSource, RELOAD_POLL_MS};
 use crate::obs::ObsSetup;
 
-/// Reloads the config file; `Ok` and `Err` are one-line messages.
+/// Reloads the config file and the TLS files; `Ok` and `Err` are one-line
+/// messages.
 pub(crate) async fn reload(setup: &ObsSetup, coord: &Coordinator) -> Result<String, String> {
-    // Certificates first, on their own: a config file that fails to load
-    // does not stop new certificates, and a bad certificate file keeps the
-    // old ones (rustls config swapped only when everything loaded).
-    let (tls_ok, tls_note) = match &setup.tls {
-        Some(t) => match t.reload() {
-            Ok(()) => {
-                eprintln!("shardline: reload: TLS certificates reloaded");
-                (true, "; TLS certificates reloaded".to_string())
-            }
-            Err(e) => {
-                eprintln!(
-                    "shardline: reload: TLS reload failed, keeping the old certificates: {e}"
-                );
-                (
-                    false,
-                    format!("; TLS reload failed, keeping the old certificates: {e}"),
-                )
-            }
-        },
-        None => (true, String::new()),
-    };
-    let result = match try_reload(setup, coord).await {
-        Ok(msg) if tls_ok => Ok(format!("{msg}{tls_note}")),
-        Ok(msg) => Err(format!("{msg}{tls_note}")),
-        // Started without a config file: certificates are all there is.
-        Err(_) if setup.reload.is_none() && setup.tls.is_some() => {
-            let note = tls_note.trim_start_matches("; ").to_string();
-            if tls_ok {
-                Ok(note)
-            } else {
-                Err(note)
-            }
-        }
-        Err(e) => Err(format!("{e}{tls_note}")),
-    };
+    let result = reload_all(setup, coord).await;
     let counter = if result.is_ok() {
         &setup.reloads_ok
     } else {
@@ -73,10 +41,46 @@ pub(crate) async fn reload(setup: &ObsSetup, coord: &Coordinator) -> Result<Stri
     result
 }
 
-async fn try_reload(setup: &ObsSetup, coord: &Coordinator) -> Result<String, String> {
-    let Some(source) = &setup.reload else {
-        return Err("the server was started without --config: there is no file to reload".into());
+/// All or nothing: the config file and every certificate, key and CA file
+/// are read and checked before anything changes, so a refused reload
+/// leaves routes and certificates exactly as they were (which is what its
+/// error, its 422 and the `error` counter say).
+async fn reload_all(setup: &ObsSetup, coord: &Coordinator) -> Result<String, String> {
+    let tls = match &setup.tls {
+        Some(t) => Some(
+            t.prepare()
+                .map_err(|e| format!("TLS reload failed, keeping the old certificates: {e}"))?,
+        ),
+        None => None,
     };
+    let config = match &setup.reload {
+        Some(source) => Some(prepare_config(setup, source)?),
+        None if tls.is_some() => None,
+        None => {
+            return Err(
+                "the server was started without --config: there is no file to reload".into(),
+            )
+        }
+    };
+    let mut done = Vec::new();
+    if let Some(next) = config {
+        done.push(apply_config(setup, coord, next).await);
+    }
+    if let (Some(t), Some(prepared)) = (&setup.tls, tls) {
+        t.commit(prepared);
+        done.push("TLS certificates reloaded".to_string());
+    }
+    Ok(done.join("; "))
+}
+
+/// A config file read and checked, not yet applied.
+struct NextConfig {
+    config: Config,
+    routing: Routing,
+    restart_note: String,
+}
+
+fn prepare_config(setup: &ObsSetup, source: &ReloadSource) -> Result<NextConfig, String> {
     // A blocking read on shard 0: config files are small and reloads rare;
     // the admin listener and this shard's traffic wait for it only briefly.
     let text = std::fs::read_to_string(&source.path)
@@ -106,6 +110,19 @@ async fn try_reload(setup: &ObsSetup, coord: &Coordinator) -> Result<String, Str
             )
         }
     };
+    Ok(NextConfig {
+        config,
+        routing,
+        restart_note,
+    })
+}
+
+async fn apply_config(setup: &ObsSetup, coord: &Coordinator, next: NextConfig) -> String {
+    let NextConfig {
+        config,
+        routing,
+        restart_note,
+    } = next;
     let generation = setup.generation.fetch_add(1, Ordering::AcqRel) + 1;
     let config = Arc::new(config);
     let plan = Arc::new(ReloadPlan {
@@ -117,13 +134,16 @@ async fn try_reload(setup: &ObsSetup, coord: &Coordinator) -> Result<String, Str
     if let Ok(mut running) = setup.running.lock() {
         *running = Arc::clone(&config);
     }
-    Ok(format!(
-        "reloaded {}: generation {generation}, {} routes, {} upstreams, {} SLOs, on {shards} shards{restart_note}",
-        source.path.display(),
+    let path = setup
+        .reload
+        .as_ref()
+        .map_or_else(String::new, |s| s.path.display().to_string());
+    format!(
+        "reloaded {path}: generation {generation}, {} routes, {} upstreams, {} SLOs, on {shards} shards{restart_note}",
         config.routes.len(),
         config.upstreams.len(),
         config.slos.len(),
-    ))
+    )
 }
 
 /// Shard 0's task that turns SIGHUP (a message from the signal thread)

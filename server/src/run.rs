@@ -78,6 +78,12 @@ pub fn main() -> ExitCode {
         if let Err(e) = crate::app::Routing::new(&config, &[]) {
             return fail(&e);
         }
+        // Certificate, key and CA files load and fit, as at start-up.
+        if let Some(tls) = &config.server.tls {
+            if let Err(e) = crate::tls::validate(tls) {
+                return fail(&e);
+            }
+        }
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(crate::check::effective_toml(&config).as_bytes());
         let _ = out.flush();

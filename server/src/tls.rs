@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::crypto::{ring, CryptoProvider, GetRandomFailed};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
@@ -38,22 +38,35 @@ use crate::config_tls::{CertPaths, TlsConfig, TlsVersion};
 /// The running HTTPS listener's TLS state: what a reload needs.
 pub(crate) struct TlsRuntime {
     config: TlsConfig,
-    ticketer: Arc<dyn ProducesTickets>,
+    keys: Mutex<TicketState>,
     acceptor: Arc<TlsAcceptor>,
+}
+
+/// The ticket keys in use and the client CAs they were issued under.
+struct TicketState {
+    ticketer: Arc<dyn ProducesTickets>,
+    client_cas: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// A reloaded TLS config, checked and built but not yet in use: a reload
+/// commits it only when the rest of the config is good too.
+pub(crate) struct PreparedTls {
+    server_config: Arc<ServerConfig>,
+    keys: TicketState,
 }
 
 impl TlsRuntime {
     pub(crate) fn new(config: TlsConfig) -> Result<TlsRuntime, String> {
-        let secs = u32::try_from(config.ticket_key_rotation.as_secs()).unwrap_or(u32::MAX);
-        let ticketer: Arc<dyn ProducesTickets> = Arc::new(
-            rustls::ticketer::TicketRotator::new(secs, ticket_keys)
-                .map_err(|e| format!("server.tls: cannot create session-ticket keys: {e}"))?,
-        );
-        let server_config = build(&config, &ticketer)?;
+        let client_cas = read_client_cas(&config)?;
+        let ticketer = new_ticketer(&config)?;
+        let server_config = build(&config, &ticketer, client_cas.as_deref())?;
         let acceptor = Arc::new(TlsAcceptor::new(server_config, config.handshake_timeout));
         Ok(TlsRuntime {
             config,
-            ticketer,
+            keys: Mutex::new(TicketState {
+                ticketer,
+                client_cas,
+            }),
             acceptor,
         })
     }
@@ -62,13 +75,73 @@ impl TlsRuntime {
         Arc::clone(&self.acceptor)
     }
 
-    /// Re-reads every certificate, key and CA file. On error the old
-    /// config stays in use and the error says which file is wrong.
+    /// Re-reads every certificate, key and CA file and builds the config
+    /// they make, without using it yet. `Err` says which file is wrong.
+    pub(crate) fn prepare(&self) -> Result<PreparedTls, String> {
+        let client_cas = read_client_cas(&self.config)?;
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        // A session ticket carries the client certificate it was issued
+        // for, and resuming does not verify that certificate again: once
+        // the trusted client CAs change, tickets from before must stop
+        // working, or a certificate from a CA no longer trusted would keep
+        // authenticating by resumption for the ticket's lifetime. New keys
+        // make every old ticket undecryptable (a full handshake follows).
+        let ticketer = if client_cas == keys.client_cas {
+            Arc::clone(&keys.ticketer)
+        } else {
+            new_ticketer(&self.config)?
+        };
+        drop(keys);
+        let server_config = build(&self.config, &ticketer, client_cas.as_deref())?;
+        Ok(PreparedTls {
+            server_config,
+            keys: TicketState {
+                ticketer,
+                client_cas,
+            },
+        })
+    }
+
+    /// New handshakes use the prepared config from now on.
+    pub(crate) fn commit(&self, prepared: PreparedTls) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        *keys = prepared.keys;
+        self.acceptor.replace(prepared.server_config);
+    }
+
+    /// [`TlsRuntime::prepare`] then [`TlsRuntime::commit`]. On error the
+    /// old config stays in use and the error says why.
     pub(crate) fn reload(&self) -> Result<(), String> {
-        let server_config = build(&self.config, &self.ticketer)?;
-        self.acceptor.replace(server_config);
+        let prepared = self.prepare()?;
+        self.commit(prepared);
         Ok(())
     }
+}
+
+/// Ticket keys replaced whole every `ticket_key_rotation`.
+fn new_ticketer(config: &TlsConfig) -> Result<Arc<dyn ProducesTickets>, String> {
+    let secs = u32::try_from(config.ticket_key_rotation.as_secs()).unwrap_or(u32::MAX);
+    Ok(Arc::new(
+        rustls::ticketer::TicketRotator::new(secs, ticket_keys)
+            .map_err(|e| format!("server.tls: cannot create session-ticket keys: {e}"))?,
+    ))
+}
+
+/// The client CA certificates of `client_auth`, when it is configured.
+fn read_client_cas(config: &TlsConfig) -> Result<Option<Vec<CertificateDer<'static>>>, String> {
+    config
+        .client_auth
+        .as_ref()
+        .map(|ca| read_certs("server.tls.client_auth.ca", &ca.ca))
+        .transpose()
+}
+
+/// Checks that every certificate, key and CA file of `config` loads and
+/// fits, as a start would (`shardline check`); nothing is kept.
+pub(crate) fn validate(config: &TlsConfig) -> Result<(), String> {
+    let client_cas = read_client_cas(config)?;
+    let ticketer = new_ticketer(config)?;
+    build(config, &ticketer, client_cas.as_deref()).map(drop)
 }
 
 /// A fresh set of ticket keys. rustls's ring ticketer keeps its own keys
@@ -105,6 +178,7 @@ fn provider() -> Arc<CryptoProvider> {
 fn build(
     cfg: &TlsConfig,
     ticketer: &Arc<dyn ProducesTickets>,
+    client_cas: Option<&[CertificateDer<'static>]>,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = provider();
     let default = load_certified_key("server.tls", &cfg.default_cert, &provider)?;
@@ -142,13 +216,12 @@ fn build(
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
         .map_err(|e| format!("server.tls: {e}"))?;
-    let builder = match &cfg.client_auth {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
+    let builder = match (&cfg.client_auth, client_cas) {
+        (Some(ca), Some(certs)) => {
             let mut roots = RootCertStore::empty();
-            for cert in read_certs("server.tls.client_auth.ca", &ca.ca)? {
+            for cert in certs {
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| format!("server.tls.client_auth.ca: {}: {e}", ca.ca.display()))?;
             }
             let mut v =
@@ -161,6 +234,7 @@ fn build(
                 .map_err(|e| format!("server.tls.client_auth.ca: {}: {e}", ca.ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
+        _ => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -185,11 +259,23 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
+/// One readable line for a PEM error (the variants' Debug output dumps
+/// byte arrays).
 fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
     match e {
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls_pki_types::pem::Error::NoItemsFound => "no PEM item found".to_string(),
-        other => format!("{other:?}"),
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no PEM item found".to_string(),
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no \"-----END {}-----\" line (truncated file?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a PEM section starts with an invalid line: {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        Error::Base64Decode(what) => format!("a PEM section is not valid base64: {what}"),
+        other => format!("not a valid PEM file: {other:?}"),
     }
 }
 

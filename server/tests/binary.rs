@@ -477,6 +477,47 @@ fn check_refuses_a_bad_config_with_one_line() {
 }
 
 #[test]
+fn check_loads_the_tls_files_as_a_start_would() {
+    let (cert, key) = self_signed();
+    let (_, other_key) = self_signed();
+    let cert_path = temp_file("check-tls.crt", &cert);
+    let key_path = temp_file("check-tls.key", &key);
+    let other_key_path = temp_file("check-tls-other.key", &other_key);
+    let garbage = temp_file("check-tls-ca.crt", "not a certificate\n");
+    let tls = |key: &std::path::Path, extra: &str| {
+        format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+            cert_path.display(),
+            key.display()
+        )
+    };
+    // A key that does not fit the certificate.
+    let conf = temp_file("check-tls-key.toml", &tls(&other_key_path, ""));
+    assert_refused(
+        "check-tls-key",
+        &["check", "--config", &conf.to_string_lossy()],
+        &["server.tls.key"],
+    );
+    // A client CA file that holds no certificate.
+    let conf = temp_file(
+        "check-tls-ca.toml",
+        &tls(
+            &key_path,
+            &format!("client_auth = {{ ca = \"{}\" }}", garbage.display()),
+        ),
+    );
+    assert_refused(
+        "check-tls-ca",
+        &["check", "--config", &conf.to_string_lossy()],
+        &["server.tls.client_auth.ca"],
+    );
+    // The good pair passes.
+    let conf = temp_file("check-tls-ok.toml", &tls(&key_path, ""));
+    let (st, _, err) = run_output(&["check", "--config", &conf.to_string_lossy()]);
+    assert_eq!(st.code(), Some(0), "stderr: {err}");
+}
+
+#[test]
 fn sighup_reloads_the_config_file() {
     let route = |body: &str| {
         format!("[[routes]]\nname = \"a\"\nmethod = \"GET\"\npath = \"/a\"\nrespond = {{ status = 200, body = \"{body}\" }}\n")

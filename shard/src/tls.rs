@@ -359,10 +359,10 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
     if let Some(cn) = cert
         .subject()
         .iter_common_name()
-        .find_map(|cn| cn.as_str().ok())
+        .find_map(directory_string)
         .filter(|s| !s.is_empty())
     {
-        return Some(cn.to_string());
+        return Some(cn);
     }
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
@@ -371,6 +371,38 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
         }
         _ => None,
     })
+}
+
+/// An attribute's text in any of X.520's DirectoryString encodings:
+/// UTF8String, PrintableString, IA5String and NumericString as they are;
+/// BMPString (UTF-16BE) and UniversalString (UTF-32BE) decoded; a
+/// TeletexString read as Latin-1 (what it holds in practice). `None` for
+/// other types or bytes that do not decode.
+fn directory_string(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    if let Ok(s) = attr.as_str() {
+        return Some(s.to_string());
+    }
+    let value = attr.attr_value();
+    let data: &[u8] = value.data;
+    match value.tag() {
+        Tag::BmpString if data.len() % 2 == 0 => {
+            let units = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        Tag::UniversalString if data.len() % 4 == 0 => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        Tag::TeletexString | Tag::VisibleString => {
+            Some(data.iter().map(|&b| char::from(b)).collect())
+        }
+        _ => None,
+    }
 }
 
 /// The DNS names a certificate is valid for (its subject alternative

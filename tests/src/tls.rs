@@ -160,6 +160,15 @@ impl Ca {
         self.sign(p)
     }
 
+    /// A client certificate whose common name has this encoding
+    /// (BMPString, UniversalString, ...).
+    pub fn client_cn_value(&self, cn: rcgen::DnValue) -> Leaf {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(p)
+    }
+
     /// A client certificate without a common name, named by a DNS SAN.
     pub fn client_san(&self, dns: &str) -> Leaf {
         let mut p = CertificateParams::new(vec![dns.to_string()]).unwrap();

@@ -568,3 +568,148 @@ fn mtls_refuses_a_certificate_not_meant_for_clients() {
     let cfg = tls::client_config(&pki.ca, Some(&future), Versions::Both);
     tls::try_request(server.tls_addr(), &cfg, "/whoami").unwrap_err();
 }
+
+#[test]
+fn changing_the_client_ca_ends_resumption_of_sessions_it_verified() {
+    // A session ticket carries the client certificate it was issued for,
+    // and resuming does not verify it again: after the client CA changes,
+    // a certificate the new CA did not sign must not keep authenticating
+    // through an old ticket.
+    for versions in [Versions::Only13, Versions::Only12] {
+        let pki = Pki::new();
+        let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
+        let server = start_whoami(
+            &pki,
+            &format!("client_auth = {{ ca = \"{ca_file}\", required = true }}"),
+        );
+        let addr = server.tls_addr();
+        let alice = pki.ca.client("alice");
+        let cfg = tls::client_config(&pki.ca, Some(&alice), versions);
+        let mut first = tls::connect(addr, &cfg, "localhost").unwrap();
+        assert_eq!(tls::get(&mut first, "/whoami").unwrap().text(), "id=alice");
+        drop(first);
+
+        // A reload that leaves the client CAs alone keeps resumption.
+        assert_eq!(server.reload_tls(), Ok(true));
+        let mut again = tls::connect(addr, &cfg, "localhost").unwrap();
+        assert_eq!(
+            again.conn.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{versions:?}"
+        );
+        assert_eq!(tls::get(&mut again, "/whoami").unwrap().text(), "id=alice");
+        drop(again);
+
+        // Alice's CA is no longer trusted.
+        std::fs::write(&ca_file, Ca::new("the new client CA").pem()).unwrap();
+        assert_eq!(server.reload_tls(), Ok(true));
+        match tls::connect(addr, &cfg, "localhost") {
+            // TLS 1.2: the refusal comes within the handshake.
+            Err(_) => {}
+            // TLS 1.3: the client finishes first; the server's alert
+            // arrives at the first read.
+            Ok(mut s) => {
+                assert_ne!(
+                    s.conn.handshake_kind(),
+                    Some(HandshakeKind::Resumed),
+                    "{versions:?}"
+                );
+                let r = tls::get(&mut s, "/whoami");
+                assert!(
+                    r.is_err(),
+                    "{versions:?}: served after the CA change: {r:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn client_common_names_in_any_directory_string_encoding_are_identities() {
+    use rcgen::DnValue;
+    use rcgen::{BmpString, TeletexString, UniversalString};
+    let pki = Pki::new();
+    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
+    let server = start_whoami(
+        &pki,
+        &format!("client_auth = {{ ca = \"{ca_file}\", required = true }}"),
+    );
+    for (cn, want) in [
+        (
+            DnValue::BmpString(BmpString::try_from("bmp-Łukasz").unwrap()),
+            "id=bmp-Łukasz",
+        ),
+        (
+            DnValue::UniversalString(UniversalString::try_from("universal-✓").unwrap()),
+            "id=universal-✓",
+        ),
+        (
+            DnValue::TeletexString(TeletexString::try_from("teletex").unwrap()),
+            "id=teletex",
+        ),
+    ] {
+        let leaf = pki.ca.client_cn_value(cn);
+        let cfg = tls::client_config(&pki.ca, Some(&leaf), Versions::Both);
+        let r = tls::try_request(server.tls_addr(), &cfg, "/whoami").unwrap();
+        assert_eq!(r.text(), want);
+    }
+}
+
+#[test]
+fn a_reload_with_a_bad_certificate_changes_nothing() {
+    let pki = Pki::new();
+    let file = pki.dir.path("shardline.toml");
+    let text = |body: &str| {
+        format!(
+            "{}\n[[routes]]\nname = \"a\"\nmethod = \"GET\"\npath = \"/a\"\n\
+             respond = {{ status = 200, body = \"{body}\" }}\n",
+            pki.tls_section("")
+        )
+    };
+    std::fs::write(&file, text("A")).unwrap();
+    let mut cfg = config_from_toml(&text("A"));
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.server.shards = 1;
+    let overrides = shardline::config::ServerOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        shards: Some(1),
+        ..Default::default()
+    };
+    let server =
+        TestServer::from_builder(shardline::Server::new(cfg).config_file(&file, overrides));
+    let reload = || {
+        let mut c = shardline_tests::Client::connect(server.admin.unwrap());
+        c.request(&shardline_tests::post("/admin/reload", &[], b""))
+    };
+
+    // A new route body and a truncated certificate in one reload: refused
+    // whole, so the route keeps its old body too.
+    std::fs::write(&file, text("B")).unwrap();
+    std::fs::write(&pki.cert, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    let r = reload();
+    assert_eq!(r.status, 422, "{}", r.summary());
+    assert!(
+        r.text().contains("server.tls.cert") && r.text().contains("truncated"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(server.client().request(&get("/a", &[])).text(), "A");
+
+    // Certificate mended: the same reload goes through, both parts.
+    let leaf = pki.ca.server(&["localhost"]);
+    std::fs::write(&pki.cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&pki.key, &leaf.key_pem).unwrap();
+    let r = reload();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(
+        r.text().contains("TLS certificates reloaded"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(server.client().request(&get("/a", &[])).text(), "B");
+    let cfg = tls::client_config(&pki.ca, None, Versions::Both);
+    let s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
+    assert_eq!(s.conn.peer_certificates().unwrap()[0], leaf.der);
+}

@@ -73,7 +73,12 @@ impl AuthFailure {
             AuthFailure::Missing => "this route needs credentials",
             AuthFailure::UnknownKey => "the API key is not valid",
             AuthFailure::Token(t) => t.describe(),
-            AuthFailure::NoClientCert => "this route needs a verified TLS client certificate",
+            // Also what a verified certificate that names no client gets
+            // (no common name, no DNS, e-mail or URI SAN): say what counts.
+            AuthFailure::NoClientCert => {
+                "this route needs a verified TLS client certificate that names its client \
+                 (a subject common name, or a DNS, e-mail or URI subject alternative name)"
+            }
             AuthFailure::NotAllowed => "the client certificate's identity is not allowed here",
         }
     }
