@@ -500,7 +500,7 @@ impl GatewayApp {
         req: &StreamRequest,
         head: &RequestHead<'_, '_>,
         params: &Params<'_, '_>,
-        request_id: &mut Option<Vec<u8>>,
+        notes: &mut PolicyNotes,
         io: &mut ClientIo<'_>,
     ) -> Option<(StreamRequest, Option<Vec<u8>>)> {
         let mut passed = Passed::default();
@@ -533,7 +533,8 @@ impl GatewayApp {
                     .check(token, head, io.peer(), tls_id, params, &mut passed, retry);
         }
         io.add_response_headers(&passed.response_headers);
-        request_id.clone_from(&passed.request_id);
+        notes.request_id.clone_from(&passed.request_id);
+        notes.consumer.clone_from(&passed.consumer);
         if let Err(r) = checked {
             // The body is not read: close rather than read it for nothing.
             if io.has_body() {
@@ -794,8 +795,7 @@ impl App for GatewayApp {
             if let Some(t) = &trace {
                 io.set_traceparent(t.header_for(&t.span_id));
             }
-            // A request id the policies generated, for the access log.
-            let mut policy_id: Option<Vec<u8>> = None;
+            let mut notes = PolicyNotes::default();
             match inner.actions.get(index) {
                 Some(action) if !inner.policies.active(index) => {
                     self.run_stream_action(&inner, action, index, &head, &params, io)
@@ -803,7 +803,7 @@ impl App for GatewayApp {
                 }
                 Some(action) => {
                     if let Some((req, consumer)) = self
-                        .stream_policies(&inner, index, req, &head, &params, &mut policy_id, io)
+                        .stream_policies(&inner, index, req, &head, &params, &mut notes, io)
                         .await
                     {
                         // The policies rewrote the head for the upstream
@@ -853,7 +853,8 @@ impl App for GatewayApp {
                     bytes_out: io.bytes_out(),
                     upstream: io.upstream(),
                     cache: io.cache_status(),
-                    request_id: policy_id.as_deref().or(head.header("x-request-id")),
+                    request_id: notes.request_id.as_deref().or(head.header("x-request-id")),
+                    consumer: notes.consumer.as_deref(),
                     trace: trace.as_ref(),
                     peer: req.peer,
                 },
@@ -869,22 +870,21 @@ impl App for GatewayApp {
         let inner = Rc::clone(&self.inner.borrow());
         // A fresh hit found by `dispatch`: it is consumed when answered.
         let had_hit = self.cache_hit.borrow().is_some();
-        // A request id the policies generated, for the access log.
-        let mut policy_id: Option<Vec<u8>> = None;
+        let mut notes = PolicyNotes::default();
         let route = if ex.token() == PREFLIGHT {
             let i = preflight_route(&inner, ex.head);
             if !answer_preflight(&inner, ex) {
-                serve_inline(&inner, &self.cache_hit, ex, &mut policy_id);
+                serve_inline(&inner, &self.cache_hit, ex, &mut notes);
             }
             i
         } else {
-            serve_inline(&inner, &self.cache_hit, ex, &mut policy_id)
+            serve_inline(&inner, &self.cache_hit, ex, &mut notes)
         };
         let head = ex.head;
         // Header lookups only when something will use them.
         let trace = self.trace_context(head);
         let request_id = if self.obs.access.is_some() {
-            policy_id.as_deref().or(head.header("x-request-id"))
+            notes.request_id.as_deref().or(head.header("x-request-id"))
         } else {
             None
         };
@@ -902,10 +902,27 @@ impl App for GatewayApp {
                 upstream: None,
                 cache: (had_hit && self.cache_hit.borrow().is_none()).then_some("HIT"),
                 request_id,
+                consumer: notes.consumer.as_deref(),
                 trace: trace.as_ref(),
                 peer: ex.peer,
             },
         );
+    }
+}
+
+/// What the policies found out about a request, for its access log line.
+#[derive(Default)]
+struct PolicyNotes {
+    /// The request id they generated (the client sent none).
+    request_id: Option<Vec<u8>>,
+    /// The consumer the route's auth admitted the request as.
+    consumer: Option<Vec<u8>>,
+}
+
+impl PolicyNotes {
+    fn take_from(&mut self, passed: &mut Passed) {
+        self.request_id = passed.request_id.take();
+        self.consumer = passed.consumer.take();
     }
 }
 
@@ -917,7 +934,7 @@ fn serve_inline(
     inner: &GatewayInner,
     cache_hit: &RefCell<Option<Rc<crate::cache::CachedResponse>>>,
     ex: &mut Exchange<'_>,
-    request_id: &mut Option<Vec<u8>>,
+    notes: &mut PolicyNotes,
 ) -> Option<usize> {
     let head = ex.head;
     let (generation, token) = untoken(ex.token());
@@ -980,7 +997,7 @@ fn serve_inline(
                 mode,
             )
             .and_then(|()| inner.policies.check_body(token, head, ex.body));
-        *request_id = passed.request_id.take();
+        notes.take_from(&mut passed);
         match (checked, hit) {
             (Ok(()), Some(entry)) => {
                 crate::cache_glue::answer_hit_inline(ex, &entry, &passed.response_headers)
@@ -1013,7 +1030,7 @@ fn serve_inline(
                     Default::default(),
                 )
                 .and_then(|()| inner.policies.check_body(i, head, ex.body));
-            *request_id = passed.request_id.take();
+            notes.take_from(&mut passed);
             if let Err(r) = checked {
                 count_rejection(inner, i, &r);
                 reject_inline(ex, &r);

@@ -31,6 +31,7 @@ impl Setup {
         let key = dir.write("server.key", &leaf.key_pem);
         let ca_file = dir.write("clients-ca.crt", &ca.pem());
         let audit = tls::toml_path(&dir.path("audit.jsonl"));
+        let access = tls::toml_path(&dir.path("access.jsonl"));
         let up = Upstream::start(Behaviour::reply(Reply::ok("from upstream")));
         let text = format!(
             r#"
@@ -42,6 +43,7 @@ client_auth = {{ ca = "{ca_file}", required = false }}
 
 [observability]
 audit_log = "{audit}"
+access_log = "{access}"
 
 [auth.certs]
 type = "mtls"
@@ -239,4 +241,33 @@ fn config_errors_name_the_key() {
         "[auth.m]\ntype = \"mtls\"\nallowed = [\"a\"]\nscopes = { b = [\"x\"] }\n",
         "auth.m",
     );
+}
+
+#[test]
+fn the_access_log_names_the_consumer_on_both_paths() {
+    let s = Setup::new();
+    assert_eq!(s.request(Some("alice"), "/admin").status, 200);
+    assert_eq!(s.request(Some("alice"), "/proxied").status, 200);
+    assert_eq!(s.request(None, "/partners").status, 401);
+    let want = [
+        ("admin", "\"alice\""),
+        ("proxied", "\"alice\""),
+        ("partners", "null"),
+    ];
+    let path = s.dir.path("access.jsonl");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let found = want.iter().all(|(route, consumer)| {
+            text.lines().any(|l| {
+                l.contains(&format!("\"route\":\"{route}\""))
+                    && l.contains(&format!("\"consumer\":{consumer}"))
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(start.elapsed() < GUARD, "access log lines missing:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -109,6 +109,8 @@ pub(crate) struct Completed<'a> {
     pub cache: Option<&'static str>,
     /// The request's `X-Request-Id` value, if it sent one.
     pub request_id: Option<&'a [u8]>,
+    /// The consumer the request authenticated as.
+    pub consumer: Option<&'a [u8]>,
     pub trace: Option<&'a TraceContext>,
     pub peer: SocketAddr,
 }
@@ -199,12 +201,12 @@ impl ShardObs {
                 }
                 None => out.extend_from_slice(b"null"),
             }
-            let _ = write!(
-                out,
-                ",\"shard\":{},\"consumer\":null,\"client\":\"{}\",\"method\":",
-                self.info.id,
-                c.peer.ip()
-            );
+            let _ = write!(out, ",\"shard\":{},\"consumer\":", self.info.id);
+            match c.consumer {
+                Some(who) => json::push_bytes(out, who),
+                None => out.extend_from_slice(b"null"),
+            }
+            let _ = write!(out, ",\"client\":\"{}\",\"method\":", c.peer.ip());
             json::push_bytes(out, c.method.as_bytes());
             out.extend_from_slice(b",\"route\":");
             if c.route.is_some() {

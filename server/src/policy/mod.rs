@@ -192,6 +192,9 @@ pub(crate) struct ShardPolicies {
     shard: usize,
     /// Any route has CORS (so OPTIONS preflights are looked at).
     pub any_cors: bool,
+    /// The access log is on: it names each request's consumer, so the
+    /// consumer is kept for it (otherwise only when a later stage needs it).
+    log_consumer: bool,
     key_buf: RefCell<Vec<u8>>,
 }
 
@@ -307,6 +310,10 @@ impl ShardPolicies {
         }
         ShardPolicies {
             any_cors: cfg.routes.iter().any(|r| r.policy.cors.is_some()),
+            log_consumer: !matches!(
+                cfg.observability.access_log,
+                crate::config_obs::LogTarget::Off
+            ),
             routes,
             ids: IdGen::new(shard.id),
             limiters,
@@ -445,7 +452,8 @@ impl ShardPolicies {
         if let Some(a) = &p.auth {
             let wants_consumer = matches!(&p.rate, Some((_, LimitKey::Consumer, _)))
                 || matches!(&p.quota, Some((_, LimitKey::Consumer, _)))
-                || p.idempotency.is_some();
+                || p.idempotency.is_some()
+                || self.log_consumer;
             // Valid request ids are ASCII (`valid_request_id`, generated).
             let request_id = std::str::from_utf8(rid).unwrap_or("");
             let audit = |allow: bool, reason: &str, consumer: Option<&str>| {
@@ -580,7 +588,7 @@ impl ShardPolicies {
                 }
             }
         }
-        if p.idempotency.is_some() {
+        if p.idempotency.is_some() || self.log_consumer {
             passed.consumer = consumer;
         }
         if let Some(v) = &p.validate {
