@@ -95,6 +95,15 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_checked_without_recursion() {
+        // An upstream part in an aggregation is checked with this: a deep
+        // document must not overflow a shard's stack.
+        let mut deep = vec![b'['; 200_000];
+        deep.extend(std::iter::repeat_n(b']', 200_000));
+        let _ = validate_json(&mut deep);
+    }
+
+    #[test]
     fn rfc8259_2_validate_json() {
         assert!(validate_json(&mut br#"{"a":[1,2,{"b":null}]}"#.to_vec()));
         assert!(!validate_json(&mut br#"{"a":}"#.to_vec()));

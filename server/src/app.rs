@@ -261,6 +261,7 @@ impl GatewayInner {
                         old.and_then(|o| o.reusable_cache(r, config))
                             .unwrap_or_else(|| Rc::new(crate::cache_glue::RouteCache::new(c)))
                     }),
+                    authenticated: r.policy.auth.is_some(),
                 })),
                 Action::Aggregate(parts) => {
                     ShardAction::Aggregate(Aggregate::new(parts, &upstreams))

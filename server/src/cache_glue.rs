@@ -218,7 +218,11 @@ async fn store_and_forward(
             &cc,
             &vary,
             declared,
-            head.header("authorization").is_some(),
+            // RFC 9111 §3.5 names Authorization; a route's own auth (an API
+            // key, a client certificate) makes a response just as much one
+            // consumer's: stored only when the upstream says it may be
+            // shared (`public`, `s-maxage`, `must-revalidate`).
+            p.authenticated || head.header("authorization").is_some(),
         )
     } else {
         None

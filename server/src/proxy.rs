@@ -109,6 +109,9 @@ pub(crate) struct Proxy {
     /// Shared with the next config generation when a reload leaves the
     /// route's cache settings unchanged (entries and counters survive).
     pub cache: Option<Rc<crate::cache_glue::RouteCache>>,
+    /// The route has `auth`: every request on it is some consumer's, so its
+    /// responses are cached as if the request carried `Authorization`.
+    pub authenticated: bool,
 }
 
 /// RFC 9110 §9.2.2 idempotent methods, plus any request carrying an

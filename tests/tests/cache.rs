@@ -47,6 +47,7 @@ fn cache_control_by_path(req: &Recorded) -> Vec<(&'static str, String)> {
         "/no-cache" => cc("no-cache"),
         "/max-age-1" => cc("max-age=1"),
         "/max-age-600" => cc("max-age=600"),
+        "/public" => cc("public, max-age=600"),
         "/s-maxage-1" => cc("s-maxage=1, max-age=600"),
         "/vary" => vec![("Vary", "Accept-Language".to_string())],
         "/vary-star" => vec![("Vary", "*".to_string())],
@@ -562,16 +563,46 @@ fn hits_still_pass_the_routes_policies() {
     let srv = TestServer::start_toml(&config);
     let mut c = srv.client();
     let good = "X-Api-Key: key-aaaaaaaaaaaaaaaaaaaa";
-    expect(&mut c, "/p", &[good], "MISS", "/p#1");
-    expect(&mut c, "/p", &[good], "HIT", "/p#1");
-    let r = c.request(&get("/p", &[]));
+    // `public`: the upstream says any consumer may get it.
+    expect(&mut c, "/public", &[good], "MISS", "/public#1");
+    expect(&mut c, "/public", &[good], "HIT", "/public#1");
+    let r = c.request(&get("/public", &[]));
     assert_eq!(r.status, 401, "{}", r.summary());
     assert!(r.header("x-cache").is_none(), "{}", r.summary());
     assert!(r.header("www-authenticate").is_some(), "{}", r.summary());
-    let r = c.request(&get("/p", &["X-Api-Key: key-bbbbbbbbbbbbbbbbbbbb"]));
+    let r = c.request(&get("/public", &["X-Api-Key: key-bbbbbbbbbbbbbbbbbbbb"]));
     assert_eq!(r.status, 403, "{}", r.summary());
-    assert_ne!(r.text(), "/p#1");
-    expect(&mut c, "/p", &[good], "HIT", "/p#1");
+    assert_ne!(r.text(), "/public#1");
+    expect(&mut c, "/public", &[good], "HIT", "/public#1");
     assert_eq!(up.requests(), 1);
+    let _ = std::fs::remove_file(&keys);
+}
+
+/// On a route with `auth`, a response is one consumer's unless the
+/// upstream says it may be shared: an API key must not fetch another
+/// consumer's stored answer.
+#[test]
+fn responses_on_authenticated_routes_are_not_shared_between_consumers() {
+    let up = cache_upstream();
+    let keys = std::env::temp_dir().join(format!("shardline-cache-own-{}", std::process::id()));
+    std::fs::write(
+        &keys,
+        "key-aaaaaaaaaaaaaaaaaaaa acme read\nkey-bbbbbbbbbbbbbbbbbbbb beta read\n",
+    )
+    .unwrap();
+    let config = format!(
+        "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n{}",
+        keys.display(),
+        cache_config_with(&up, "60s", "", "auth = \"partners\"")
+    );
+    let srv = TestServer::start_toml(&config);
+    let mut c = srv.client();
+    let acme = "X-Api-Key: key-aaaaaaaaaaaaaaaaaaaa";
+    let beta = "X-Api-Key: key-bbbbbbbbbbbbbbbbbbbb";
+    // No Cache-Control, and a route `ttl`: still not stored.
+    expect(&mut c, "/me", &[acme], "MISS", "/me#1");
+    expect(&mut c, "/me", &[beta], "MISS", "/me#2");
+    expect(&mut c, "/me", &[acme], "MISS", "/me#3");
+    assert_eq!(up.requests(), 3);
     let _ = std::fs::remove_file(&keys);
 }

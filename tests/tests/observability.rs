@@ -1018,11 +1018,18 @@ rate_limit = {{ per_minute = 100, burst = 100, key = "route" }}
             r.header("x-request-id").expect("a generated X-Request-Id")
         })
         .collect();
+    // A client's id the policies keep is the id the log names.
+    let r = c.request(&get("/l", &["X-Request-Id: order-7@checkout"]));
+    assert_eq!(
+        r.header("x-request-id").as_deref(),
+        Some("order-7@checkout")
+    );
     drop(c);
     srv.stop();
     let lines = json_lines(&log);
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["request_id"], ids[0].as_str());
     assert_eq!(lines[1]["request_id"], ids[1].as_str());
+    assert_eq!(lines[2]["request_id"], "order-7@checkout");
     let _ = std::fs::remove_dir_all(&dir);
 }

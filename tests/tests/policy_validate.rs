@@ -145,3 +145,47 @@ fn unsupported_schema_keywords_stop_start_up() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn deep_nesting_and_repeated_member_names_are_refused() {
+    let dir = std::env::temp_dir().join(format!("shardline-validate-deep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("user.json");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let up = Upstream::start(Behaviour::echo());
+    let s = server(&up, &schema.to_string_lossy());
+    let mut c = s.client();
+    for path in ["/users", "/up/users"] {
+        // 10 KB of brackets: parsing it recursively would overflow a
+        // shard's stack and take the whole server down.
+        let mut deep = "[".repeat(5000);
+        deep.push_str(&"]".repeat(5000));
+        let r = c.request(&post(
+            path,
+            &["Content-Type: application/json"],
+            deep.as_bytes(),
+        ));
+        assert_problem(&r, 422);
+        assert!(r.text().contains("nested deeper than"), "{}", r.text());
+        // Receivers disagree on which of two equal names counts: the
+        // checked value must be the value the upstream acts on.
+        for body in [
+            &br#"{"name":"ann","email":"ann@example.com","age":5,"age":-1}"#[..],
+            br#"{"name":"ann","email":"ann@example.com","age":-1,"age":5}"#,
+        ] {
+            let r = c.request(&post(path, &["Content-Type: application/json"], body));
+            assert_problem(&r, 422);
+            assert_eq!(errors(&r), ["/age"], "{path}");
+        }
+    }
+    // The server is alive and nothing bad reached the upstream.
+    let good = br#"{"name":"ann","email":"ann@example.com"}"#;
+    let r = c.request(&post(
+        "/up/users",
+        &["Content-Type: application/json"],
+        good,
+    ));
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(up.requests(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

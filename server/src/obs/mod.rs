@@ -35,10 +35,9 @@ use shardline_shard::{ShardCounters, ShardInfo};
 
 use crate::obs::log::ShardLog;
 use crate::obs::trace::{ShardTracer, TraceContext};
-
-/// Longest incoming `X-Request-Id` taken as is; longer or odd ones are
-/// replaced by a generated id (a client must not be able to stuff logs).
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
+// The rule the `request_id` policy keeps an incoming id by: the log names a
+// request by the id its response and the upstream carried.
+use crate::policy::request_id::valid_request_id;
 
 /// What every shard's observability is built from (process-wide, shared
 /// at start-up).
@@ -240,14 +239,6 @@ impl ShardObs {
             out.push(b'}');
         });
     }
-}
-
-fn valid_request_id(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_REQUEST_ID_BYTES
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
 /// Flushes a shard's log buffers every `LOG_FLUSH_MS` so lines appear

@@ -31,6 +31,12 @@ pub const MAX_VIOLATIONS: usize = 50;
 /// the recursion when validating.
 const MAX_SCHEMA_DEPTH: usize = 64;
 
+/// Nesting a request body may have (arrays and objects). Building the
+/// parsed value and walking it recurse once per level, and a shard's stack
+/// is finite: 10 KB of `[` would otherwise overflow it and take the whole
+/// process down. 128 is far past any real API payload.
+pub const MAX_BODY_DEPTH: usize = 128;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JsonType {
     Null,
@@ -502,15 +508,99 @@ pub fn check_body(
     if !content_type.is_some_and(is_json) {
         return Err(BodyProblem::UnsupportedMediaType);
     }
+    if nesting_depth(body) > MAX_BODY_DEPTH {
+        return Err(BodyProblem::Malformed(format!(
+            "nested deeper than {MAX_BODY_DEPTH} levels"
+        )));
+    }
     let mut copy = body.to_vec();
     let v = simd_json::to_borrowed_value(&mut copy)
         .map_err(|e| BodyProblem::Malformed(e.to_string()))?;
+    // RFC 8259 §4: receivers disagree on a repeated member name (most keep
+    // the last, the parsed value here shows the first): a body checked one
+    // way and acted on another is a bypass, so it is refused.
+    if let Some(pointer) = first_duplicate_member(&v) {
+        return Err(BodyProblem::Invalid(vec![Violation {
+            pointer,
+            message: "this member name appears more than once in its object".to_string(),
+        }]));
+    }
     let out = schema.validate_value(&v);
     if out.is_empty() {
         Ok(())
     } else {
         Err(BodyProblem::Invalid(out))
     }
+}
+
+/// The deepest nesting of arrays and objects in `body`, outside strings.
+/// One pass, no recursion; malformed text is left to the parser.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The pointer of the first object member whose name its object already
+/// has. Recursion is bounded by [`MAX_BODY_DEPTH`] (checked before).
+fn first_duplicate_member(v: &V<'_>) -> Option<String> {
+    fn walk(v: &V<'_>, ptr: &mut String) -> Option<String> {
+        match v {
+            V::Object(map) => {
+                let mut seen = std::collections::HashSet::with_capacity(map.len());
+                for (k, child) in map.iter() {
+                    let len = ptr.len();
+                    ptr.push('/');
+                    escape(k, ptr);
+                    if !seen.insert(k.as_ref()) {
+                        return Some(ptr.clone());
+                    }
+                    let found = walk(child, ptr);
+                    if found.is_some() {
+                        return found;
+                    }
+                    ptr.truncate(len);
+                }
+                None
+            }
+            V::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = ptr.len();
+                    ptr.push('/');
+                    ptr.push_str(&i.to_string());
+                    let found = walk(child, ptr);
+                    if found.is_some() {
+                        return found;
+                    }
+                    ptr.truncate(len);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+    walk(v, &mut String::new())
 }
 
 /// The type a path parameter must have.
