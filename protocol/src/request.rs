@@ -214,8 +214,8 @@ fn check_fields(
             // RFC 9112 §3.2.2 tells a server to ignore Host when the target
             // is absolute-form; we are stricter and refuse a disagreement,
             // because a proxy in front of us may have routed on the other one.
-            if let Some(authority) = line.authority {
-                if !authority.as_bytes().eq_ignore_ascii_case(h.value) {
+            if let Some((authority, default_port)) = line.authority {
+                if !same_authority(authority.as_bytes(), h.value, default_port) {
                     return Err(ErrorKind::HostMismatch.into());
                 }
             }
@@ -468,8 +468,9 @@ struct RequestLine<'b> {
     path: &'b str,
     query: Option<&'b str>,
     version: Version,
-    /// Authority of an absolute-form target, compared with Host.
-    authority: Option<&'b str>,
+    /// Authority of an absolute-form target, compared with Host, and its
+    /// scheme's default port.
+    authority: Option<(&'b str, &'static [u8])>,
 }
 
 /// `request-line = method SP request-target SP HTTP-version` (RFC 9112 §3),
@@ -548,7 +549,8 @@ fn parse_version(v: &[u8]) -> Result<Version, Error> {
 struct Target<'b> {
     path: &'b str,
     query: Option<&'b str>,
-    authority: Option<&'b str>,
+    /// An absolute-form target's authority and its scheme's default port.
+    authority: Option<(&'b str, &'static [u8])>,
 }
 
 /// The four forms of RFC 9112 §3.2, each only where the method allows it.
@@ -586,9 +588,13 @@ fn parse_target<'b>(method: &[u8], t: &'b [u8]) -> Result<Target<'b>, Error> {
             // RFC 9112 §3.2.2 absolute-form: a server MUST accept it. Only
             // the http and https schemes (case-insensitive, RFC 3986 §3.1)
             // name resources we serve.
-            let rest = strip_prefix_ignore_case(t, b"http://")
-                .or_else(|| strip_prefix_ignore_case(t, b"https://"))
-                .ok_or_else(bad)?;
+            let (rest, default_port) = match strip_prefix_ignore_case(t, b"http://") {
+                Some(rest) => (rest, &b"80"[..]),
+                None => (
+                    strip_prefix_ignore_case(t, b"https://").ok_or_else(bad)?,
+                    &b"443"[..],
+                ),
+            };
             let auth_end = rest
                 .iter()
                 .position(|&b| b == b'/' || b == b'?')
@@ -611,10 +617,32 @@ fn parse_target<'b>(method: &[u8], t: &'b [u8]) -> Result<Target<'b>, Error> {
             Ok(Target {
                 path,
                 query,
-                authority: Some(ascii_str(authority)?),
+                authority: Some((ascii_str(authority)?, default_port)),
             })
         }
     }
+}
+
+/// Whether two authorities name the same origin (RFC 9110 §4.2.3): hosts
+/// equal ignoring case, ports equal once the scheme's default port is
+/// read as no port (`x`, `x:80` and `X:80` are one http origin).
+fn same_authority(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
+    fn split(auth: &[u8]) -> (&[u8], &[u8]) {
+        // An IP literal's colons are inside its brackets.
+        let host_end = if auth.first() == Some(&b'[') {
+            auth.iter()
+                .position(|&c| c == b']')
+                .map_or(auth.len(), |i| i + 1)
+        } else {
+            auth.iter().position(|&c| c == b':').unwrap_or(auth.len())
+        };
+        let (host, rest) = auth.split_at(host_end);
+        (host, rest.strip_prefix(b":").unwrap_or(rest))
+    }
+    let is_default = |given: &[u8]| given.is_empty() || given == default_port;
+    let (ha, pa) = split(a);
+    let (hb, pb) = split(b);
+    ha.eq_ignore_ascii_case(hb) && (pa == pb || (is_default(pa) && is_default(pb)))
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -1526,6 +1554,35 @@ mod tests {
     fn rfc9112_3_2_2_rejects_host_that_disagrees_with_absolute_form() {
         let raw = b"GET http://other.example.com/plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n";
         assert_eq!(err(raw), ErrorKind::HostMismatch);
+        for (target, host) in [
+            ("http://x:81/p", "x"),
+            ("https://x/p", "x:80"),
+            ("http://x/p", "y"),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(
+                err(raw.as_bytes()),
+                ErrorKind::HostMismatch,
+                "{target} {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc9110_4_2_3_an_equivalent_authority_is_no_mismatch() {
+        for (target, host) in [
+            ("http://x:80/p", "x"),
+            ("http://x/p", "x:80"),
+            ("http://X:80/p", "x"),
+            ("https://x:443/p", "X"),
+            ("http://[::1]:80/p", "[::1]"),
+            ("http://x:8080/p", "X:8080"),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            with_head(raw.as_bytes(), |h| {
+                assert_eq!(h.path, "/p", "{target} {host}")
+            });
+        }
     }
 
     #[test]

@@ -850,7 +850,9 @@ fn validate_route(
                 headers.push((n, v));
             }
             let status = u16::try_from(status).unwrap_or(500);
-            if matches!(status, 204 | 304) && !resp.body.is_empty() {
+            // RFC 9110 §15.3.5, §15.3.6, §15.4.5: no content in a 204, 205
+            // or 304.
+            if matches!(status, 204 | 205 | 304) && !resp.body.is_empty() {
                 return err(
                     &key("respond.body"),
                     format!("a {status} response has no body"),
@@ -918,6 +920,17 @@ mod tests {
 
     fn e(text: &str) -> String {
         Config::from_toml_str(text).unwrap_err().0
+    }
+
+    #[test]
+    fn statuses_without_content_take_no_body() {
+        for status in [204, 205, 304] {
+            let text = format!(
+                "[[routes]]\nname = \"a\"\npath = \"/a\"\n\
+                 respond = {{ status = {status}, body = \"x\" }}\n"
+            );
+            assert!(e(&text).contains("respond.body"), "{status}");
+        }
     }
 
     #[test]

@@ -699,20 +699,7 @@ pub(crate) async fn prepare(
 
 /// Answers a client whose body could not be read (if it can still hear).
 pub(crate) async fn client_body_failed(io: &mut ClientIo<'_>, e: BodyError) {
-    match e {
-        BodyError::Framing(err) => {
-            io.close_after();
-            io.send_problem(
-                err.status(),
-                err.problem_type(),
-                err.title(),
-                err.detail(),
-                &[],
-            )
-            .await;
-        }
-        _ => io.abort(),
-    }
+    io.answer_body_failure(e).await;
 }
 
 /// The outcome of the whole attempt loop.

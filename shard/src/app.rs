@@ -103,6 +103,10 @@ pub(crate) struct ConnContext<'x> {
 /// produced no response (inline or streamed).
 pub(crate) const NO_RESPONSE_PROBLEM: &str = "https://shardline.dev/problems/no-response";
 pub(crate) const NO_RESPONSE_DETAIL: &str = "the route's action produced no response";
+/// The 408 for a request (head or body) that stopped arriving.
+pub(crate) const REQUEST_TIMEOUT_PROBLEM: &str = "https://shardline.dev/problems/request-timeout";
+pub(crate) const REQUEST_TIMEOUT_DETAIL: &str =
+    "the request was not received within the server's read timeout";
 
 /// One request and the means to answer it.
 pub struct Exchange<'x> {

@@ -390,7 +390,9 @@ impl Conn {
                 start.keep_alive,
             );
             app.stream(start.token, &req, &mut io).await;
-            if !io.started() {
+            // A broken exchange (the client went away mid-body, say) is cut,
+            // not answered: there is nobody to tell, or nothing true to say.
+            if !io.started() && !io.is_broken() {
                 io.send_problem(
                     500,
                     crate::app::NO_RESPONSE_PROBLEM,
@@ -452,9 +454,9 @@ impl Conn {
             response::encode_problem(
                 &mut out,
                 408,
-                "https://shardline.dev/problems/request-timeout",
+                crate::app::REQUEST_TIMEOUT_PROBLEM,
                 "Request Timeout",
-                "the request was not received within the server's read timeout",
+                crate::app::REQUEST_TIMEOUT_DETAIL,
                 &[],
                 EncodeOptions {
                     version: Version::Http11,
@@ -498,7 +500,8 @@ impl Conn {
                 Ok(Parsed::Complete(head)) => head,
                 Ok(Parsed::Partial) => return Next::ReadMore,
                 Err(err) => {
-                    write_error(out, &err, &shard);
+                    let head = is_head_request(&rbuf.data[start..end]);
+                    write_error(out, &err, &shard, head);
                     return Next::Close;
                 }
             };
@@ -514,7 +517,8 @@ impl Conn {
                     let body = match head.framing {
                         BodyFraming::None => BodyLeft::Done,
                         BodyFraming::ContentLength(n) if n > max_body_bytes => {
-                            write_error(out, &ProtoError::new(ErrorKind::BodyTooLarge), &shard);
+                            let too_large = ProtoError::new(ErrorKind::BodyTooLarge);
+                            write_error(out, &too_large, &shard, head.is_head());
                             return Next::Close;
                         }
                         BodyFraming::ContentLength(n) => BodyLeft::Length(n),
@@ -551,7 +555,8 @@ impl Conn {
             let (body_range, chunked_body, consumed) = match head.framing {
                 BodyFraming::None => (0..0, None, head_len),
                 BodyFraming::ContentLength(n) if n > inline_limit => {
-                    write_error(out, &ProtoError::new(ErrorKind::BodyTooLarge), &shard);
+                    let too_large = ProtoError::new(ErrorKind::BodyTooLarge);
+                    write_error(out, &too_large, &shard, head.is_head());
                     return Next::Close;
                 }
                 BodyFraming::ContentLength(n) => {
@@ -602,7 +607,7 @@ impl Conn {
                             if let Some(c) = self.chunked.take() {
                                 shard.pool.put_write(c.body);
                             }
-                            write_error(out, &err, &shard);
+                            write_error(out, &err, &shard, head.is_head());
                             return Next::Close;
                         }
                     }
@@ -653,7 +658,11 @@ fn httparse_empty<'b>() -> httparse::Header<'b> {
     httparse::EMPTY_HEADER
 }
 
-fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState) {
+/// Writes the problem response for a request that cannot be served.
+/// `head`: the request is a HEAD (RFC 9110 §9.3.2: the answer has no
+/// content, even a refusal; a pipelining client would read the problem
+/// body as the start of its next response).
+fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState, head: bool) {
     shard.count_parse_error(err.kind());
     let date = shard.date.borrow();
     response::encode_error(
@@ -662,8 +671,14 @@ fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState) {
         EncodeOptions {
             version: Version::Http11,
             keep_alive: false,
-            head: false,
+            head,
         },
         &date,
     );
+}
+
+/// Whether unparsed request bytes are a HEAD request: the method is the
+/// first token, readable even when the rest of the head is refused.
+fn is_head_request(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HEAD ")
 }

@@ -561,6 +561,39 @@ impl<'c> ClientIo<'c> {
         self.put_buffer(out);
     }
 
+    /// Answers a request whose body could not be read: a framing error or
+    /// a body over the limit gets its 400/413, a body that stopped arriving
+    /// within `idle_timeout` a 408 (as on the inline path), both closing the
+    /// connection after; a client that closed or broke the connection is
+    /// cut.
+    pub async fn answer_body_failure(&mut self, e: BodyError) {
+        match e {
+            BodyError::Framing(err) => {
+                self.close_after();
+                self.send_problem(
+                    err.status(),
+                    err.problem_type(),
+                    err.title(),
+                    err.detail(),
+                    &[],
+                )
+                .await;
+            }
+            BodyError::TimedOut => {
+                self.close_after();
+                self.send_problem(
+                    408,
+                    crate::app::REQUEST_TIMEOUT_PROBLEM,
+                    "Request Timeout",
+                    crate::app::REQUEST_TIMEOUT_DETAIL,
+                    &[],
+                )
+                .await;
+            }
+            BodyError::Closed | BodyError::Io(_) => self.abort(),
+        }
+    }
+
     /// Writes a whole problem+json response (only before anything else was
     /// written; ignored after).
     pub async fn send_problem(

@@ -303,3 +303,60 @@ fn endless_request_target_is_refused_before_the_head_completes() {
         Err(e) => panic!("an endless request line was not refused: {e}"),
     }
 }
+
+#[test]
+fn refusals_of_head_requests_carry_no_content() {
+    // RFC 9110 §9.3.2: no content in any answer to HEAD; a pipelining
+    // client would take a problem body for the start of its next response.
+    let srv = TestServer::start_default();
+    for (raw, status) in [
+        (&b"HEAD /plaintext HTTP/1.1\r\n\r\n"[..], 400),
+        (
+            b"HEAD /plaintext HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n",
+            417,
+        ),
+        (
+            b"HEAD /plaintext HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            413,
+        ),
+        (b"HEAD /plaintext HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ] {
+        let mut c = srv.client();
+        c.send(raw);
+        let r = c.read_response(true).unwrap();
+        assert_eq!(r.status, status, "{}", r.summary());
+        assert!(r.body.is_empty(), "{}", r.summary());
+        assert_eq!(
+            c.read_to_eof().unwrap_or_default(),
+            b"",
+            "bytes after the head"
+        );
+    }
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_a_408_on_streamed_routes_and_the_admin_listener() {
+    let mut cfg = shardline_tests::server::test_config(shardline_tests::server::config_from_toml(
+        "[server]\nidle_timeout = \"300ms\"\n\n[[upstreams]]\nname = \"u\"\n\
+         targets = [\"127.0.0.1:9\"]\n\n[[routes]]\nname = \"up\"\npath = \"/up\"\nupstream = \"u\"\n",
+    ));
+    cfg.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let srv = TestServer::from_builder(shardline::Server::new(cfg));
+    let admin = srv.admin.expect("the test server has an admin listener");
+    // Over the 64 KiB read up front, so the proxied body streams.
+    for (addr, raw) in [
+        (
+            srv.addr,
+            &b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc"[..],
+        ),
+        (
+            admin,
+            b"POST /admin/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        ),
+    ] {
+        let mut c = Client::connect(addr);
+        c.send(raw);
+        let r = assert_rejected(&mut c, 408, "stalled body");
+        assert!(r.text().contains("request-timeout"), "{}", r.summary());
+    }
+}
