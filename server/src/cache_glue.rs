@@ -232,8 +232,8 @@ async fn store_and_forward(
         return;
     };
     let all: Vec<(&str, &[u8])> = ah.fields(buf).collect();
-    let stored_headers: Vec<(Box<str>, Box<[u8]>)> = proxy::forwardable_fields(&all)
-        .into_iter()
+    let tokens = proxy::named_in_connection(&all);
+    let stored_headers: Vec<(Box<str>, Box<[u8]>)> = proxy::forwardable_fields(&all, &tokens)
         .map(|(n, v)| (Box::from(n), Box::from(v)))
         .collect();
     let limit =

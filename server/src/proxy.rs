@@ -167,12 +167,10 @@ pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_,
     out
 }
 
-/// The fields of an upstream response that are passed on (to the client,
-/// or into the cache): all but the hop-by-hop ones, fixed and named in
-/// `Connection` (RFC 9110 §7.6.1), and the Content-Length we write
-/// ourselves.
-pub(crate) fn forwardable_fields<'a>(fields: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
-    let mut tokens: Vec<&[u8]> = Vec::new();
+/// The field names an upstream response's `Connection` fields list (RFC
+/// 9110 §7.6.1); usually none, and then nothing is allocated.
+pub(crate) fn named_in_connection<'a>(fields: &[(&'a str, &'a [u8])]) -> Vec<&'a [u8]> {
+    let mut tokens = Vec::new();
     connection_tokens(
         fields
             .iter()
@@ -180,11 +178,21 @@ pub(crate) fn forwardable_fields<'a>(fields: &[(&'a str, &'a [u8])]) -> Vec<(&'a
             .map(|(_, v)| *v),
         &mut tokens,
     );
+    tokens
+}
+
+/// The fields of an upstream response that are passed on (to the client,
+/// or into the cache): all but the hop-by-hop ones, fixed and named in
+/// `Connection` (`tokens`, from [`named_in_connection`]), and the
+/// Content-Length we write ourselves.
+pub(crate) fn forwardable_fields<'f, 'a>(
+    fields: &'f [(&'a str, &'a [u8])],
+    tokens: &'f [&'a [u8]],
+) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'f {
     fields
         .iter()
         .copied()
-        .filter(|(n, _)| !is_hop_by_hop(n, &tokens) && !n.eq_ignore_ascii_case("content-length"))
-        .collect()
+        .filter(|(n, _)| !is_hop_by_hop(n, tokens) && !n.eq_ignore_ascii_case("content-length"))
 }
 
 fn is_hop_by_hop(name: &str, connection_tokens: &[&[u8]]) -> bool {
@@ -947,8 +955,8 @@ pub(crate) async fn forward(
             io.close_after();
         }
         let opts = io.encode_options();
-        let kept = forwardable_fields(&fields);
-        let kept = kept.iter().copied();
+        let tokens = named_in_connection(&fields);
+        let kept = forwardable_fields(&fields, &tokens);
         io.with_date(|date| {
             response::encode_forwarded_head(
                 &mut out,
