@@ -544,23 +544,35 @@ fn hits_carry_the_policies_fields_once() {
     assert_eq!(up.requests(), 1);
 }
 
-/// A route's policies run on every hit: a stored answer is no way around
-/// authentication or scopes.
-#[test]
-fn hits_still_pass_the_routes_policies() {
-    let up = cache_upstream();
-    let keys = std::env::temp_dir().join(format!("shardline-cache-keys-{}", std::process::id()));
+/// A cached catch-all route behind API keys: `key-aaaa…` is acme with scope
+/// `read`, `key-bbbb…` is beta with `beta_scope`. Returns the keys file (for
+/// the caller to remove) and the server.
+fn api_key_cache_server(
+    up: &Upstream,
+    tag: &str,
+    beta_scope: &str,
+    route_keys: &str,
+) -> (std::path::PathBuf, TestServer) {
+    let keys = std::env::temp_dir().join(format!("shardline-cache-{tag}-{}", std::process::id()));
     std::fs::write(
         &keys,
-        "key-aaaaaaaaaaaaaaaaaaaa acme read\nkey-bbbbbbbbbbbbbbbbbbbb beta write\n",
+        format!("key-aaaaaaaaaaaaaaaaaaaa acme read\nkey-bbbbbbbbbbbbbbbbbbbb beta {beta_scope}\n"),
     )
     .unwrap();
     let config = format!(
         "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n{}",
         keys.display(),
-        cache_config_with(&up, "60s", "", "auth = \"partners\"\nscopes = [\"read\"]")
+        cache_config_with(up, "60s", "", &format!("auth = \"partners\"\n{route_keys}"))
     );
-    let srv = TestServer::start_toml(&config);
+    (keys, TestServer::start_toml(&config))
+}
+
+/// A route's policies run on every hit: a stored answer is no way around
+/// authentication or scopes.
+#[test]
+fn hits_still_pass_the_routes_policies() {
+    let up = cache_upstream();
+    let (keys, srv) = api_key_cache_server(&up, "keys", "write", "scopes = [\"read\"]");
     let mut c = srv.client();
     let good = "X-Api-Key: key-aaaaaaaaaaaaaaaaaaaa";
     // `public`: the upstream says any consumer may get it.
@@ -584,18 +596,7 @@ fn hits_still_pass_the_routes_policies() {
 #[test]
 fn responses_on_authenticated_routes_are_not_shared_between_consumers() {
     let up = cache_upstream();
-    let keys = std::env::temp_dir().join(format!("shardline-cache-own-{}", std::process::id()));
-    std::fs::write(
-        &keys,
-        "key-aaaaaaaaaaaaaaaaaaaa acme read\nkey-bbbbbbbbbbbbbbbbbbbb beta read\n",
-    )
-    .unwrap();
-    let config = format!(
-        "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\nkeys_file = \"{}\"\n{}",
-        keys.display(),
-        cache_config_with(&up, "60s", "", "auth = \"partners\"")
-    );
-    let srv = TestServer::start_toml(&config);
+    let (keys, srv) = api_key_cache_server(&up, "own", "read", "");
     let mut c = srv.client();
     let acme = "X-Api-Key: key-aaaaaaaaaaaaaaaaaaaa";
     let beta = "X-Api-Key: key-bbbbbbbbbbbbbbbbbbbb";

@@ -53,6 +53,18 @@ respond = {{ status = 200, body = "user" }}
     ))
 }
 
+/// The `SCHEMA` written to a scratch directory (removed by the caller),
+/// an echoing upstream, and `server` over both.
+fn echo_setup(tag: &str) -> (std::path::PathBuf, Upstream, TestServer) {
+    let dir = std::env::temp_dir().join(format!("shardline-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("user.json");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let up = Upstream::start(Behaviour::echo());
+    let s = server(&up, &schema.to_string_lossy());
+    (dir, up, s)
+}
+
 fn errors(r: &shardline_tests::Response) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     v["errors"]
@@ -65,12 +77,7 @@ fn errors(r: &shardline_tests::Response) -> Vec<String> {
 
 #[test]
 fn bodies_are_checked_on_inline_and_upstream_routes() {
-    let dir = std::env::temp_dir().join(format!("shardline-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = dir.join("user.json");
-    std::fs::write(&schema, SCHEMA).unwrap();
-    let up = Upstream::start(Behaviour::echo());
-    let s = server(&up, &schema.to_string_lossy());
+    let (dir, up, s) = echo_setup("validate");
     let mut c = s.client();
     for path in ["/users", "/up/users"] {
         let good = br#"{"name":"ann","email":"ann@example.com","tags":["a"]}"#;
@@ -148,12 +155,7 @@ fn unsupported_schema_keywords_stop_start_up() {
 
 #[test]
 fn deep_nesting_and_repeated_member_names_are_refused() {
-    let dir = std::env::temp_dir().join(format!("shardline-validate-deep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = dir.join("user.json");
-    std::fs::write(&schema, SCHEMA).unwrap();
-    let up = Upstream::start(Behaviour::echo());
-    let s = server(&up, &schema.to_string_lossy());
+    let (dir, up, s) = echo_setup("validate-deep");
     let mut c = s.client();
     for path in ["/users", "/up/users"] {
         // 10 KB of brackets: parsing it recursively would overflow a

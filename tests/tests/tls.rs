@@ -134,6 +134,17 @@ fn a_client_offering_only_other_alpn_protocols_is_refused() {
     assert!(tls::try_request(server.tls_addr(), &cfg, "/json").is_err());
 }
 
+/// `start_whoami` with client certificates verified against the PKI's CA
+/// (written to `clients-ca.crt`, whose path is returned).
+fn start_mtls(pki: &Pki, required: bool) -> (String, TestServer) {
+    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
+    let server = start_whoami(
+        pki,
+        &format!("client_auth = {{ ca = \"{ca_file}\", required = {required} }}"),
+    );
+    (ca_file, server)
+}
+
 fn resumes(versions: Versions) {
     let pki = Pki::new();
     let server = pki.start("");
@@ -189,11 +200,7 @@ fn sni_picks_the_certificate_for_the_name() {
 #[test]
 fn mtls_maps_the_client_certificate_to_an_identity() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(
-        &pki,
-        &format!("client_auth = {{ ca = \"{ca_file}\", required = true }}"),
-    );
+    let (_ca_file, server) = start_mtls(&pki, true);
     let alice = pki.ca.client("alice");
     let cfg = tls::client_config(&pki.ca, Some(&alice), Versions::Both);
     let r = tls::try_request(server.tls_addr(), &cfg, "/whoami").unwrap();
@@ -241,11 +248,7 @@ fn mtls_refuses_missing_wrong_ca_and_expired_certificates() {
 #[test]
 fn optional_client_auth_serves_clients_without_a_certificate() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(
-        &pki,
-        &format!("client_auth = {{ ca = \"{ca_file}\", required = false }}"),
-    );
+    let (_ca_file, server) = start_mtls(&pki, false);
     let none = tls::client_config(&pki.ca, None, Versions::Both);
     let r = tls::try_request(server.tls_addr(), &none, "/whoami").unwrap();
     assert_eq!(r.text(), "-");
@@ -577,11 +580,7 @@ fn changing_the_client_ca_ends_resumption_of_sessions_it_verified() {
     // through an old ticket.
     for versions in [Versions::Only13, Versions::Only12] {
         let pki = Pki::new();
-        let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-        let server = start_whoami(
-            &pki,
-            &format!("client_auth = {{ ca = \"{ca_file}\", required = true }}"),
-        );
+        let (ca_file, server) = start_mtls(&pki, true);
         let addr = server.tls_addr();
         let alice = pki.ca.client("alice");
         let cfg = tls::client_config(&pki.ca, Some(&alice), versions);
@@ -629,11 +628,7 @@ fn client_common_names_in_any_directory_string_encoding_are_identities() {
     use rcgen::DnValue;
     use rcgen::{BmpString, TeletexString, UniversalString};
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(
-        &pki,
-        &format!("client_auth = {{ ca = \"{ca_file}\", required = true }}"),
-    );
+    let (_ca_file, server) = start_mtls(&pki, true);
     for (cn, want) in [
         (
             DnValue::BmpString(BmpString::try_from("bmp-Łukasz").unwrap()),
