@@ -190,23 +190,18 @@ fn decisions_reach_the_audit_log() {
         ("deny", "identity_not_allowed", "\"mallory\""),
         ("deny", "no_client_certificate", "null"),
     ];
-    let path = s.dir.path("audit.jsonl");
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let found = want.iter().all(|(d, reason, consumer)| {
-            text.lines().any(|l| {
+    wait_for_lines(
+        &s.dir.path("audit.jsonl"),
+        "audit",
+        |l| {
+            want.iter().position(|(d, reason, consumer)| {
                 l.contains(&format!("\"decision\":\"{d}\""))
                     && l.contains(&format!("\"reason\":\"{reason}\""))
                     && l.contains(&format!("\"consumer\":{consumer}"))
             })
-        });
-        if found {
-            break;
-        }
-        assert!(start.elapsed() < GUARD, "audit log lines missing:\n{text}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        },
+        want.len(),
+    );
 }
 
 #[test]
@@ -254,20 +249,38 @@ fn the_access_log_names_the_consumer_on_both_paths() {
         ("proxied", "\"alice\""),
         ("partners", "null"),
     ];
-    let path = s.dir.path("access.jsonl");
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let found = want.iter().all(|(route, consumer)| {
-            text.lines().any(|l| {
+    wait_for_lines(
+        &s.dir.path("access.jsonl"),
+        "access",
+        |l| {
+            want.iter().position(|(route, consumer)| {
                 l.contains(&format!("\"route\":\"{route}\""))
                     && l.contains(&format!("\"consumer\":{consumer}"))
             })
-        });
-        if found {
-            break;
+        },
+        want.len(),
+    );
+}
+
+/// Waits (bounded by `GUARD`) until every one of `wanted` kinds of line is
+/// in the log at `path`; `kind` says which kind (0..wanted) a line is.
+fn wait_for_lines(
+    path: &std::path::Path,
+    log: &str,
+    kind: impl Fn(&str) -> Option<usize>,
+    wanted: usize,
+) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut seen = vec![false; wanted];
+        for i in text.lines().filter_map(&kind) {
+            seen[i] = true;
         }
-        assert!(start.elapsed() < GUARD, "access log lines missing:\n{text}");
+        if seen.iter().all(|&s| s) {
+            return;
+        }
+        assert!(start.elapsed() < GUARD, "{log} log lines missing:\n{text}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
