@@ -404,3 +404,67 @@ fn asymmetric_keys_verify_their_own_family_only() {
         assert_problem(&r, 401);
     }
 }
+
+#[test]
+fn a_credentials_field_sent_twice_is_refused() {
+    // Which copy counts differs between implementations (a proxy in front
+    // may have checked the other one): neither is taken.
+    let s = jwt_server(&format!("secret = \"{SECRET}\""));
+    let mut c = s.client();
+    let good = hs(claims(), SECRET, Algorithm::HS256, None);
+    let r = c.request(&get("/me", &[&bearer(&good), &bearer("garbage")]));
+    assert_problem(&r, 401);
+    assert!(r.text().contains("more than once"), "{}", r.text());
+    let dir = Scratch::new("keys-twice");
+    let f = dir.file("keys.txt", &format!("{KEY_A} acme read\n"));
+    let s = key_server(&f);
+    let mut c = s.client();
+    let one = format!("X-Api-Key: {KEY_A}");
+    let r = c.request(&get(
+        "/data",
+        &[&one, "X-Api-Key: key-zzzzzzzzzzzzzzzzzzzz"],
+    ));
+    assert_problem(&r, 401);
+    assert_eq!(c.request(&get("/data", &[&one])).status, 200);
+}
+
+#[test]
+fn tokens_with_critical_extensions_or_non_numeric_dates_are_refused() {
+    let s = jwt_server(&format!("secret = \"{SECRET}\""));
+    let mut c = s.client();
+    // Hand-made HS256 tokens (the encoder's header type has no `crit`).
+    let sign = |header: &str, claims: &serde_json::Value| {
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let sig =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{signing_input}.{sig}")
+    };
+    let plain = r#"{"alg":"HS256","typ":"JWT"}"#;
+    assert_eq!(
+        c.request(&get("/me", &[&bearer(&sign(plain, &claims()))]))
+            .status,
+        200
+    );
+    // RFC 7515 §4.1.11: extensions the server does not understand.
+    let crit = r#"{"alg":"HS256","typ":"JWT","crit":["exp-ext"],"exp-ext":1}"#;
+    let r = c.request(&get("/me", &[&bearer(&sign(crit, &claims()))]));
+    assert_problem(&r, 401);
+    assert!(r.text().contains("crit"), "{}", r.text());
+    // RFC 7519 §2: NumericDate is a number; a string is not skipped.
+    let mut odd = claims();
+    odd["nbf"] = json!("2099-01-01");
+    assert_problem(&c.request(&get("/me", &[&bearer(&sign(plain, &odd))])), 401);
+    // A fractional `exp` is a NumericDate too.
+    let mut frac = claims();
+    frac["exp"] = json!(now() as f64 + 600.5);
+    assert_eq!(
+        c.request(&get("/me", &[&bearer(&sign(plain, &frac))]))
+            .status,
+        200
+    );
+}

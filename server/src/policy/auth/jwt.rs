@@ -328,6 +328,12 @@ pub enum TokenError {
     AlgorithmNotAllowed,
     UnknownKey,
     MissingClaim,
+    /// The header's `crit` names extensions (RFC 7515 §4.1.11: a recipient
+    /// that does not understand them must refuse the token; this one
+    /// understands none).
+    UnknownCritical,
+    /// `exp`, `nbf` or `iat` is not a NumericDate (RFC 7519 §2).
+    BadDate,
 }
 
 impl TokenError {
@@ -342,6 +348,10 @@ impl TokenError {
             TokenError::AlgorithmNotAllowed => "the token's algorithm is not allowed for this key",
             TokenError::UnknownKey => "no key matches the token's kid",
             TokenError::MissingClaim => "the token lacks a required claim",
+            TokenError::UnknownCritical => {
+                "the token requires header extensions (crit) this server does not support"
+            }
+            TokenError::BadDate => "the token's exp, nbf or iat is not a number of seconds",
         }
     }
 }
@@ -359,6 +369,20 @@ pub struct JwtVerifier {
     next_check: Cell<u64>,
     last_forced: Cell<u64>,
     cache: RefCell<HashMap<Box<[u8]>, Cached, BuildBytesHasher>>,
+}
+
+/// Whether a compact JWT's header has a `crit` member. The header has
+/// already been decoded once by jsonwebtoken, so it is valid base64url
+/// JSON; anything odd here counts as malformed.
+fn names_critical_extensions(token: &str) -> Result<bool, TokenError> {
+    use base64::Engine;
+    let part = token.split('.').next().unwrap_or("");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    Ok(header.contains_key("crit"))
 }
 
 fn unix_now() -> u64 {
@@ -468,6 +492,10 @@ impl JwtVerifier {
 
     fn verify_uncached(&self, token: &str, now: u64) -> Result<(Rc<Identity>, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // jsonwebtoken's header type drops `crit`: look at the raw header.
+        if names_critical_extensions(token)? {
+            return Err(TokenError::UnknownCritical);
+        }
         let keys = Arc::clone(&self.keys.borrow());
         let mut candidates = keys
             .set
@@ -546,10 +574,26 @@ impl JwtVerifier {
             }
             None => {}
         }
-        let exp = claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or(TokenError::MissingClaim)?;
+        // RFC 7519 §2: a NumericDate is a JSON number of seconds, possibly
+        // with a fraction; anything else in these claims is refused rather
+        // than skipped (a string `nbf` was ignored before).
+        let date = |name: &str| -> Result<Option<u64>, TokenError> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.is_finite() && *f >= 0.0)
+                            .map(|f| f as u64)
+                    })
+                    .map(Some)
+                    .ok_or(TokenError::BadDate),
+            }
+        };
+        date("nbf")?;
+        date("iat")?;
+        let exp = date("exp")?.ok_or(TokenError::MissingClaim)?;
         let until = exp.saturating_add(self.cfg.leeway.as_secs());
         if until < now {
             return Err(TokenError::Expired);

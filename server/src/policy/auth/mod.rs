@@ -44,6 +44,10 @@ pub(crate) enum Authenticator {
 pub(crate) enum AuthFailure {
     /// No credentials were presented.
     Missing,
+    /// The credential field came more than once (two `Authorization` or
+    /// two API-key fields): a proxy in front may have checked the other
+    /// one, so neither is taken.
+    Ambiguous,
     /// An API key that is not known.
     UnknownKey,
     /// A token that did not verify.
@@ -61,6 +65,7 @@ impl AuthFailure {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing_credentials",
+            AuthFailure::Ambiguous => "ambiguous_credentials",
             AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::Token(_) => "invalid_token",
             AuthFailure::NoClientCert => "no_client_certificate",
@@ -71,6 +76,7 @@ impl AuthFailure {
     pub(crate) fn detail(self) -> &'static str {
         match self {
             AuthFailure::Missing => "this route needs credentials",
+            AuthFailure::Ambiguous => "the credentials field was sent more than once; send one",
             AuthFailure::UnknownKey => "the API key is not valid",
             AuthFailure::Token(t) => t.describe(),
             // Also what a verified certificate that names no client gets
@@ -84,15 +90,36 @@ impl AuthFailure {
     }
 }
 
-fn bearer<'b>(head: &RequestHead<'b, '_>) -> Option<&'b [u8]> {
-    let v = head.header("authorization")?;
+/// The one value of a credentials field. RFC 9110 §5.3: a field that is
+/// not a list must not be sent twice; which copy counts differs between
+/// implementations, so two copies are refused rather than one picked.
+fn single_field<'b>(
+    head: &RequestHead<'b, '_>,
+    name: &str,
+) -> Result<Option<&'b [u8]>, AuthFailure> {
+    let mut values = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AuthFailure::Ambiguous);
+    }
+    Ok(first)
+}
+
+fn bearer<'b>(head: &RequestHead<'b, '_>) -> Result<Option<&'b [u8]>, AuthFailure> {
+    let Some(v) = single_field(head, "authorization")? else {
+        return Ok(None);
+    };
     // RFC 9110 §11.1: the scheme is case-insensitive; RFC 6750 §2.1.
     if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
         let t = &v[7..];
         let start = t.iter().position(|b| *b != b' ').unwrap_or(t.len());
-        Some(&t[start..])
+        Ok(Some(&t[start..]))
     } else {
-        None
+        Ok(None)
     }
 }
 
@@ -135,7 +162,10 @@ impl Authenticator {
                 }
             }
             Authenticator::ApiKey(keys) => {
-                let from_header = keys.header.as_deref().and_then(|h| head.header(h));
+                let from_header = match keys.header.as_deref() {
+                    Some(h) => single_field(head, h)?,
+                    None => None,
+                };
                 let presented: Option<std::borrow::Cow<'_, [u8]>> = match from_header {
                     Some(v) => Some(v.into()),
                     None => keys
@@ -153,7 +183,7 @@ impl Authenticator {
                 }
             }
             Authenticator::Jwt(v) => {
-                let Some(token) = bearer(head).filter(|t| !t.is_empty()) else {
+                let Some(token) = bearer(head)?.filter(|t| !t.is_empty()) else {
                     return Err(AuthFailure::Missing);
                 };
                 v.verify(token, f).map_err(AuthFailure::Token)
