@@ -277,8 +277,44 @@ impl Conn {
                 .map(String::into_boxed_str);
         } else {
             self.shard.count_tls_handshake_failure();
+            if self
+                .stream
+                .tls()
+                .is_some_and(crate::tls::TlsStream::sent_plain_http)
+            {
+                self.answer_plain_http_on_tls_port().await;
+            }
         }
         res
+    }
+
+    /// A client that spoke plain HTTP to the TLS port gets a plain 400
+    /// saying so (as nginx does), not a TLS alert its HTTP parser cannot
+    /// read. Written on the bare socket: no TLS session exists.
+    async fn answer_plain_http_on_tls_port(&mut self) {
+        let mut out = self.shard.pool.take_write();
+        {
+            let date = self.shard.date.borrow();
+            response::encode_problem(
+                &mut out,
+                400,
+                "https://shardline.dev/problems/plain-http-to-tls-port",
+                "Bad Request",
+                "this port speaks HTTPS: the request was sent as plain HTTP",
+                &[],
+                EncodeOptions {
+                    version: Version::Http11,
+                    keep_alive: false,
+                    head: false,
+                },
+                &date,
+            );
+        }
+        let _ = self.stream.write_plain(&out).await;
+        self.shard.pool.put_write(out);
+        // Not `linger`: its shutdown would send a TLS close_notify after
+        // the plain answer.
+        self.stream.close_plain(LINGER_MAX_BYTES, LINGER_MAX).await;
     }
 
     /// Reads once into the read buffer. An idle connection borrows a buffer

@@ -125,7 +125,17 @@ pub struct TlsStream<C = ServerConnection> {
     /// The TCP peer sent FIN.
     eof: bool,
     close_notify_queued: bool,
+    /// A server connection's first bytes are still to be looked at: a
+    /// client speaking plain HTTP to the TLS port gets a readable 400
+    /// instead of a TLS alert it cannot show.
+    sniff_plain: bool,
+    /// The first bytes were a plain HTTP request, not a TLS record.
+    plain_http: bool,
 }
+
+/// How many first bytes decide "plain HTTP": a TLS record starts with its
+/// content type (22 for a handshake), an HTTP request with a method token.
+const SNIFF_BYTES: usize = 5;
 
 /// `io::Read` over a glommio stream for rustls: `Pending` becomes
 /// `WouldBlock` (glommio has registered the waker by then).
@@ -168,7 +178,14 @@ fn tls_error(e: rustls::Error) -> io::Error {
 impl TlsStream<ServerConnection> {
     pub(crate) fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(tls_error)?;
-        Ok(TlsStream::wrap(tcp, conn))
+        let mut s = TlsStream::wrap(tcp, conn);
+        s.sniff_plain = true;
+        Ok(s)
+    }
+
+    /// The handshake failed because the client sent plain HTTP.
+    pub(crate) fn sent_plain_http(&self) -> bool {
+        self.plain_http
     }
 }
 
@@ -190,6 +207,8 @@ where
             conn,
             eof: false,
             close_notify_queued: false,
+            sniff_plain: false,
+            plain_http: false,
         }
     }
 
@@ -230,7 +249,28 @@ where
             tcp: &mut self.tcp,
             cx,
         };
-        let n = match self.conn.read_tls(&mut r) {
+        let read = if self.sniff_plain {
+            // The first bytes go through a small buffer of our own, so they
+            // can be looked at before rustls answers them with an alert.
+            let mut first = [0u8; SNIFF_BYTES];
+            match r.read(&mut first) {
+                Ok(n) => {
+                    self.sniff_plain = false;
+                    if first[..n].first().is_some_and(u8::is_ascii_uppercase) {
+                        self.plain_http = true;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "plain HTTP sent to the TLS port",
+                        )));
+                    }
+                    self.conn.read_tls(&mut &first[..n])
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.conn.read_tls(&mut r)
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
             Err(e) => return Poll::Ready(Err(e)),

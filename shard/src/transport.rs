@@ -78,6 +78,48 @@ impl Transport {
             .map_err(io::Error::from)
     }
 
+    /// Writes `buf` on the bare socket, past any TLS session (for the one
+    /// answer to a client that did not speak TLS on the TLS port).
+    pub(crate) async fn write_plain(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Tls(t) => t.tcp.write_all(buf).await,
+        }
+    }
+
+    /// Ends the bare socket after [`Transport::write_plain`]: our side
+    /// shuts, and what the client still sends is read and dropped (at most
+    /// `max_bytes`, for at most `max_time`), so that closing does not reset
+    /// the connection before the client has read the answer.
+    pub(crate) async fn close_plain(&mut self, max_bytes: usize, max_time: Duration) {
+        let tcp = match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &mut t.tcp,
+        };
+        let _ = tcp.shutdown(std::net::Shutdown::Write).await;
+        let deadline = std::time::Instant::now() + max_time;
+        let mut sink = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < max_bytes {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let read = futures_lite::future::or(
+                async { Some(futures_lite::io::AsyncReadExt::read(tcp, &mut sink).await) },
+                async {
+                    glommio::timer::sleep(left).await;
+                    None
+                },
+            )
+            .await;
+            match read {
+                Some(Ok(n)) if n > 0 => dropped += n,
+                _ => break,
+            }
+        }
+    }
+
     /// Runs the TLS handshake (nothing for plain TCP).
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {

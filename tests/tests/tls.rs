@@ -89,15 +89,16 @@ fn handshake_keep_alive_alpn_and_plain_listener_side_by_side() {
     // The plain listener still serves plain HTTP.
     let r = server.client().request(&get("/plaintext", &[]));
     assert_eq!(r.status, 200);
-    // And the TLS listener does not speak plain HTTP: the bytes are not a
-    // ClientHello, so the handshake fails and the connection closes
-    // without an HTTP response.
+    // And the TLS listener does not serve plain HTTP: the handshake fails,
+    // the client is told so in a plain 400, and the route never runs.
     let mut raw = TcpStream::connect(server.tls_addr()).unwrap();
     raw.set_read_timeout(Some(GUARD)).unwrap();
     raw.write_all(&get("/plaintext", &[])).unwrap();
     let mut got = Vec::new();
     let _ = raw.read_to_end(&mut got);
-    assert!(!got.starts_with(b"HTTP/1.1"), "{got:?}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(!text.contains("Hello, World!"), "{text}");
 }
 
 #[test]
@@ -707,4 +708,24 @@ fn a_reload_with_a_bad_certificate_changes_nothing() {
     let cfg = tls::client_config(&pki.ca, None, Versions::Both);
     let s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
     assert_eq!(s.conn.peer_certificates().unwrap()[0], leaf.der);
+}
+
+#[test]
+fn plain_http_to_the_tls_port_gets_a_readable_400() {
+    let pki = Pki::new();
+    let server = pki.start("");
+    let mut c = shardline_tests::Client::connect(server.tls_addr());
+    c.send(&get("/plaintext", &[]));
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 400, "{}", r.summary());
+    assert!(r.text().contains("plain-http-to-tls-port"), "{}", r.text());
+    c.expect_closed("plain HTTP on the TLS port");
+    // TLS clients are served as before.
+    let cfg = tls::client_config(&pki.ca, None, Versions::Both);
+    assert_eq!(
+        tls::try_request(server.tls_addr(), &cfg, "/plaintext")
+            .unwrap()
+            .status,
+        200
+    );
 }
