@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config::{Action, Config};
 use crate::config_gateway::{Balance, HostMode};
 use crate::config_obs::LogTarget;
+use crate::config_tls::TlsVersion;
 use crate::units::format_size;
 
 /// TOML basic string.
@@ -60,6 +61,54 @@ fn log_target(t: &LogTarget) -> String {
     q(&t.describe())
 }
 
+/// The effective config as TOML, with what `effective_toml` does not
+/// render itself carried over from the config file's text: `[auth.*]`,
+/// route policies (`auth`, `scopes`, `rate_limit`, `quota`, `validate`,
+/// `idempotency`, `cors`, `request_id`), an upstream's `tls`, and any other
+/// key the renderer has no line for. Those are validated by the load that
+/// produced `c`; copying them as written keeps the printed file complete:
+/// a server started from it behaves as one started from the original.
+pub fn effective_toml_from(c: &Config, source: Option<&str>) -> String {
+    let rendered = effective_toml(c);
+    let Some(source) = source else {
+        return rendered;
+    };
+    let (Ok(mut out), Ok(input)) = (
+        rendered.parse::<toml::Table>(),
+        source.parse::<toml::Table>(),
+    ) else {
+        return rendered;
+    };
+    carry_over(&mut out, &input);
+    let body = toml::to_string(&out).unwrap_or(rendered);
+    format!("# effective configuration (defaults and overrides applied)\n{body}")
+}
+
+/// Copies into `out` every key of `input` that `out` lacks, table by table
+/// and array entry by array entry (routes and upstreams print in file
+/// order). `method` is skipped: it prints as `methods`.
+fn carry_over(out: &mut toml::Table, input: &toml::Table) {
+    for (k, v) in input {
+        if k == "method" {
+            continue;
+        }
+        match (out.get_mut(k), v) {
+            (None, v) => {
+                out.insert(k.clone(), v.clone());
+            }
+            (Some(toml::Value::Table(o)), toml::Value::Table(i)) => carry_over(o, i),
+            (Some(toml::Value::Array(o)), toml::Value::Array(i)) => {
+                for (o, i) in o.iter_mut().zip(i) {
+                    if let (toml::Value::Table(o), toml::Value::Table(i)) = (o, i) {
+                        carry_over(o, i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The effective config as TOML.
 pub fn effective_toml(c: &Config) -> String {
     let mut o = String::new();
@@ -99,13 +148,65 @@ pub fn effective_toml(c: &Config) -> String {
     let _ = writeln!(o, "ring_depth = {}", s.ring_depth);
     let _ = writeln!(o, "read_yields = {}", s.read_yields);
 
+    if let Some(t) = &s.tls {
+        let _ = writeln!(o, "\n[server.tls]");
+        let _ = writeln!(o, "listen = {}", q(&t.listen.to_string()));
+        let _ = writeln!(
+            o,
+            "cert = {}",
+            q(&t.default_cert.cert.display().to_string())
+        );
+        let _ = writeln!(o, "key = {}", q(&t.default_cert.key.display().to_string()));
+        let _ = writeln!(o, "handshake_timeout = {}", dur(t.handshake_timeout));
+        let _ = writeln!(o, "ticket_key_rotation = {}", dur(t.ticket_key_rotation));
+        let v = match t.min_version {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        };
+        let _ = writeln!(o, "min_version = {}", q(v));
+        if let Some(ca) = &t.client_auth {
+            let _ = writeln!(
+                o,
+                "client_auth = {{ ca = {}, required = {} }}",
+                q(&ca.ca.display().to_string()),
+                ca.required
+            );
+        }
+        let sni: Vec<String> = t
+            .sni
+            .iter()
+            .map(|c| {
+                let names = c.names.as_ref().map_or_else(String::new, |n| {
+                    let list: Vec<String> = n.iter().map(|x| q(x)).collect();
+                    format!(", names = [{}]", list.join(", "))
+                });
+                format!(
+                    "{{ cert = {}, key = {}{names} }}",
+                    q(&c.paths.cert.display().to_string()),
+                    q(&c.paths.key.display().to_string())
+                )
+            })
+            .collect();
+        if !sni.is_empty() {
+            let _ = writeln!(o, "sni = [{}]", sni.join(", "));
+        }
+    }
+
     for u in &c.upstreams {
         let _ = writeln!(o, "\n[[upstreams]]");
         let _ = writeln!(o, "name = {}", q(&u.name));
         let targets: Vec<String> = u
             .targets
             .iter()
-            .map(|t| format!("{{ addr = {}, weight = {} }}", q(&t.name), t.weight))
+            .map(|t| {
+                // The scheme is what makes a target TLS.
+                let addr = if t.tls.is_some() {
+                    format!("https://{}", t.name)
+                } else {
+                    t.name.clone()
+                };
+                format!("{{ addr = {}, weight = {} }}", q(&addr), t.weight)
+            })
             .collect();
         let _ = writeln!(o, "targets = [{}]", targets.join(", "));
         let balance = match u.balance {
@@ -316,6 +417,62 @@ trace_sample_ratio = 0.1
             .unwrap_or_else(|e| panic!("printed config refused: {e}\n{printed}"));
         assert_eq!(format!("{c1:?}"), format!("{c2:?}"), "{printed}");
         assert_eq!(printed, effective_toml(&c2));
+    }
+
+    /// Policies, auth sections and upstream TLS, which the renderer does
+    /// not print itself, survive the round trip too (a printed config that
+    /// lost `auth` would serve a protected route to anyone).
+    #[test]
+    fn policies_auth_and_upstream_tls_are_carried_over() {
+        let text = r#"
+[server.tls]
+listen = "127.0.0.1:8443"
+cert = "/etc/shardline/cert.pem"
+key = "/etc/shardline/key.pem"
+min_version = "1.3"
+client_auth = { ca = "/etc/shardline/clients.pem", required = false }
+sni = [ { cert = "/etc/shardline/b.pem", key = "/etc/shardline/b.key", names = ["b.example"] } ]
+
+[auth.partners]
+type = "api_key"
+header = "x-api-key"
+keys = [ { key = "0123456789abcdef0", consumer = "acme", scopes = ["read"] } ]
+
+[[upstreams]]
+name = "secure"
+targets = ["https://127.0.0.1:9443"]
+tls = { insecure_skip_verify_for_tests = true }
+
+[[routes]]
+name = "secret"
+method = "GET"
+path = "/secret"
+auth = "partners"
+scopes = ["read"]
+rate_limit = { per_second = 10, burst = 20, key = "consumer" }
+respond = { status = 200, body = "TOP SECRET" }
+
+[[routes]]
+name = "p"
+path = "/p"
+upstream = "secure"
+request_id = false
+"#;
+        let c1 = Config::from_toml_str(text).expect("input");
+        let printed = effective_toml_from(&c1, Some(text));
+        let c2 = Config::from_toml_str(&printed)
+            .unwrap_or_else(|e| panic!("printed config refused: {e}\n{printed}"));
+        assert_eq!(format!("{c1:?}"), format!("{c2:?}"), "{printed}");
+        assert!(
+            printed.contains("partners") && printed.contains("rate_limit"),
+            "{printed}"
+        );
+        assert!(printed.contains("https://127.0.0.1:9443"), "{printed}");
+        assert!(
+            printed.contains("clients.pem") && printed.contains("b.example"),
+            "{printed}"
+        );
+        assert_eq!(printed, effective_toml_from(&c2, Some(&printed)));
     }
 
     #[test]

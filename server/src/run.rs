@@ -60,10 +60,17 @@ pub fn main() -> ExitCode {
         .with_target(false)
         .try_init();
     let overrides = cli.overrides();
+    // The file's text is kept for `check`, which carries over what it does
+    // not render itself.
+    let mut source_text: Option<String> = None;
     let config = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_toml_with_overrides(&text, &overrides)
-                .map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => {
+                let c = Config::from_toml_with_overrides(&text, &overrides)
+                    .map_err(|e| format!("{}: {e}", path.display()));
+                source_text = Some(text);
+                c
+            }
             Err(e) => Err(format!("cannot read config file {}: {e}", path.display())),
         },
         None => Config::default_with_overrides(&overrides).map_err(|e| e.0),
@@ -85,7 +92,9 @@ pub fn main() -> ExitCode {
             }
         }
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(crate::check::effective_toml(&config).as_bytes());
+        let _ = out.write_all(
+            crate::check::effective_toml_from(&config, source_text.as_deref()).as_bytes(),
+        );
         let _ = out.flush();
         return ExitCode::SUCCESS;
     }
