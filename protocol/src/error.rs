@@ -102,6 +102,9 @@ error_kinds! {
     /// Host value is not `uri-host [":" port]` (RFC 9112 §3.2, RFC 3986 §3.2.2).
     BadHost => 400, "bad_host", "bad-host",
         "The Host header field value is not a valid host and optional port.";
+    /// A `.` or `..` path segment (RFC 3986 §3.3), also percent-encoded.
+    DotSegment => 400, "dot_segment", "dot-segment",
+        "The request path contains a '.' or '..' segment; send the path with them resolved.";
     /// Host differs from the authority of an absolute-form target (RFC 9112 §3.2.2).
     HostMismatch => 400, "host_mismatch", "host-mismatch",
         "The Host header field does not match the authority of the request-target.";

@@ -654,6 +654,39 @@ fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> 
 }
 
 /// Splits `absolute-path [ "?" query ]` and validates both parts.
+/// Whether a path has a `.` or `..` segment (RFC 3986 §3.3), plain or
+/// percent-encoded (`%2e`). Refused rather than resolved: routing matches
+/// the path as received, and a back-end that resolves dot-segments (RFC
+/// 3986 §5.2.4) would see another path than the one routed, so
+/// `/api/../admin` could reach what no route exposes, and a path parameter
+/// of `..` could climb out of a rewrite template's prefix. Clients resolve
+/// dot-segments before sending (RFC 3986 §5.2), so none is lost.
+fn has_dot_segment(p: &[u8]) -> bool {
+    if !p.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
+    p.split(|&b| b == b'/').any(|seg| {
+        let mut dots = 0;
+        let mut i = 0;
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                i += 1;
+            } else if seg[i] == b'%'
+                && seg.get(i + 1) == Some(&b'2')
+                && seg
+                    .get(i + 2)
+                    .is_some_and(|c| c.eq_ignore_ascii_case(&b'e'))
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
+}
+
 fn split_path_query(pq: &[u8]) -> Result<(&str, Option<&str>), Error> {
     match pq.iter().position(|&b| b == b'?') {
         Some(q) => {
@@ -675,6 +708,9 @@ fn split_path_query(pq: &[u8]) -> Result<(&str, Option<&str>), Error> {
 /// and escapes that decode to a control character (`%00`, `%0d%0a`: these
 /// only serve header injection and C-string truncation attacks).
 fn validate_path(p: &[u8]) -> Result<(), Error> {
+    if has_dot_segment(p) {
+        return Err(ErrorKind::DotSegment.into());
+    }
     // Fast path: most paths have no escapes at all.
     if p.iter()
         .all(|&b| TARGET_CLASS[usize::from(b)] & TARGET_PATH != 0)
@@ -1565,6 +1601,36 @@ mod tests {
                 ErrorKind::HostMismatch,
                 "{target} {host}"
             );
+        }
+    }
+
+    #[test]
+    fn rfc3986_3_3_dot_segments_are_refused() {
+        for t in [
+            "/..",
+            "/a/../admin",
+            "/a/./b",
+            "/.",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+            "/a/..?x=1",
+            "http://x/a/../b",
+        ] {
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(err(raw.as_bytes()), ErrorKind::DotSegment, "{t}");
+        }
+        // Dots inside segments, and in the query, are ordinary.
+        for t in [
+            "/a/...",
+            "/a/.b",
+            "/a/b.",
+            "/v1.2/x",
+            "/a?p=../b",
+            "/%2e%2e%2e",
+        ] {
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n");
+            with_head(raw.as_bytes(), |_| {});
         }
     }
 

@@ -79,7 +79,7 @@ fn failure(f: &Failure) -> PartResult {
 async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
     let up = &part.up;
     let now = Instant::now();
-    let target = match up.pick(now, None) {
+    let target = match up.pick(now, &[]) {
         Pick::Target(i) => i,
         Pick::NoneAvailable(_) => {
             return PartResult::Err {

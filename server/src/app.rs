@@ -35,6 +35,10 @@ use crate::policy::{self as pol, CheckMode, Passed, Rejected, ShardPolicies};
 use crate::proxy::{self, GatewayShard, Proxy};
 use crate::upstream::{self, Upstream};
 
+/// The status logged and counted for a request the client abandoned
+/// before anything was answered (nginx's convention; never sent).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Token for requests no route matches (404, 405, 501, OPTIONS): they are
 /// answered inline by matching again, a cold path.
 const NO_ROUTE: usize = usize::MAX;
@@ -840,7 +844,16 @@ impl App for GatewayApp {
                 }
             }
             let route = (index != usize::MAX).then_some(index);
-            let status = if io.started() { io.status() } else { 500 };
+            let status = if io.started() {
+                io.status()
+            } else if io.is_broken() {
+                // Nothing was answered because the client went away (it
+                // cut its body short, say): nginx's 499, a client event,
+                // not a server error that would burn an SLO.
+                CLIENT_CLOSED_REQUEST
+            } else {
+                500
+            };
             self.complete(
                 &inner,
                 &Completed {

@@ -148,8 +148,12 @@ pub(crate) fn upstream_path(
     path.to_string()
 }
 
-/// Replaces `{name}` and `{*name}` with the captured values (raw, as the
-/// client sent them, so percent-encoding is preserved).
+/// Replaces `{name}` and `{*name}` with the captured values: raw, as the
+/// client sent them (percent-encoding preserved; dot-segments never reach
+/// here, the request parser refuses them), except in the template's query
+/// part, where a value's `&`, `=`, `+`, `;` and `#` are percent-encoded so
+/// that a parameter stays one query value (`{id}` = `1&role=admin` must not
+/// add a `role` parameter).
 pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_, '_>) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
@@ -160,7 +164,20 @@ pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_,
             return out;
         };
         let name = rest[open + 1..open + close].trim_start_matches('*');
-        out.push_str(params.get(name).unwrap_or(""));
+        let value = params.get(name).unwrap_or("");
+        if out.contains('?') {
+            for c in value.chars() {
+                match c {
+                    '&' | '=' | '+' | ';' | '#' => {
+                        let _ =
+                            std::fmt::Write::write_fmt(&mut out, format_args!("%{:02X}", c as u32));
+                    }
+                    c => out.push(c),
+                }
+            }
+        } else {
+            out.push_str(value);
+        }
         rest = &rest[open + close + 1..];
     }
     out.push_str(rest);
@@ -733,11 +750,12 @@ pub(crate) async fn exchange(
     let deadline = start + timeout;
     up.budget.borrow_mut().record_request(start);
     let mut attempt = 1u32;
-    let mut avoid = None;
+    // This request's targets so far (allocates only when it retries).
+    let mut tried: Vec<usize> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     loop {
         let now = Instant::now();
-        let target = match up.pick(now, avoid) {
+        let target = match up.pick(now, &tried) {
             Pick::Target(i) => i,
             Pick::NoneAvailable(after) => {
                 return match last_failure {
@@ -852,7 +870,8 @@ pub(crate) async fn exchange(
                 last_failure = Some(f);
             }
         }
-        avoid = Some(target);
+        // Retries go to targets not tried yet while there are any.
+        tried.push(target);
         // Exponential backoff with full jitter, never past the deadline.
         let cap = up
             .cfg

@@ -1033,3 +1033,60 @@ rate_limit = {{ per_minute = 100, burst = 100, key = "route" }}
     assert_eq!(lines[2]["request_id"], "order-7@checkout");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_that_abandons_its_upload_is_a_499_not_a_server_error() {
+    // Nothing was answered (nobody to answer): counted and logged as a
+    // client event, so it cannot burn an availability SLO.
+    let dir = temp_dir("abandoned");
+    let log = dir.join("access.jsonl");
+    let up = Upstream::start(Behaviour::sink());
+    let srv = start(
+        &format!(
+            r#"
+[observability]
+access_log = "{}"
+
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "upload"
+method = "POST"
+path = "/upload"
+upstream = "u"
+"#,
+            log.display(),
+            up.addr
+        ),
+        1,
+    );
+    let mut c = srv.client();
+    c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    c.send(&vec![b'x'; 70_000]);
+    drop(c);
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        let m = scrape(&srv);
+        let count = |class: &str| -> f64 {
+            m.find(
+                "shardline_http_requests_total",
+                &[("route", "upload"), ("class", class)],
+            )
+            .iter()
+            .map(|s| s.value)
+            .sum()
+        };
+        if count("4xx") == 1.0 {
+            assert_eq!(count("5xx"), 0.0);
+            srv.stop();
+            lines = json_lines(&log);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 499);
+    let _ = std::fs::remove_dir_all(&dir);
+}

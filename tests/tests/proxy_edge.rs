@@ -353,3 +353,45 @@ fn fields_named_in_connection_are_dropped_on_cached_routes_too() {
         }
     }
 }
+
+#[test]
+fn route_parameters_cannot_climb_out_of_a_rewrite_or_add_query_parameters() {
+    let up = Upstream::start(Behaviour::ok("fine"));
+    let srv = TestServer::start_toml(&format!(
+        r#"
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "files"
+method = "GET"
+path = "/files/{{*rest}}"
+upstream = "u"
+rewrite = "/public/{{rest}}"
+
+[[routes]]
+name = "user"
+method = "GET"
+path = "/users/{{id}}"
+aggregate = [ {{ name = "search", upstream = "u", path = "/public/search?user={{id}}" }} ]
+"#,
+        up.target()
+    ));
+    // Dot-segments are refused before routing (the upstream would resolve
+    // /public/../admin to /admin); a refused head closes its connection.
+    for path in [
+        "/files/../admin",
+        "/files/a/../../admin",
+        "/files/%2e%2e/admin",
+        "/users/..",
+    ] {
+        assert_problem(&srv.client().request(&get(path, &[])), 400, "dot-segment");
+    }
+    assert_eq!(up.requests(), 0);
+    let mut c = srv.client();
+    // A parameter placed in a query stays one value.
+    let r = c.request(&get("/users/1&role=admin", &[]));
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(up.last().query(), Some("user=1%26role%3Dadmin"));
+}

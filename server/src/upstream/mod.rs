@@ -118,7 +118,9 @@ impl Upstream {
 
     /// Chooses a target for the next try, avoiding `avoid` (the target the
     /// previous try failed on) when another one is available.
-    pub(crate) fn pick(&self, now: Instant, avoid: Option<usize>) -> Pick {
+    /// Chooses a target among the available ones, avoiding those in `tried`
+    /// (this request's earlier tries) while any other is available.
+    pub(crate) fn pick(&self, now: Instant, tried: &[usize]) -> Pick {
         let n = self.targets.len();
         let mut avail: [usize; 64] = [0; 64];
         let mut count = 0;
@@ -136,16 +138,17 @@ impl Upstream {
         }
         let mut list = &avail[..count];
         let filtered: [usize; 64];
-        if let Some(a) = avoid {
-            if count > 1 && list.contains(&a) {
-                let mut f = [0usize; 64];
-                let mut m = 0;
-                for &i in list {
-                    if i != a {
-                        f[m] = i;
-                        m += 1;
-                    }
+        if !tried.is_empty() {
+            let mut f = [0usize; 64];
+            let mut m = 0;
+            for &i in list {
+                if !tried.contains(&i) {
+                    f[m] = i;
+                    m += 1;
                 }
+            }
+            // Every available target was tried already: any of them again.
+            if m > 0 {
                 filtered = f;
                 list = &filtered[..m];
             }
@@ -210,17 +213,24 @@ impl Upstream {
     }
 
     fn least_loaded(&self, list: &[usize]) -> usize {
-        // Start at a random position so ties spread instead of always
-        // landing on the first target.
-        let off = (self.random() % list.len() as u64) as usize;
-        let mut best = list[off];
-        for k in 1..list.len() {
-            let i = list[(off + k) % list.len()];
+        let mut best = list[0];
+        for &i in &list[1..] {
             if self.lighter(i, best) {
                 best = i;
             }
         }
-        best
+        // Ties (at light load, every target has nothing in flight) are
+        // broken by weight, as nginx's least_conn does: otherwise a 1:9
+        // weighting would come out 1:1 whenever requests do not overlap.
+        let mut tied = [0usize; 64];
+        let mut m = 0;
+        for &i in list {
+            if !self.lighter(best, i) {
+                tied[m] = i;
+                m += 1;
+            }
+        }
+        self.weighted_random(&tied[..m], None)
     }
 
     fn weighted_random(&self, list: &[usize], not: Option<usize>) -> usize {
@@ -375,7 +385,7 @@ mod tests {
         let now = Instant::now();
         let mut counts = vec![0; u.targets.len()];
         for _ in 0..n {
-            match u.pick(now, None) {
+            match u.pick(now, &[]) {
                 Pick::Target(i) => counts[i] += 1,
                 Pick::NoneAvailable(_) => panic!("none available"),
             }
@@ -414,7 +424,7 @@ mod tests {
         assert_eq!(picks(&u, 10), vec![0, 10]);
         u.record(1, false, now);
         u.record(1, false, now);
-        match u.pick(now, None) {
+        match u.pick(now, &[]) {
             Pick::NoneAvailable(d) => assert!(d >= Duration::from_secs(9), "{d:?}"),
             Pick::Target(i) => panic!("picked {i}"),
         }
@@ -425,7 +435,31 @@ mod tests {
         let u = upstream(Balance::RoundRobin, &[1, 1]);
         let now = Instant::now();
         for _ in 0..10 {
-            assert!(matches!(u.pick(now, Some(0)), Pick::Target(1)));
+            assert!(matches!(u.pick(now, &[0]), Pick::Target(1)));
         }
+    }
+
+    #[test]
+    fn retries_avoid_every_target_tried_so_far() {
+        // A third try goes to the one target not tried, whatever the
+        // balancer (p2c and least_requests went back to the first).
+        for b in [Balance::RoundRobin, Balance::LeastRequests, Balance::P2c] {
+            let u = upstream(b, &[1, 1, 1]);
+            let now = Instant::now();
+            for _ in 0..50 {
+                assert!(matches!(u.pick(now, &[0, 1]), Pick::Target(2)), "{b:?}");
+                assert!(matches!(u.pick(now, &[2, 0]), Pick::Target(1)), "{b:?}");
+            }
+            // All tried: any of them again rather than none.
+            assert!(matches!(u.pick(now, &[0, 1, 2]), Pick::Target(_)), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn least_requests_breaks_ties_by_weight() {
+        // Nothing in flight anywhere (light load): weights decide.
+        let u = upstream(Balance::LeastRequests, &[1, 9]);
+        let c = picks(&u, 2000);
+        assert!(c[1] > 1600 && c[0] > 100, "{c:?}");
     }
 }
