@@ -91,6 +91,10 @@ pub struct ShardSetConfig {
 pub struct Control {
     pub(crate) shutdown: AtomicBool,
     pub(crate) drain_timeout: Duration,
+    /// Shards whose in-flight requests are not finished yet in a drain: the
+    /// shard that serves the admin listener keeps it (and `/readyz` saying
+    /// 503) until this reaches zero, not only until its own work is done.
+    pub(crate) shards_draining: std::sync::atomic::AtomicUsize,
 }
 
 /// Why shards could not start or stopped abnormally.
@@ -133,6 +137,7 @@ impl ShardSet {
         let control = Arc::new(Control {
             shutdown: AtomicBool::new(false),
             drain_timeout: cfg.drain_timeout,
+            shards_draining: std::sync::atomic::AtomicUsize::new(cfg.cpus.len()),
         });
         let listeners: Arc<Vec<ListenerSpec>> = Arc::new(cfg.listeners);
         let count = cfg.cpus.len();

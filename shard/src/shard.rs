@@ -246,6 +246,8 @@ pub(crate) async fn run(
     .detach();
 
     let apps: Vec<Rc<dyn App>> = listeners.iter().map(|b| Rc::clone(&b.app)).collect();
+    // A listener that stays open through a drain (the admin listener).
+    let serves_through_drain = listeners.iter().any(|b| !b.close_on_drain);
     let mut accept_tasks = Vec::new();
     for bound in listeners {
         let st = Rc::clone(&state);
@@ -271,6 +273,17 @@ pub(crate) async fn run(
     let deadline = std::time::Instant::now() + control.drain_timeout;
     while state.busy.get() > 0 && std::time::Instant::now() < deadline {
         sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    control.shards_draining.fetch_sub(1, Ordering::AcqRel);
+    // The admin listener's shard outlives the others' drains (bounded by
+    // the same deadline): `/readyz` must keep answering 503, and `/metrics`
+    // keep answering, while any shard still finishes requests.
+    if serves_through_drain {
+        while control.shards_draining.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
+        {
+            sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+        }
     }
     // Apps save what must survive a restart (quotas).
     for app in apps {

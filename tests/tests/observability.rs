@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shardline_tests::metrics::{self, Exposition};
 use shardline_tests::server::config_from_toml;
-use shardline_tests::upstream::{Action, Behaviour, Gate, Reply, Step, Upstream};
+use shardline_tests::upstream::{wait_until, Action, Behaviour, Gate, Reply, Step, Upstream};
 use shardline_tests::{get, post, Client, TestServer, GUARD};
 
 /// A config with the admin listener on and `shards` shards, on port 0.
@@ -1089,4 +1089,63 @@ upstream = "u"
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["status"], 499);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn readyz_answers_503_while_any_shard_still_drains() {
+    // The admin listener lives on shard 0; a request still finishing on
+    // shard 1 must not take `/readyz` down with shard 0's own drain.
+    let gate = Gate::new();
+    let up = Upstream::start(Behaviour::always(Action::Steps(vec![
+        Step::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab".to_vec()),
+        Step::Wait(gate.clone()),
+        Step::Write(b"cd".to_vec()),
+    ])));
+    let srv = start(
+        &format!(
+            "[server]\ndrain_timeout = \"10s\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [\"{}\"]\n\n\
+             [[routes]]\nname = \"slow\"\npath = \"/slow\"\nupstream = \"u\"\n\n\
+             [[routes]]\nname = \"quick\"\npath = \"/quick\"\nrespond = {{ status = 200, body = \"q\" }}\n",
+            up.addr
+        ),
+        2,
+    );
+    let accepted_on_1 = || -> f64 {
+        scrape(&srv)
+            .find("shardline_connections_accepted_total", &[("shard", "1")])
+            .iter()
+            .map(|s| s.value)
+            .sum()
+    };
+    // A connection on shard 1 (the kernel spreads them by hash): a quick
+    // request on each new one, and shard 1's accept counter tells.
+    let mut kept = None;
+    for _ in 0..64 {
+        let before = accepted_on_1();
+        let mut c = srv.client();
+        assert_eq!(c.request(&get("/quick", &[])).status, 200);
+        if accepted_on_1() > before {
+            kept = Some(c);
+            break;
+        }
+    }
+    let Some(mut c) = kept else {
+        panic!("no connection reached shard 1 in 64 tries");
+    };
+    // The one stream in flight, on shard 1; shard 0 has none of its own.
+    c.send(&get("/slow", &[]));
+    assert!(wait_until(GUARD, || up.requests() >= 1));
+    srv.shutdown();
+    // The drain starts within a poll of the shutdown flag...
+    assert!(wait_until(GUARD, || admin_get(&srv, "/readyz", &[]).status == 503));
+    // ...and `/readyz` keeps answering while shard 1 finishes.
+    for _ in 0..5 {
+        let r = admin_get(&srv, "/readyz", &[]);
+        assert_eq!(r.status, 503, "{}", r.summary());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gate.open();
+    let r = c.response();
+    assert_eq!(r.body, b"abcd", "{}", r.summary());
+    srv.stop();
 }
