@@ -880,6 +880,31 @@ impl App for GatewayApp {
         self.inner.borrow().policies.shutdown();
     }
 
+    /// A request the protocol layer answered (400, 408, 413, ...): counted
+    /// and logged as unmatched, like any answer (5xx ones always logged).
+    fn refused(&self, r: &shardline_shard::Refusal<'_>) {
+        let inner = Rc::clone(&self.inner.borrow());
+        self.complete(
+            &inner,
+            &Completed {
+                route: None,
+                route_name: inner.route_name(None),
+                method: r.method,
+                path: "",
+                status: r.status,
+                received: r.received,
+                bytes_in: r.bytes_in,
+                bytes_out: r.bytes_out,
+                upstream: None,
+                cache: None,
+                request_id: None,
+                consumer: None,
+                trace: None,
+                peer: r.peer,
+            },
+        );
+    }
+
     fn handle(&self, ex: &mut Exchange<'_>) {
         let inner = Rc::clone(&self.inner.borrow());
         // A fresh hit found by `dispatch`: it is consumed when answered.

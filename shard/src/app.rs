@@ -63,6 +63,27 @@ pub trait App {
     /// Called once on the shard's thread when the shard has drained, before
     /// it ends: the place to save state that must survive a restart.
     fn shutdown(&self) {}
+
+    /// Called after the connection loop answered a request itself, before
+    /// any route ran: a malformed or over-limit head or body (400, 413,
+    /// 414, 417, 431, 501, 505) or one that stopped arriving (408). For
+    /// the app's metrics and access log; the answer is already written.
+    fn refused(&self, _refusal: &Refusal<'_>) {}
+}
+
+/// A request the connection loop answered itself (see [`App::refused`]).
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    pub status: u16,
+    /// The request's method when its first token reads as one, else "-".
+    pub method: &'a str,
+    pub peer: std::net::SocketAddr,
+    /// When the read that completed (or last extended) the request ended.
+    pub received: std::time::Instant,
+    /// Request bytes received for it.
+    pub bytes_in: u64,
+    /// Bytes of the answer.
+    pub bytes_out: u64,
 }
 
 /// Builds each shard's [`App`] on that shard's thread.

@@ -28,7 +28,7 @@ use shardline_protocol::limits::MAX_HEADERS_CAP;
 use shardline_protocol::request::{self, Parsed, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
-use crate::app::{App, ConnContext, Dispatch, Exchange};
+use crate::app::{App, ConnContext, Dispatch, Exchange, Refusal};
 use crate::buffers::ReadBuf;
 use crate::shard::{ShardCounters, ShardState, TimeoutKind};
 use crate::stream::{BodyLeft, ClientIo, StreamRequest};
@@ -184,7 +184,16 @@ impl Conn {
                             TimeoutKind::Header
                         };
                         self.shard.count_timeout(kind);
-                        self.send_request_timeout().await;
+                        let bytes_out = self.send_request_timeout().await;
+                        let request: &[u8] = self.rbuf.as_ref().map_or(&[], |b| b.pending());
+                        self.app.refused(&Refusal {
+                            status: 408,
+                            method: request_method(request),
+                            peer: self.peer,
+                            received: self.read_at,
+                            bytes_in: request.len() as u64,
+                            bytes_out,
+                        });
                         self.set_busy(false);
                         self.linger().await;
                     } else {
@@ -483,7 +492,8 @@ impl Conn {
         }
     }
 
-    async fn send_request_timeout(&mut self) {
+    /// Writes the 408; returns its length.
+    async fn send_request_timeout(&mut self) -> u64 {
         let mut out = self.shard.pool.take_write();
         {
             let date = self.shard.date.borrow();
@@ -502,9 +512,26 @@ impl Conn {
                 &date,
             );
         }
-        ShardCounters::add(&self.shard.counters.bytes_out, out.len() as u64);
+        let len = out.len() as u64;
+        ShardCounters::add(&self.shard.counters.bytes_out, len);
         let _ = self.stream.write_all(&out).await;
         self.shard.pool.put_write(out);
+        len
+    }
+
+    /// Answers a request the protocol layer refuses and tells the app (its
+    /// metrics and access log count it like any other answer).
+    fn refuse(&self, out: &mut Vec<u8>, err: &ProtoError, request: &[u8], head: bool) {
+        let before = out.len();
+        write_error(out, err, &self.shard, head);
+        self.app.refused(&Refusal {
+            status: err.status(),
+            method: request_method(request),
+            peer: self.peer,
+            received: self.read_at,
+            bytes_in: request.len() as u64,
+            bytes_out: (out.len() - before) as u64,
+        });
     }
 
     /// Handles every complete request in the read buffer, appending the
@@ -536,8 +563,8 @@ impl Conn {
                 Ok(Parsed::Complete(head)) => head,
                 Ok(Parsed::Partial) => return Next::ReadMore,
                 Err(err) => {
-                    let head = is_head_request(&rbuf.data[start..end]);
-                    write_error(out, &err, &shard, head);
+                    let request = &rbuf.data[start..end];
+                    self.refuse(out, &err, request, is_head_request(request));
                     return Next::Close;
                 }
             };
@@ -554,7 +581,8 @@ impl Conn {
                         BodyFraming::None => BodyLeft::Done,
                         BodyFraming::ContentLength(n) if n > max_body_bytes => {
                             let too_large = ProtoError::new(ErrorKind::BodyTooLarge);
-                            write_error(out, &too_large, &shard, head.is_head());
+                            let request = &rbuf.data[start..end];
+                            self.refuse(out, &too_large, request, head.is_head());
                             return Next::Close;
                         }
                         BodyFraming::ContentLength(n) => BodyLeft::Length(n),
@@ -592,7 +620,8 @@ impl Conn {
                 BodyFraming::None => (0..0, None, head_len),
                 BodyFraming::ContentLength(n) if n > inline_limit => {
                     let too_large = ProtoError::new(ErrorKind::BodyTooLarge);
-                    write_error(out, &too_large, &shard, head.is_head());
+                    let request = &rbuf.data[start..end];
+                    self.refuse(out, &too_large, request, head.is_head());
                     return Next::Close;
                 }
                 BodyFraming::ContentLength(n) => {
@@ -643,7 +672,8 @@ impl Conn {
                             if let Some(c) = self.chunked.take() {
                                 shard.pool.put_write(c.body);
                             }
-                            write_error(out, &err, &shard, head.is_head());
+                            let request = &rbuf.data[start..end];
+                            self.refuse(out, &err, request, head.is_head());
                             return Next::Close;
                         }
                     }
@@ -711,6 +741,29 @@ fn write_error(out: &mut Vec<u8>, err: &ProtoError, shard: &ShardState, head: bo
         },
         &date,
     );
+}
+
+/// The method of unparsed request bytes, when the first token reads as
+/// one (a short run of tchar before a space), else "-".
+fn request_method(bytes: &[u8]) -> &str {
+    /// Longer tokens are not logged as a method (a client must not be able
+    /// to write arbitrary text into the log through a refused request).
+    const MAX_METHOD_BYTES: usize = 16;
+    let end = bytes
+        .iter()
+        .take(MAX_METHOD_BYTES + 1)
+        .position(|&b| b == b' ')
+        .unwrap_or(0);
+    let token = &bytes[..end];
+    if !token.is_empty()
+        && token
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        std::str::from_utf8(token).unwrap_or("-")
+    } else {
+        "-"
+    }
 }
 
 /// Whether unparsed request bytes are a HEAD request: the method is the

@@ -41,7 +41,7 @@ pub mod timeouts;
 pub mod tls;
 mod transport;
 
-pub use app::{App, AppFactory, Dispatch, Exchange, ShardInfo, StreamFuture};
+pub use app::{App, AppFactory, Dispatch, Exchange, Refusal, ShardInfo, StreamFuture};
 pub use router::{Match, Methods, Params, RouteError, Router};
 pub use set::{
     ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,

@@ -108,9 +108,11 @@ fn metrics_count_known_traffic_on_every_shard() {
         0.0
     );
     assert_eq!(m.value(req, &[("route", "broken"), ("class", "5xx")]), 4.0);
+    // Five 404s and the framing error's 400, which the protocol layer
+    // answered before any route.
     assert_eq!(
         m.value(req, &[("route", "_unmatched"), ("class", "4xx")]),
-        5.0
+        6.0
     );
     assert_eq!(m.value(req, &[("route", "echo"), ("class", "2xx")]), 1.0);
     let h = "shardline_http_request_duration_seconds";
@@ -1148,4 +1150,49 @@ fn readyz_answers_503_while_any_shard_still_drains() {
     let r = c.response();
     assert_eq!(r.body, b"abcd", "{}", r.summary());
     srv.stop();
+}
+
+#[test]
+fn answers_from_the_protocol_layer_are_counted_and_logged() {
+    // A 505 or a 413 written before any route ran is still an answer: an
+    // SRE counting 5xx must see it.
+    let dir = temp_dir("refused");
+    let log = dir.join("access.jsonl");
+    let srv = start(
+        &format!(
+            "[server]\nmax_body_bytes = \"1KiB\"\n\n[observability]\naccess_log = \"{}\"\n\n\
+             [[routes]]\nname = \"echo\"\nmethod = \"POST\"\npath = \"/echo\"\nhandler = \"echo\"\n",
+            log.display()
+        ),
+        1,
+    );
+    for (raw, status) in [
+        (&b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"[..], 505),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+            413,
+        ),
+    ] {
+        let mut c = srv.client();
+        c.send(raw);
+        assert_eq!(c.read_final(false).unwrap().1.status, status);
+    }
+    let m = scrape(&srv);
+    let class = |c: &str| -> f64 {
+        m.find(
+            "shardline_http_requests_total",
+            &[("route", "_unmatched"), ("class", c)],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+    };
+    assert_eq!(class("5xx"), 1.0);
+    assert_eq!(class("4xx"), 1.0);
+    srv.stop();
+    let lines = json_lines(&log);
+    let statuses: Vec<i64> = lines.iter().filter_map(|l| l["status"].as_i64()).collect();
+    assert_eq!(statuses, [505, 413], "{lines:?}");
+    assert_eq!(lines[1]["method"], "POST");
+    let _ = std::fs::remove_dir_all(&dir);
 }
