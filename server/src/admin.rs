@@ -89,6 +89,14 @@ impl App for AdminApp {
                     method_not_allowed(io, "GET, HEAD").await;
                 }
                 TOKEN_METRICS => {
+                    // One scrape per connection when more requests are
+                    // already queued behind it: a client pipelining scrapes
+                    // without reading them would otherwise make shard 0
+                    // render and hold one exposition (hundreds of KB with
+                    // many routes) per queued request.
+                    if io.has_pipelined() {
+                        io.close_after();
+                    }
                     let snaps = coord.gather().await;
                     let reports = reports(&snaps);
                     let fmt = Format::from_accept(accept);

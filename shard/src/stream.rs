@@ -422,6 +422,12 @@ impl<'c> ClientIo<'c> {
         }
     }
 
+    /// Bytes of a next request are already buffered behind this one (the
+    /// client pipelines). Meaningful once this request's body is read.
+    pub fn has_pipelined(&self) -> bool {
+        self.body_done() && self.conn.rbuf.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
     pub fn body_done(&self) -> bool {
         !self.has_body()
     }

@@ -1196,3 +1196,21 @@ fn answers_from_the_protocol_layer_are_counted_and_logged() {
     assert_eq!(lines[1]["method"], "POST");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pipelined_scrapes_get_one_answer_per_connection() {
+    // A client queueing scrapes without reading them must not make shard 0
+    // render and hold one exposition per queued request.
+    let srv = start(ROUTES, 1);
+    let mut c = Client::connect(srv.admin.unwrap());
+    let one = get("/metrics", &[]);
+    c.send(&[one.clone(), one.clone(), one].concat());
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "{}", r.summary());
+    c.expect_closed("after the first of pipelined scrapes");
+    // A single scrape keeps its connection.
+    let mut c = Client::connect(srv.admin.unwrap());
+    let r = c.request(&get("/metrics", &[]));
+    assert!(!r.closes(), "{}", r.summary());
+}
