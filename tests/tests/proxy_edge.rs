@@ -395,3 +395,16 @@ aggregate = [ {{ name = "search", upstream = "u", path = "/public/search?user={{
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(up.last().query(), Some("user=1%26role%3Dadmin"));
 }
+
+#[test]
+fn idle_pooled_connections_close_after_idle_timeout_without_traffic() {
+    let up = Upstream::start(Behaviour::ok("fine"));
+    let srv = TestServer::start_toml(&config(&up, "idle_timeout = \"1s\""));
+    assert_eq!(srv.client().request(&get("/x", &[])).status, 200);
+    assert_eq!(up.open_connections(), 1, "pooled after the answer");
+    // No request comes to take it: the shard's sweep closes it.
+    assert!(
+        wait_until(GUARD, || up.open_connections() == 0),
+        "an idle pooled connection outlived idle_timeout"
+    );
+}

@@ -30,9 +30,8 @@ impl IdlePool {
         }
     }
 
-    /// A usable idle connection, if one is pooled and younger than
-    /// `idle_timeout`.
-    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<UpstreamStream> {
+    /// Closes the connections idle for `idle_timeout` or longer.
+    pub(crate) fn expire(&self, now: Instant, idle_timeout: Duration) {
         let mut idle = self.idle.borrow_mut();
         // Everything older than the newest expired one is expired too.
         if let Some(pos) = idle
@@ -41,6 +40,13 @@ impl IdlePool {
         {
             idle.drain(..=pos);
         }
+    }
+
+    /// A usable idle connection, if one is pooled and younger than
+    /// `idle_timeout`.
+    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<UpstreamStream> {
+        self.expire(now, idle_timeout);
+        let mut idle = self.idle.borrow_mut();
         while let Some((stream, _)) = idle.pop() {
             if peek_idle(stream.as_raw_fd()) == IdleSocket::Quiet {
                 self.reused.set(self.reused.get() + 1);
