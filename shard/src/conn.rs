@@ -302,23 +302,13 @@ impl Conn {
     /// read. Written on the bare socket: no TLS session exists.
     async fn answer_plain_http_on_tls_port(&mut self) {
         let mut out = self.shard.pool.take_write();
-        {
-            let date = self.shard.date.borrow();
-            response::encode_problem(
-                &mut out,
-                400,
-                "https://shardline.dev/problems/plain-http-to-tls-port",
-                "Bad Request",
-                "this port speaks HTTPS: the request was sent as plain HTTP",
-                &[],
-                EncodeOptions {
-                    version: Version::Http11,
-                    keep_alive: false,
-                    head: false,
-                },
-                &date,
-            );
-        }
+        self.encode_closing_problem(
+            &mut out,
+            400,
+            "https://shardline.dev/problems/plain-http-to-tls-port",
+            "Bad Request",
+            "this port speaks HTTPS: the request was sent as plain HTTP",
+        );
         let _ = self.stream.write_plain(&out).await;
         self.shard.pool.put_write(out);
         // Not `linger`: its shutdown would send a TLS close_notify after
@@ -492,26 +482,43 @@ impl Conn {
         }
     }
 
+    /// A problem response the connection loop writes on its own, before
+    /// the connection closes (HTTP/1.1, `Connection: close`).
+    fn encode_closing_problem(
+        &self,
+        out: &mut Vec<u8>,
+        status: u16,
+        problem_type: &str,
+        title: &str,
+        detail: &str,
+    ) {
+        let date = self.shard.date.borrow();
+        response::encode_problem(
+            out,
+            status,
+            problem_type,
+            title,
+            detail,
+            &[],
+            EncodeOptions {
+                version: Version::Http11,
+                keep_alive: false,
+                head: false,
+            },
+            &date,
+        );
+    }
+
     /// Writes the 408; returns its length.
     async fn send_request_timeout(&mut self) -> u64 {
         let mut out = self.shard.pool.take_write();
-        {
-            let date = self.shard.date.borrow();
-            response::encode_problem(
-                &mut out,
-                408,
-                crate::app::REQUEST_TIMEOUT_PROBLEM,
-                "Request Timeout",
-                crate::app::REQUEST_TIMEOUT_DETAIL,
-                &[],
-                EncodeOptions {
-                    version: Version::Http11,
-                    keep_alive: false,
-                    head: false,
-                },
-                &date,
-            );
-        }
+        self.encode_closing_problem(
+            &mut out,
+            408,
+            crate::app::REQUEST_TIMEOUT_PROBLEM,
+            "Request Timeout",
+            crate::app::REQUEST_TIMEOUT_DETAIL,
+        );
         let len = out.len() as u64;
         ShardCounters::add(&self.shard.counters.bytes_out, len);
         let _ = self.stream.write_all(&out).await;

@@ -277,6 +277,24 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// One shard with an access log in a scratch directory, upstream `u` at
+/// `up`, and one route (`route`: the lines of its table). Returns the
+/// directory (for the caller to remove), the log's path and the server.
+fn logged_gateway(tag: &str, up: &Upstream, route: &str) -> (PathBuf, PathBuf, TestServer) {
+    let dir = temp_dir(tag);
+    let log = dir.join("access.jsonl");
+    let srv = start(
+        &format!(
+            "[observability]\naccess_log = \"{}\"\n\n[[upstreams]]\nname = \"u\"\n\
+             targets = [\"{}\"]\n\n[[routes]]\n{route}\n",
+            log.display(),
+            up.addr
+        ),
+        1,
+    );
+    (dir, log, srv)
+}
+
 fn json_lines(path: &PathBuf) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
@@ -373,32 +391,13 @@ access_log_sample = 0.0
 
 #[test]
 fn access_log_notes_upstream_and_cache() {
-    let dir = temp_dir("access-up");
-    let log = dir.join("access.jsonl");
     let up = Upstream::start(Behaviour::reply(
         Reply::ok("hi").header("Cache-Control", "max-age=60"),
     ));
-    let srv = start(
-        &format!(
-            r#"
-[observability]
-access_log = "{}"
-
-[[upstreams]]
-name = "u"
-targets = ["{}"]
-
-[[routes]]
-name = "cached"
-method = "GET"
-path = "/c"
-upstream = "u"
-cache = {{ ttl = "60s" }}
-"#,
-            log.display(),
-            up.addr
-        ),
-        1,
+    let (dir, log, srv) = logged_gateway(
+        "access-up",
+        &up,
+        "name = \"cached\"\nmethod = \"GET\"\npath = \"/c\"\nupstream = \"u\"\ncache = { ttl = \"60s\" }",
     );
     let mut c = srv.client();
     c.request(&get("/c", &[]));
@@ -1040,29 +1039,11 @@ rate_limit = {{ per_minute = 100, burst = 100, key = "route" }}
 fn a_client_that_abandons_its_upload_is_a_499_not_a_server_error() {
     // Nothing was answered (nobody to answer): counted and logged as a
     // client event, so it cannot burn an availability SLO.
-    let dir = temp_dir("abandoned");
-    let log = dir.join("access.jsonl");
     let up = Upstream::start(Behaviour::sink());
-    let srv = start(
-        &format!(
-            r#"
-[observability]
-access_log = "{}"
-
-[[upstreams]]
-name = "u"
-targets = ["{}"]
-
-[[routes]]
-name = "upload"
-method = "POST"
-path = "/upload"
-upstream = "u"
-"#,
-            log.display(),
-            up.addr
-        ),
-        1,
+    let (dir, log, srv) = logged_gateway(
+        "abandoned",
+        &up,
+        "name = \"upload\"\nmethod = \"POST\"\npath = \"/upload\"\nupstream = \"u\"",
     );
     let mut c = srv.client();
     c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
