@@ -408,3 +408,29 @@ fn idle_pooled_connections_close_after_idle_timeout_without_traffic() {
         "an idle pooled connection outlived idle_timeout"
     );
 }
+
+#[test]
+fn a_health_check_whose_body_stalls_fails() {
+    // The head alone says 200; the body never comes. Healthy means the
+    // whole answer within the check's timeout.
+    let up = Upstream::start(Behaviour::always(Action::Steps(vec![
+        Step::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab".to_vec()),
+        Step::Hang,
+    ])));
+    let srv = TestServer::start_toml(
+        &config(
+            &up,
+            "health_check = { path = \"/h\", interval = \"100ms\", timeout = \"200ms\", unhealthy = 1, healthy = 1 }",
+        )
+        .replace("timeout = \"2s\"", "timeout = \"300ms\""),
+    );
+    // Until the check has run, a request may still go there and be cut.
+    assert!(
+        wait_until(GUARD, || {
+            let mut c = srv.client();
+            c.send(&get("/x", &[]));
+            matches!(c.read_response(false), Ok(r) if r.status == 503)
+        }),
+        "the target stayed healthy"
+    );
+}

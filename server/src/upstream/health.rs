@@ -13,6 +13,11 @@ use crate::upstream::Upstream;
 /// Probe response heads are small; this buffer holds one with room.
 const PROBE_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Body bytes of a probe's answer read (and dropped) before it counts as
+/// complete: health endpoints answer a few bytes; a large one is not
+/// read whole every interval.
+const PROBE_MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Closes pooled connections once they have been idle for the upstream's
 /// `idle_timeout`, also when no request comes to take them (they used to
 /// wait for the next request to notice). Checks every half `idle_timeout`
@@ -76,6 +81,19 @@ async fn probe(up: &Upstream, i: usize, path: &str, timeout: std::time::Duration
         client::send(&mut stream, req.as_bytes()).await.ok()?;
         let mut buf = RespBuf::new(vec![0; PROBE_BUFFER_BYTES]);
         let head = client::read_head(&mut stream, &mut buf, false).await.ok()?;
+        // The whole answer within the timeout: a target that sends a 200
+        // head and then stalls is not healthy.
+        let mut body = client::BodyReader::new(head.framing);
+        let mut sink = Vec::new();
+        let mut read = 0;
+        while read <= PROBE_MAX_BODY_BYTES {
+            sink.clear();
+            match body.next(&mut stream, &mut buf, &mut sink, timeout).await {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(_) => return Some(false),
+            }
+        }
         Some((200..300).contains(&head.status))
     };
     matches!(
