@@ -193,7 +193,7 @@ async fn discard_body(io: &mut ClientIo<'_>) -> bool {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
-                crate::proxy::client_body_failed(io, e).await;
+                io.answer_body_failure(e).await;
                 return false;
             }
         }

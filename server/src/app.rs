@@ -556,7 +556,7 @@ impl GatewayApp {
             let res = match io.buffer_body(limit).await {
                 Ok(body) => inner.policies.check_body(token, head, body),
                 Err(e) => {
-                    proxy::client_body_failed(io, e).await;
+                    io.answer_body_failure(e).await;
                     return None;
                 }
             };
@@ -604,7 +604,7 @@ impl GatewayApp {
                 let body = match io.buffer_body(limit).await {
                     Ok(b) => b.to_vec(),
                     Err(e) => {
-                        proxy::client_body_failed(io, e).await;
+                        io.answer_body_failure(e).await;
                         return;
                     }
                 };
@@ -656,7 +656,7 @@ impl GatewayApp {
         let fp = match io.buffer_body(limit).await {
             Ok(body) => idem::fingerprint(head.method, head.target, body),
             Err(e) => {
-                proxy::client_body_failed(io, e).await;
+                io.answer_body_failure(e).await;
                 return;
             }
         };

@@ -670,7 +670,7 @@ pub(crate) async fn prepare(
         match io.read_body(&mut body, want).await {
             Ok(_) => {}
             Err(e) => {
-                client_body_failed(io, e).await;
+                io.answer_body_failure(e).await;
                 io.put_buffer(body);
                 return Err(());
             }
@@ -722,10 +722,6 @@ pub(crate) async fn prepare(
     })
 }
 
-/// Answers a client whose body could not be read (if it can still hear).
-pub(crate) async fn client_body_failed(io: &mut ClientIo<'_>, e: BodyError) {
-    io.answer_body_failure(e).await;
-}
 
 /// The outcome of the whole attempt loop.
 pub(crate) enum Outcome {
@@ -855,7 +851,7 @@ pub(crate) async fn exchange(
                 }
             }
             Err(TryError::Client(e)) => {
-                client_body_failed(io, e).await;
+                io.answer_body_failure(e).await;
                 return Outcome::ClientGone;
             }
             Err(TryError::Upstream(f)) => {
