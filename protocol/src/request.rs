@@ -662,9 +662,6 @@ fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> 
 /// of `..` could climb out of a rewrite template's prefix. Clients resolve
 /// dot-segments before sending (RFC 3986 §5.2), so none is lost.
 fn has_dot_segment(p: &[u8]) -> bool {
-    if !p.iter().any(|&b| b == b'.' || b == b'%') {
-        return false;
-    }
     p.split(|&b| b == b'/').any(|seg| {
         let mut dots = 0;
         let mut i = 0;
@@ -708,13 +705,20 @@ fn split_path_query(pq: &[u8]) -> Result<(&str, Option<&str>), Error> {
 /// and escapes that decode to a control character (`%00`, `%0d%0a`: these
 /// only serve header injection and C-string truncation attacks).
 fn validate_path(p: &[u8]) -> Result<(), Error> {
-    if has_dot_segment(p) {
+    // One pass for the common case: every byte plain, and no '.' that
+    // could start a dot-segment ('%' is not plain: escaped dots are found
+    // below).
+    let mut plain = true;
+    let mut dot = false;
+    for &b in p {
+        plain &= TARGET_CLASS[usize::from(b)] & TARGET_PATH != 0;
+        dot |= b == b'.';
+    }
+    if (dot || !plain) && has_dot_segment(p) {
         return Err(ErrorKind::DotSegment.into());
     }
     // Fast path: most paths have no escapes at all.
-    if p.iter()
-        .all(|&b| TARGET_CLASS[usize::from(b)] & TARGET_PATH != 0)
-    {
+    if plain {
         return Ok(());
     }
     let mut i = 0;

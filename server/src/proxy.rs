@@ -157,15 +157,19 @@ pub(crate) fn upstream_path(
 pub(crate) fn fill_template(template: &str, params: &shardline_shard::Params<'_, '_>) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
+    // Past the template's `?`: only its literal text can bring one.
+    let mut in_query = false;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        let literal = &rest[..open];
+        in_query |= literal.contains('?');
+        out.push_str(literal);
         let Some(close) = rest[open..].find('}') else {
             out.push_str(&rest[open..]);
             return out;
         };
         let name = rest[open + 1..open + close].trim_start_matches('*');
         let value = params.get(name).unwrap_or("");
-        if out.contains('?') {
+        if in_query {
             for c in value.chars() {
                 match c {
                     '&' | '=' | '+' | ';' | '#' => {
@@ -721,7 +725,6 @@ pub(crate) async fn prepare(
         is_head: head.is_head(),
     })
 }
-
 
 /// The outcome of the whole attempt loop.
 pub(crate) enum Outcome {
