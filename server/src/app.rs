@@ -231,7 +231,7 @@ impl GatewayInner {
             if u.cfg.health_check.is_some() {
                 glommio::spawn_local(upstream::health::run(Rc::clone(u))).detach();
             }
-            glommio::spawn_local(upstream::health::sweep_pools(Rc::clone(u))).detach();
+            glommio::spawn_local(upstream::pool::sweep(Rc::clone(u))).detach();
         }
         let actions = config
             .routes

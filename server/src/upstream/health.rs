@@ -18,25 +18,6 @@ const PROBE_BUFFER_BYTES: usize = 8 * 1024;
 /// read whole every interval.
 const PROBE_MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Closes pooled connections once they have been idle for the upstream's
-/// `idle_timeout`, also when no request comes to take them (they used to
-/// wait for the next request to notice). Checks every half `idle_timeout`
-/// (at least every second), so one lives at most 1.5 x `idle_timeout`.
-/// Runs until the shard's executor ends or a reload retires `up`.
-pub(crate) async fn sweep_pools(up: Rc<Upstream>) {
-    let every = (up.cfg.idle_timeout / 2).max(std::time::Duration::from_secs(1));
-    loop {
-        glommio::timer::sleep(every).await;
-        if up.retired.get() {
-            return;
-        }
-        let now = Instant::now();
-        for t in &up.targets {
-            t.pool.expire(now, up.cfg.idle_timeout);
-        }
-    }
-}
-
 /// Runs until the shard's executor ends or a reload retires `up`.
 pub(crate) async fn run(up: Rc<Upstream>) {
     let Some(hc) = up.cfg.health_check.clone() else {

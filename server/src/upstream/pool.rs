@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 
 use crate::system::{peek_idle, IdleSocket};
 use crate::upstream::tls::UpstreamStream;
+use crate::upstream::Upstream;
+
+/// Closes pooled connections once they have been idle for the upstream's
+/// `idle_timeout`, also when no request comes to take them (they used to
+/// wait for the next request to notice). Checks every half `idle_timeout`
+/// (at least every second), so one lives at most 1.5 x `idle_timeout`.
+/// Runs until the shard's executor ends or a reload retires `up`.
+pub(crate) async fn sweep(up: std::rc::Rc<Upstream>) {
+    let every = (up.cfg.idle_timeout / 2).max(Duration::from_secs(1));
+    loop {
+        glommio::timer::sleep(every).await;
+        if up.retired.get() {
+            return;
+        }
+        let now = Instant::now();
+        for t in &up.targets {
+            t.pool.expire(now, up.cfg.idle_timeout);
+        }
+    }
+}
 
 pub(crate) struct IdlePool {
     max: usize,
