@@ -124,7 +124,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
         let mut body = Vec::new();
         loop {
             match reader
-                .next(&mut stream, &mut buf, &mut body, part.timeout)
+                .next(&mut stream, &mut buf, &mut body, part.timeout, None)
                 .await
             {
                 Ok(0) => break,

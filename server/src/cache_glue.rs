@@ -256,13 +256,13 @@ async fn store_and_forward(
         loop {
             // The whole body within the exchange's deadline: nothing has
             // been sent to the client yet, so a slow one still gets a 504.
-            let left = deadline.saturating_duration_since(Instant::now());
             match reader
                 .next(
                     &mut stream,
                     &mut buf,
                     &mut body,
-                    p.up.cfg.request_timeout.min(left),
+                    p.up.cfg.request_timeout,
+                    Some(deadline),
                 )
                 .await
             {

@@ -1015,9 +1015,14 @@ pub(crate) async fn forward(
         let before = target_buf.len();
         // Each read must make progress within the upstream's
         // request_timeout, and the whole body arrive before the deadline.
-        let left = deadline.saturating_duration_since(Instant::now());
         let n = match reader
-            .next(&mut stream, &mut buf, target_buf, read_timeout.min(left))
+            .next(
+                &mut stream,
+                &mut buf,
+                target_buf,
+                read_timeout,
+                Some(deadline),
+            )
             .await
         {
             Ok(n) => n,

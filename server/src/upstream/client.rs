@@ -410,13 +410,16 @@ impl BodyReader {
     }
 
     /// Appends the next decoded body bytes to `out`; `Ok(0)` is the end.
-    /// Each read from the socket must make progress within `read_timeout`.
+    /// Each read from the socket must make progress within `read_timeout`,
+    /// and end by `until` when given (the exchange's total deadline). The
+    /// clock is read only when a read is needed.
     pub(crate) async fn next(
         &mut self,
         stream: &mut UpstreamStream,
         buf: &mut RespBuf,
         out: &mut Vec<u8>,
         read_timeout: Duration,
+        until: Option<Instant>,
     ) -> Result<usize, BodyFailure> {
         loop {
             let pending = buf.end - buf.start;
@@ -460,7 +463,10 @@ impl BodyReader {
                 }
                 _ => {}
             }
-            let deadline = Instant::now() + read_timeout;
+            let mut deadline = Instant::now() + read_timeout;
+            if let Some(until) = until {
+                deadline = deadline.min(until);
+            }
             match with_deadline(deadline, buf.fill(stream)).await {
                 None => return Err(BodyFailure::Timeout),
                 Some(Ok(0)) => {

@@ -69,7 +69,10 @@ async fn probe(up: &Upstream, i: usize, path: &str, timeout: std::time::Duration
         let mut read = 0;
         while read <= PROBE_MAX_BODY_BYTES {
             sink.clear();
-            match body.next(&mut stream, &mut buf, &mut sink, timeout).await {
+            match body
+                .next(&mut stream, &mut buf, &mut sink, timeout, None)
+                .await
+            {
                 Ok(0) => break,
                 Ok(n) => read += n,
                 Err(_) => return Some(false),
