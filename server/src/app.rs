@@ -372,6 +372,7 @@ impl GatewayFactory {
         if shard.id == 0 {
             let coord = Rc::new(Coordinator::new(self.obs.hub.take_coordinator(), control));
             crate::obs::hub::install_coordinator(Rc::clone(&coord));
+            glommio::spawn_local(Rc::clone(&coord).connect_now()).detach();
             glommio::spawn_local(crate::reload::sighup_loop(
                 Arc::clone(&self.obs),
                 Rc::downgrade(&coord),

@@ -628,3 +628,56 @@ fn tls_flags_enable_the_https_listener() {
         &["server.tls.key"],
     );
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// An idle server must sleep in the kernel on every shard: a shard that
+/// polled (a glommio channel waiting for its peer to connect did, on every
+/// shard but 0, until the first scrape) burns a whole CPU second per
+/// second. The bound is loose (a third of one CPU over the window, for two
+/// shards) so a loaded machine cannot fail it; only a polling loop can.
+#[test]
+fn an_idle_server_sleeps() {
+    let (mut p, ready) = start(&args(&["--shards", "2"]));
+    // Keep-alive connections that have been served and now wait.
+    let mut conns: Vec<Conn> = (0..8).map(|_| Conn::open(ready.listen)).collect();
+    for c in &mut conns {
+        assert_eq!(c.request(&get("/plaintext")).status, 200);
+    }
+    let window = std::time::Duration::from_millis(1500);
+    let before = cpu_ticks(p.pid());
+    std::thread::sleep(window);
+    let used = cpu_ticks(p.pid()) - before;
+    let hz = clock_ticks_per_second();
+    let limit = hz * window.as_millis() as u64 / 1000 / 3;
+    assert!(
+        used <= limit,
+        "an idle server used {used} ticks of CPU in {window:?} (limit {limit}, {hz} ticks/s): \
+         a shard is polling instead of sleeping"
+    );
+    for c in &mut conns {
+        assert_eq!(
+            c.request(&get("/plaintext")).status,
+            200,
+            "still served after idling"
+        );
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit().code(), Some(0), "stderr: {}", p.stderr_text());
+}

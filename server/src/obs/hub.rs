@@ -159,6 +159,17 @@ impl Coordinator {
         }
     }
 
+    /// Connects every channel now, at shard 0's start. A glommio shared
+    /// channel end that waits in `connect()` for its peer re-polls on every
+    /// pass of its executor (glommio's `Connector` registers a waker that
+    /// each reactor pass wakes), so the other shards, which connect their
+    /// ends when they start, would spin their cores until the first scrape
+    /// or reload if shard 0 connected lazily.
+    pub(crate) async fn connect_now(self: Rc<Self>) {
+        let _turn = self.lock.acquire_permit(1).await;
+        self.connect().await;
+    }
+
     async fn connect(&self) {
         let pending = self.pending.borrow_mut().take();
         let Some(ends) = pending else {
