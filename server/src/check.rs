@@ -147,6 +147,7 @@ pub fn effective_toml(c: &Config) -> String {
     let _ = writeln!(o, "preempt_timer = {}", dur(s.preempt_timer));
     let _ = writeln!(o, "ring_depth = {}", s.ring_depth);
     let _ = writeln!(o, "read_yields = {}", s.read_yields);
+    let _ = writeln!(o, "readiness = \"{}\"", s.readiness.name());
 
     if let Some(t) = &s.tls {
         let _ = writeln!(o, "\n[server.tls]");

@@ -74,6 +74,10 @@ pub struct Cli {
     /// tasks, before a socket read waits on io_uring (0 = wait at once).
     #[arg(long, global = true, value_name = "N")]
     pub read_yields: Option<u32>,
+    /// How connections wait for readable sockets: "epoll" (one epoll
+    /// instance per shard, default) or "io_uring" (glommio's poll per wait).
+    #[arg(long, global = true, value_name = "MODE")]
+    pub readiness: Option<String>,
     /// HTTPS listener, IP:PORT ([server.tls] listen); with --tls-cert and
     /// --tls-key it enables TLS without a config file.
     #[arg(long, value_name = "ADDR")]
@@ -137,6 +141,7 @@ impl Cli {
             preempt_timer: self.preempt_timer.clone(),
             ring_depth: self.ring_depth,
             read_yields: self.read_yields,
+            readiness: self.readiness.clone(),
             tls_listen: self.tls_listen.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

@@ -55,11 +55,12 @@ const MAX_RING_DEPTH: usize = 32_768;
 /// burns a core that has nothing to do.
 const MAX_SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
 /// A socket read that finds nothing retries this many times, yielding to
-/// the shard's other tasks in between, before it arms an io_uring poll. A
-/// poll that completes while the shard is running costs a task-work IPI
-/// (measured: ~20% of a loaded gateway's CPU); under load the data usually
-/// arrives while the other tasks run. 3 measured best for the proxy (README
-/// "Tuning flags"); 0 arms the poll at once.
+/// the shard's other tasks in between, before it waits for readiness.
+/// Under load the data usually arrives while the other tasks run, and
+/// finding it skips the wait and its wake-up (with `readiness = "io_uring"`
+/// a task-work IPI, measured at ~20% of a loaded gateway's CPU). 3 measured
+/// best for the proxy and for `/plaintext` with epoll waits too (README
+/// "Tuning flags"); 0 waits at once.
 pub const DEFAULT_READ_YIELDS: u32 = 3;
 /// More retries only burn syscalls on sockets that stay quiet.
 const MAX_READ_YIELDS: u32 = 64;
@@ -132,8 +133,11 @@ pub struct ServerConfig {
     pub preempt_timer: Duration,
     pub ring_depth: usize,
     /// Non-blocking read retries (each after yielding to the shard's other
-    /// tasks) before a socket read waits on an io_uring poll.
+    /// tasks) before a socket read waits for readiness.
     pub read_yields: u32,
+    /// How connections wait for readable sockets: one epoll instance per
+    /// shard (default) or glommio's io_uring poll per wait.
+    pub readiness: shardline_shard::ReadinessMode,
     /// The HTTPS listener (`[server.tls]`), beside the plain one.
     pub tls: Option<crate::config_tls::TlsConfig>,
 }
@@ -191,6 +195,7 @@ impl Default for ServerConfig {
             preempt_timer: DEFAULT_PREEMPT_TIMER,
             ring_depth: DEFAULT_RING_DEPTH,
             read_yields: DEFAULT_READ_YIELDS,
+            readiness: shardline_shard::ReadinessMode::Epoll,
             tls: None,
         }
     }
@@ -287,6 +292,7 @@ pub(crate) struct FileServer {
     pub preempt_timer: Option<String>,
     pub ring_depth: Option<usize>,
     pub read_yields: Option<u32>,
+    pub readiness: Option<String>,
     pub tls: Option<crate::config_tls::FileTls>,
 }
 
@@ -350,6 +356,7 @@ pub struct ServerOverrides {
     pub preempt_timer: Option<String>,
     pub ring_depth: Option<usize>,
     pub read_yields: Option<u32>,
+    pub readiness: Option<String>,
     /// `[server.tls]` listen / cert / key (`--tls-listen`, `--tls-cert`,
     /// `--tls-key`); any of them without a `[server.tls]` table creates one.
     pub tls_listen: Option<String>,
@@ -623,6 +630,18 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
             );
         }
         s.read_yields = n;
+    }
+    if let Some(v) = o.readiness.as_ref().or(f.readiness.as_ref()) {
+        s.readiness = match v.as_str() {
+            "epoll" => shardline_shard::ReadinessMode::Epoll,
+            "io_uring" => shardline_shard::ReadinessMode::IoUring,
+            _ => {
+                return err(
+                    "server.readiness",
+                    format!("{v:?} is not one of \"epoll\", \"io_uring\""),
+                )
+            }
+        };
     }
     if let (Some(admin), listen) = (s.admin_listen, s.listen) {
         if admin == listen && listen.port() != 0 {

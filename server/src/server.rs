@@ -118,6 +118,7 @@ impl Server {
             idle_timeout: s.idle_timeout,
             inline_max_body_bytes: s.max_body_bytes,
             read_yields: s.read_yields,
+            readiness: s.readiness,
             protocol,
         };
         let config = Arc::new(self.config.clone());

@@ -317,9 +317,10 @@ impl Conn {
     }
 
     /// Reads once into the read buffer. An idle connection borrows a buffer
-    /// from the pool only for the instant a read succeeds: glommio's
-    /// `poll_read` is readiness-based (a non-blocking `recv`, then a poll
-    /// request to the ring), so a pending read holds no buffer.
+    /// from the pool only for the instant a read succeeds: reads are
+    /// readiness-based (a non-blocking `recv`, then a wait on the shard's
+    /// epoll instance or, with `readiness = "io_uring"`, a poll request to
+    /// glommio's ring), so a pending read holds no buffer.
     ///
     /// `timeout` is enforced by the shard's deadline sweep (`timeouts`), not
     /// a timer per read.
@@ -374,10 +375,10 @@ impl Conn {
     }
 
     /// Tries a plain socket a few times (`read_yields`), yielding to the
-    /// shard's other tasks in between, before `fill` arms an io_uring poll:
-    /// a poll that completes while the shard is busy is delivered by an
-    /// IPI, which measured at ~20% of a loaded gateway's CPU, while under
-    /// load the bytes usually arrive while the other connections run.
+    /// shard's other tasks in between, before `fill` waits for readiness:
+    /// under load the bytes usually arrive while the other connections run,
+    /// and finding them skips the wait and its wake-up (with io_uring
+    /// waits, an IPI measured at ~20% of a loaded gateway's CPU).
     /// `None`: nothing came, go and wait.
     async fn fill_without_poll(&mut self) -> Option<io::Result<usize>> {
         let fd = self.stream.plain_fd()?;

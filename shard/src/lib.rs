@@ -20,6 +20,7 @@
 //! - `event`: a shard-local one-shot event (drain).
 //! - [`look`]: yield-and-look socket reads (`read_yields`).
 //! - [`mesh`]: shard-to-shard messages (owner shards of global state).
+//! - [`readiness`]: socket readiness from one epoll instance per shard.
 //! - [`timeouts`]: read deadlines checked by one coarse sweep per shard.
 //! - [`tls`]: TLS termination (rustls over the shard's socket), reloadable
 //!   acceptor, client-certificate identity.
@@ -32,6 +33,7 @@ pub mod cpus;
 mod event;
 pub mod look;
 pub mod mesh;
+pub mod readiness;
 pub mod router;
 pub mod set;
 mod shard;
@@ -42,6 +44,7 @@ pub mod tls;
 mod transport;
 
 pub use app::{App, AppFactory, Dispatch, Exchange, Refusal, ShardInfo, StreamFuture};
+pub use readiness::ReadinessMode;
 pub use router::{Match, Methods, Params, RouteError, Router};
 pub use set::{
     ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,

@@ -1,9 +1,11 @@
 //! Yield-and-look reads (`ShardLimits::read_yields`): a socket read that
 //! finds nothing is retried after yielding to the shard's other tasks
-//! before the caller waits on an io_uring poll. A poll that completes while
-//! the shard is running is delivered by an interrupt (measured at ~20% of a
-//! loaded gateway's CPU); under load the bytes usually arrive while the
-//! other connections run. Used by client connections and upstream reads.
+//! before the caller waits for readiness. Under load the bytes usually
+//! arrive while the other connections run, and finding them skips a wait
+//! and its wake-up: an epoll report collected on the next executor pass
+//! (`readiness`), or with io_uring waits a poll completion delivered by an
+//! interrupt (measured at ~20% of a loaded gateway's CPU). Used by client
+//! connections and upstream reads.
 
 use std::io;
 use std::os::fd::RawFd;

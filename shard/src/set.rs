@@ -18,6 +18,7 @@ use shardline_protocol::limits::Limits;
 use std::rc::Rc;
 
 use crate::app::{App, AppFactory, ShardInfo};
+use crate::readiness::ReadinessMode;
 use crate::shard::{self, BoundListener};
 use crate::tls::{LocalTls, TlsAcceptor};
 
@@ -33,8 +34,10 @@ pub struct ShardLimits {
     /// protocol limit's `max_body_bytes` may be higher for streamed routes.
     pub inline_max_body_bytes: u64,
     /// Non-blocking read retries (yielding in between) before a read on a
-    /// plain socket waits on an io_uring poll (`conn::Conn::fill`).
+    /// plain socket waits for readiness (`conn::Conn::fill`).
     pub read_yields: u32,
+    /// How a connection waits for its socket to become readable.
+    pub readiness: ReadinessMode,
     pub protocol: Limits,
 }
 

@@ -2,6 +2,7 @@
 //! part in a graceful drain. Everything here runs on the shard's own thread.
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::app::{App, ShardInfo};
 use crate::buffers::BufferPool;
 use crate::conn::Conn;
 use crate::event::LocalEvent;
+use crate::readiness::{Readiness, ReadinessMode};
 use crate::set::{Control, ShardLimits};
 use crate::timeouts::{Timeouts, TIMEOUT_TICK_MS};
 use crate::tls::{LocalTls, TlsStream};
@@ -142,12 +144,14 @@ pub struct ShardState {
     pub counters: Rc<ShardCounters>,
     /// Read deadlines of this shard's connections.
     pub(crate) timeouts: Timeouts,
+    /// The shard's epoll instance (`readiness = "epoll"`).
+    pub(crate) readiness: Option<Rc<Readiness>>,
     busy: Cell<usize>,
     drain: LocalEvent,
 }
 
 impl ShardState {
-    fn new(info: ShardInfo, limits: ShardLimits) -> Self {
+    fn new(info: ShardInfo, limits: ShardLimits, readiness: Option<Rc<Readiness>>) -> Self {
         let max_read_buffer_bytes = limits
             .read_buffer_bytes
             .max(limits.protocol.max_header_bytes + limits.inline_max_body_bytes as usize);
@@ -159,6 +163,7 @@ impl ShardState {
             date: RefCell::new(DateCache::new(unix_now())),
             counters: local_counters(),
             timeouts: Timeouts::default(),
+            readiness,
             busy: Cell::new(0),
             drain: LocalEvent::new(),
         }
@@ -219,7 +224,26 @@ pub(crate) async fn run(
     listeners: Vec<BoundListener>,
     control: Arc<Control>,
 ) {
-    let state = Rc::new(ShardState::new(info, limits));
+    // An epoll instance that cannot be made (out of descriptors at start)
+    // leaves the shard on glommio's own waits, which need none.
+    let readiness = match limits.readiness {
+        ReadinessMode::Epoll => match Readiness::new() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!(
+                    "shardline: shard {}: epoll unavailable ({e}); sockets wait on io_uring polls",
+                    info.id
+                );
+                None
+            }
+        },
+        ReadinessMode::IoUring => None,
+    };
+    if let Some(r) = &readiness {
+        glommio::spawn_local(Rc::clone(r).run()).detach();
+    }
+    crate::readiness::install_local(readiness.clone());
+    let state = Rc::new(ShardState::new(info, limits, readiness));
 
     let date_state = Rc::clone(&state);
     glommio::spawn_local(async move {
@@ -335,9 +359,15 @@ async fn accept_loop(state: Rc<ShardState>, bound: BoundListener) {
         let c = &state.counters;
         c.accepted.set(c.accepted.get() + 1);
         c.open.set(c.open.get() + 1);
+        // Without a registration (epoll off, or out of memory for one) the
+        // connection waits on glommio's ring instead.
+        let watch = state
+            .readiness
+            .as_ref()
+            .and_then(|r| r.watch(stream.as_raw_fd()).ok());
         let (transport, handshake_timeout) = match &bound.tls {
-            None => (Transport::Plain(stream), Duration::ZERO),
-            Some(tls) => match TlsStream::new(stream, tls.current()) {
+            None => (Transport::Plain(stream, watch), Duration::ZERO),
+            Some(tls) => match TlsStream::new(stream, watch, tls.current()) {
                 Ok(t) => (Transport::Tls(Box::new(t)), tls.handshake_timeout()),
                 Err(_) => continue,
             },

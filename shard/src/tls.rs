@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::ops::DerefMut;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ use std::time::Duration;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+
+use crate::readiness::Watch;
 
 /// A listener's TLS settings, shared by every shard. Replacing the config
 /// affects handshakes that start afterwards; connections already set up
@@ -121,6 +124,9 @@ impl LocalTls {
 /// (`ClientConnection`).
 pub struct TlsStream<C = ServerConnection> {
     pub(crate) tcp: TcpStream,
+    /// Reads wait on the shard's epoll instance instead of glommio's ring
+    /// (`readiness = "epoll"`); `None` for upstream TLS and `"io_uring"`.
+    watch: Option<Watch>,
     conn: C,
     /// The TCP peer sent FIN.
     eof: bool,
@@ -138,15 +144,21 @@ pub struct TlsStream<C = ServerConnection> {
 const SNIFF_BYTES: usize = 5;
 
 /// `io::Read` over a glommio stream for rustls: `Pending` becomes
-/// `WouldBlock` (glommio has registered the waker by then).
+/// `WouldBlock` (glommio, or the shard's epoll watch, has registered the
+/// waker by then).
 struct ReadAdapter<'a, 'b> {
     tcp: &'a mut TcpStream,
+    watch: Option<&'a Watch>,
     cx: &'a mut Context<'b>,
 }
 
 impl Read for ReadAdapter<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.tcp).poll_read(self.cx, buf) {
+        let polled = match self.watch {
+            Some(w) => w.poll_recv(self.cx, self.tcp.as_raw_fd(), buf),
+            None => Pin::new(&mut *self.tcp).poll_read(self.cx, buf),
+        };
+        match polled {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -176,9 +188,14 @@ fn tls_error(e: rustls::Error) -> io::Error {
 }
 
 impl TlsStream<ServerConnection> {
-    pub(crate) fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+    pub(crate) fn new(
+        tcp: TcpStream,
+        watch: Option<Watch>,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(tls_error)?;
         let mut s = TlsStream::wrap(tcp, conn);
+        s.watch = watch;
         s.sniff_plain = true;
         Ok(s)
     }
@@ -195,6 +212,13 @@ impl TlsStream<ClientConnection> {
     pub fn client(tcp: TcpStream, conn: ClientConnection) -> Self {
         TlsStream::wrap(tcp, conn)
     }
+
+    /// Reads wait on `watch` (the shard's epoll instance) instead of
+    /// glommio's ring.
+    pub fn with_watch(mut self, watch: Option<Watch>) -> Self {
+        self.watch = watch;
+        self
+    }
 }
 
 impl<C, D> TlsStream<C>
@@ -204,6 +228,7 @@ where
     fn wrap(tcp: TcpStream, conn: C) -> Self {
         TlsStream {
             tcp,
+            watch: None,
             conn,
             eof: false,
             close_notify_queued: false,
@@ -247,6 +272,7 @@ where
     fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let mut r = ReadAdapter {
             tcp: &mut self.tcp,
+            watch: self.watch.as_ref(),
             cx,
         };
         let read = if self.sniff_plain {

@@ -12,10 +12,13 @@ use std::time::Duration;
 use futures_lite::io::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::readiness::Watch;
 use crate::tls::TlsStream;
 
 pub(crate) enum Transport {
-    Plain(TcpStream),
+    /// A plain socket; with a `Watch` its reads wait on the shard's epoll
+    /// instance (`readiness = "epoll"`), without one on glommio's ring.
+    Plain(TcpStream, Option<Watch>),
     Tls(Box<TlsStream>),
 }
 
@@ -23,14 +26,14 @@ impl Transport {
     /// The socket of a plain (not TLS) connection, for `sys::try_recv`.
     pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
         match self {
-            Transport::Plain(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            Transport::Plain(s, _) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
             Transport::Tls(_) => None,
         }
     }
 
     fn tcp(&self) -> &TcpStream {
         match self {
-            Transport::Plain(s) => s,
+            Transport::Plain(s, _) => s,
             Transport::Tls(t) => &t.tcp,
         }
     }
@@ -50,7 +53,10 @@ impl Transport {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Plain(s, Some(w)) => {
+                w.poll_recv(cx, std::os::fd::AsRawFd::as_raw_fd(s), buf)
+            }
+            Transport::Plain(s, None) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(t) => t.poll_read_plain(cx, buf),
         }
     }
@@ -58,7 +64,7 @@ impl Transport {
     /// Writes `buf` whole; for TLS, until every record is on the socket.
     pub(crate) async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Plain(s, _) => s.write_all(buf).await,
             Transport::Tls(t) => {
                 let mut rest = buf;
                 poll_fn(|cx| t.poll_write_all(cx, &mut rest)).await
@@ -82,7 +88,7 @@ impl Transport {
     /// answer to a client that did not speak TLS on the TLS port).
     pub(crate) async fn write_plain(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Transport::Plain(s) => s.write_all(buf).await,
+            Transport::Plain(s, _) => s.write_all(buf).await,
             Transport::Tls(t) => t.tcp.write_all(buf).await,
         }
     }
@@ -93,7 +99,7 @@ impl Transport {
     /// the connection before the client has read the answer.
     pub(crate) async fn close_plain(&mut self, max_bytes: usize, max_time: Duration) {
         let tcp = match self {
-            Transport::Plain(s) => s,
+            Transport::Plain(s, _) => s,
             Transport::Tls(t) => &mut t.tcp,
         };
         let _ = tcp.shutdown(std::net::Shutdown::Write).await;
@@ -123,14 +129,14 @@ impl Transport {
     /// Runs the TLS handshake (nothing for plain TCP).
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Plain(_) => Poll::Ready(Ok(())),
+            Transport::Plain(..) => Poll::Ready(Ok(())),
             Transport::Tls(t) => t.poll_handshake(cx),
         }
     }
 
     pub(crate) fn tls(&self) -> Option<&TlsStream> {
         match self {
-            Transport::Plain(_) => None,
+            Transport::Plain(..) => None,
             Transport::Tls(t) => Some(t),
         }
     }

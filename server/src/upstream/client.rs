@@ -96,7 +96,7 @@ pub(crate) async fn connect(target: &Target, timeout: Duration) -> Result<Upstre
     let started = Instant::now();
     let tcp = connect_tcp(target.addr, timeout).await?;
     let Some(tls) = &target.tls else {
-        return Ok(UpstreamStream::Plain(tcp));
+        return Ok(UpstreamStream::plain(tcp));
     };
     match with_deadline(started + timeout, UpstreamStream::tls(tcp, tls)).await {
         Some(Ok(s)) => Ok(s),
@@ -113,7 +113,7 @@ pub(crate) async fn connect_plain(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<UpstreamStream, Failure> {
-    connect_tcp(addr, timeout).await.map(UpstreamStream::Plain)
+    connect_tcp(addr, timeout).await.map(UpstreamStream::plain)
 }
 
 async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Failure> {
@@ -139,8 +139,8 @@ pub(crate) struct RespBuf {
     pub data: Vec<u8>,
     pub start: usize,
     pub end: usize,
-    /// Non-blocking reads tried (yielding in between) before a read arms
-    /// an io_uring poll: `[server] read_yields`.
+    /// Non-blocking reads tried (yielding in between) before a read waits
+    /// for readiness: `[server] read_yields`.
     pub yields: u32,
 }
 
@@ -178,8 +178,7 @@ impl RespBuf {
         }
         // The upstream's answer usually arrives while the shard serves its
         // other connections: look for it after yielding to them, before
-        // arming a poll whose completion would interrupt the shard (see
-        // `config::DEFAULT_READ_YIELDS`).
+        // waiting for readiness (see `config::DEFAULT_READ_YIELDS`).
         if let Some(fd) = stream.plain_fd() {
             let buf = &mut self.data[self.end..];
             if let Some(res) = recv_after_yields(fd, buf, self.yields, false).await {

@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use shardline_shard::readiness::{watch_local, Watch};
 use shardline_shard::tls::TlsStream;
 
 /// What a TLS target connects with.
@@ -124,7 +125,9 @@ impl ServerCertVerifier for NoVerification {
 
 /// A connection to an upstream target.
 pub(crate) enum UpstreamStream {
-    Plain(TcpStream),
+    /// With a `Watch`, reads wait on the shard's epoll instance
+    /// (`readiness = "epoll"`), without one on glommio's ring.
+    Plain(TcpStream, Option<Watch>),
     Tls(Box<TlsStream<ClientConnection>>),
 }
 
@@ -132,14 +135,14 @@ impl UpstreamStream {
     /// The socket of a plain (not TLS) connection.
     pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
         match self {
-            UpstreamStream::Plain(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            UpstreamStream::Plain(s, _) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
             UpstreamStream::Tls(_) => None,
         }
     }
 
     fn tcp(&self) -> &TcpStream {
         match self {
-            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Plain(s, _) => s,
             UpstreamStream::Tls(t) => t.tcp(),
         }
     }
@@ -148,11 +151,18 @@ impl UpstreamStream {
         self.tcp().set_write_timeout(t).map_err(io::Error::from)
     }
 
+    /// A plain connection, registered with the shard's epoll instance.
+    pub(crate) fn plain(tcp: TcpStream) -> UpstreamStream {
+        let watch = watch_local(tcp.as_raw_fd());
+        UpstreamStream::Plain(tcp, watch)
+    }
+
     /// Runs the client handshake over a fresh TCP connection.
     pub(crate) async fn tls(tcp: TcpStream, tls: &TargetTls) -> io::Result<UpstreamStream> {
         let conn = ClientConnection::new(Arc::clone(&tls.config), tls.server_name.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut s = TlsStream::client(tcp, conn);
+        let watch = watch_local(tcp.as_raw_fd());
+        let mut s = TlsStream::client(tcp, conn).with_watch(watch);
         s.handshake().await?;
         Ok(UpstreamStream::Tls(Box::new(s)))
     }
@@ -171,7 +181,8 @@ impl AsyncRead for UpstreamStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Plain(s, Some(w)) => w.poll_recv(cx, s.as_raw_fd(), buf),
+            UpstreamStream::Plain(s, None) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
         }
     }
@@ -184,21 +195,21 @@ impl AsyncWrite for UpstreamStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_close(cx),
+            UpstreamStream::Plain(s, _) => Pin::new(s).poll_close(cx),
             UpstreamStream::Tls(t) => Pin::new(&mut **t).poll_close(cx),
         }
     }
