@@ -66,6 +66,11 @@ pub fn watch_local(fd: RawFd) -> Option<Watch> {
 /// Reports taken per `epoll_wait`; more wait for the next pass.
 const EVENTS_PER_PASS: usize = 256;
 
+/// Busy looks (each found reports) in a row before the readiness loop lets
+/// glommio poll its ring: bounds how long accepts, timers and write
+/// completions wait behind a stream of reports, at a few tasks' runs.
+const LOOKS_PER_RING_POLL: u32 = 4;
+
 /// The shard's epoll instance and the waiting tasks, by token.
 pub struct Readiness {
     epoll: Epoll,
@@ -114,9 +119,12 @@ impl Readiness {
     /// pass finds none. Runs until the executor ends.
     pub async fn run(self: Rc<Self>) {
         let mut events = vec![EpollEvent { events: 0, u64: 0 }; EVENTS_PER_PASS];
+        // Looks since glommio last polled its own ring.
+        let mut looks_without_ring = 0u32;
         loop {
             let n = self.epoll.take_ready(&mut events);
             if n == 0 {
+                looks_without_ring = 0;
                 if self.epoll.readable().await.is_err() {
                     // Out of descriptors for the duplicate: look again soon.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -134,11 +142,20 @@ impl Readiness {
                     w.wake();
                 }
             }
-            // Let the woken tasks run and glommio poll its own ring (timers,
-            // accepts, writes) before looking again: a timer at "now" fires
-            // on the executor's next pass, where `yield_now` would keep this
-            // task queue busy and starve the ring.
-            glommio::timer::sleep(Duration::from_nanos(1)).await;
+            // Let the woken tasks run, then look again. Mostly that is a
+            // plain yield (back of the queue, behind the woken tasks), so a
+            // lone request costs one executor pass, not two; but while
+            // every look finds more, the run queue never empties and glommio
+            // would not poll its own ring (timers, accepts, writes) until
+            // its preemption timer: every few looks, wait for a timer at
+            // "now", which fires on the executor's next pass.
+            looks_without_ring += 1;
+            if looks_without_ring < LOOKS_PER_RING_POLL {
+                futures_lite::future::yield_now().await;
+            } else {
+                looks_without_ring = 0;
+                glommio::timer::sleep(Duration::from_nanos(1)).await;
+            }
         }
     }
 }
