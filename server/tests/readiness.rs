@@ -14,6 +14,21 @@ use common::{get, run_expecting_exit, start, temp_file, Conn, Proc};
 
 const MODES: [&str; 2] = ["epoll", "io_uring"];
 
+/// The binary on a loopback port with no admin listener, `shards` shards
+/// and `extra` flags.
+fn start_loopback(shards: &str, extra: &[&str]) -> (Proc, common::Ready) {
+    let mut a = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--shards",
+        shards,
+    ];
+    a.extend_from_slice(extra);
+    start(&a)
+}
+
 fn stop(mut p: Proc) {
     p.signal("TERM");
     let st = p.wait_exit();
@@ -38,16 +53,7 @@ fn split_request(c: &mut Conn) {
 #[test]
 fn both_modes_serve_split_pipelined_and_idle_then_woken_requests() {
     for mode in MODES {
-        let (p, ready) = start(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--shards",
-            "2",
-            "--readiness",
-            mode,
-        ]);
+        let (p, ready) = start_loopback("2", &["--readiness", mode]);
         let mut c = Conn::open(ready.listen);
         split_request(&mut c);
 
@@ -92,14 +98,7 @@ fn both_modes_serve_split_pipelined_and_idle_then_woken_requests() {
 #[test]
 fn both_modes_proxy_through_upstream_connections() {
     // The upstream is another shardline serving the default routes.
-    let (up, up_ready) = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--shards",
-        "1",
-    ]);
+    let (up, up_ready) = start_loopback("1", &[]);
     for mode in MODES {
         let cfg = temp_file(
             &format!("readiness-proxy-{mode}"),
