@@ -73,4 +73,4 @@ pub use handler::{Handler, HandlerFactory, Request, Response};
 #[allow(unused_imports)]
 pub(crate) use obs::audit;
 pub use server::{ControlHandle, RunningServer, Server, StartError, TlsReloadHandle};
-pub use shardline_shard::ShardInfo;
+pub use shardline_shard::{ReadinessMode, ShardInfo};

@@ -27,10 +27,20 @@ impl std::fmt::Debug for TestServer {
 }
 
 /// Prepares a config for a test: port 0, loopback, one shard, no admin.
+///
+/// `SHARDLINE_TEST_READINESS=io_uring` (or `epoll`) picks how the server's
+/// sockets wait, so the whole suite can run in either mode (`.ci/run` runs
+/// it in both); unset, the server's default applies.
 pub fn test_config(mut cfg: shardline::Config) -> shardline::Config {
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.admin_listen = None;
     cfg.server.shards = 1;
+    match std::env::var("SHARDLINE_TEST_READINESS").as_deref() {
+        Ok("io_uring") => cfg.server.readiness = shardline::ReadinessMode::IoUring,
+        Ok("epoll") => cfg.server.readiness = shardline::ReadinessMode::Epoll,
+        Ok(other) => panic!("SHARDLINE_TEST_READINESS={other:?}: use epoll or io_uring"),
+        Err(_) => {}
+    }
     cfg
 }
 
