@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::event::LocalEvent;
 use crate::sys::{Epoll, EpollEvent};
 
 /// How a shard's connections wait for their sockets to become readable.
@@ -78,6 +79,10 @@ pub struct Readiness {
     /// Token → the waker of the task waiting for that socket, if any.
     waiters: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
+    /// Ends [`Readiness::run`] when the shard stops, so its task (and the
+    /// epoll descriptor and duplicate it holds) does not outlive the shard:
+    /// an embedding program may start and stop servers many times.
+    stop: LocalEvent,
 }
 
 /// A socket's registration; frees its token when dropped.
@@ -92,6 +97,7 @@ impl Readiness {
             epoll: Epoll::new()?,
             waiters: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            stop: LocalEvent::new(),
         }))
     }
 
@@ -115,18 +121,32 @@ impl Readiness {
         })
     }
 
+    /// Ends [`Readiness::run`] at its next look.
+    pub fn stop(&self) {
+        self.stop.fire();
+    }
+
     /// The shard's readiness loop: hands reports to the waiting tasks once
     /// per pass of the executor, and sleeps on the epoll descriptor when a
-    /// pass finds none. Runs until the executor ends.
+    /// pass finds none. Runs until [`Readiness::stop`].
     pub async fn run(self: Rc<Self>) {
         let mut events = vec![EpollEvent { events: 0, u64: 0 }; EVENTS_PER_PASS];
         // Looks since glommio last polled its own ring.
         let mut looks_without_ring = 0u32;
         loop {
+            if self.stop.is_fired() {
+                return;
+            }
             let n = self.epoll.take_ready(&mut events);
             if n == 0 {
                 looks_without_ring = 0;
-                if self.epoll.readable().await.is_err() {
+                let readable =
+                    futures_lite::future::or(async { Some(self.epoll.readable().await) }, async {
+                        self.stop.wait().await;
+                        None
+                    })
+                    .await;
+                if let Some(Err(_)) = readable {
                     // Out of descriptors for the duplicate: look again soon.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }

@@ -239,13 +239,17 @@ pub(crate) async fn run(
         },
         ReadinessMode::IoUring => None,
     };
-    if let Some(r) = &readiness {
-        glommio::spawn_local(Rc::clone(r).run()).detach();
-    }
+    let readiness_task = readiness
+        .as_ref()
+        .map(|r| glommio::spawn_local(Rc::clone(r).run()));
     crate::readiness::install_local(readiness.clone());
     let state = Rc::new(ShardState::new(info, limits, readiness));
 
-    let date_state = Rc::clone(&state);
+    // The timer tasks below are detached and abandoned (not dropped) when
+    // the executor ends, so they hold the state weakly: a strong reference
+    // would keep it, and the epoll descriptor in it, alive after the shard
+    // stops (an embedding program may start and stop servers many times).
+    let date_state = Rc::downgrade(&state);
     glommio::spawn_local(async move {
         loop {
             // Wake just after each second boundary so the header never lags
@@ -255,16 +259,22 @@ pub(crate) async fn run(
                 .unwrap_or_default();
             let to_next = 1_000_000_000 - u64::from(now.subsec_nanos());
             sleep(Duration::from_nanos(to_next + 1_000_000)).await;
-            date_state.date.borrow_mut().update(unix_now());
+            let Some(st) = date_state.upgrade() else {
+                return;
+            };
+            st.date.borrow_mut().update(unix_now());
         }
     })
     .detach();
 
-    let sweep_state = Rc::clone(&state);
+    let sweep_state = Rc::downgrade(&state);
     glommio::spawn_local(async move {
         loop {
             sleep(Duration::from_millis(TIMEOUT_TICK_MS)).await;
-            sweep_state.timeouts.sweep();
+            let Some(st) = sweep_state.upgrade() else {
+                return;
+            };
+            st.timeouts.sweep();
         }
     })
     .detach();
@@ -312,6 +322,15 @@ pub(crate) async fn run(
     // Apps save what must survive a restart (quotas).
     for app in apps {
         app.shutdown();
+    }
+    // The readiness loop ends here rather than being abandoned with the
+    // executor, which would keep its epoll descriptors open.
+    crate::readiness::install_local(None);
+    if let Some(r) = &state.readiness {
+        r.stop();
+    }
+    if let Some(t) = readiness_task {
+        t.await;
     }
     // Returning ends the executor; idle keep-alive connections are dropped
     // (closed) with it.
