@@ -120,6 +120,9 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
                 return Err(e);
             }
         };
+        // Decided before the body is read: the head's fields live in `buf`,
+        // which reading the body refills.
+        let declared_body_on_204 = head.declares_body_on_204(&buf.data);
         let mut reader = BodyReader::new(head.framing);
         let mut body = Vec::new();
         loop {
@@ -143,7 +146,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
                 }
             }
         }
-        if head.keep_alive && reader.done() && buf.pending().is_empty() {
+        if head.keep_alive && !declared_body_on_204 && reader.done() && buf.pending().is_empty() {
             t.pool.put(stream, Instant::now());
         }
         gw.put_read(buf);

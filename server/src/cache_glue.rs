@@ -250,6 +250,9 @@ async fn store_and_forward(
             deadline,
             partial_request,
         } = answer;
+        // Decided before the body is read: the head's fields live in `buf`,
+        // which reading the body refills.
+        let declared_body_on_204 = up_head.declares_body_on_204(&buf.data);
         let mut body = Vec::with_capacity(n);
         let mut reader = BodyReader::new(up_head.framing);
         let mut failed = None;
@@ -281,7 +284,12 @@ async fn store_and_forward(
             proxy::answer_body_failure(io, &why).await;
             return;
         }
-        if up_head.keep_alive && !partial_request && reader.done() && buf.pending().is_empty() {
+        if up_head.keep_alive
+            && !partial_request
+            && !declared_body_on_204
+            && reader.done()
+            && buf.pending().is_empty()
+        {
             p.up.targets[target].pool.put(stream, now);
         }
         gw.put_read(buf);

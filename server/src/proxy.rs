@@ -936,14 +936,7 @@ pub(crate) async fn forward(
         partial_request,
     } = answer;
     let chunked_out: bool;
-    // RFC 9110 §15.3.5: a 204 has no body; one that declares a length or
-    // coding anyway may yet send the body it declared, late, into the next
-    // request's response: such a connection is not reused.
-    let declared_body_on_204 = head.status == 204
-        && (head.get(&buf.data, "transfer-encoding").is_some()
-            || head
-                .get(&buf.data, "content-length")
-                .is_some_and(|v| v.iter().any(|&b| (b'1'..=b'9').contains(&b))));
+    let declared_body_on_204 = head.declares_body_on_204(&buf.data);
     let opts = io.encode_options();
     let mut out = io.take_buffer();
     {

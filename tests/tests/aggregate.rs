@@ -186,6 +186,24 @@ fn a_non_json_part_is_embedded_as_a_string() {
     );
 }
 
+/// A part's 204 that declares a body may yet send it, late, into the next
+/// response on that connection: the connection is not pooled (as on the
+/// proxy path), so the next request gets a fresh one.
+#[test]
+fn a_parts_204_that_declares_a_body_does_not_go_back_to_the_pool() {
+    let users = Upstream::start(Behaviour::raw(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n",
+    ));
+    let orders = Upstream::start(Behaviour::reply(Reply::json(ORDERS)));
+    let srv = TestServer::start_toml(&profile_config(&users.target(), &orders.target(), ""));
+    let mut c = srv.client();
+    for _ in 0..2 {
+        let r = c.request(&get("/profile/42", &[]));
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    assert_eq!(users.connections(), 2, "the 204's connection was reused");
+}
+
 /// Each part answers only once the other part's request has arrived: if
 /// the parts were fetched one after the other, the first would wait for
 /// the second until its timeout.

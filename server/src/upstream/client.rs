@@ -221,6 +221,17 @@ impl Head {
         (0..self.fields.len()).map(move |i| self.field(buf, i))
     }
 
+    /// RFC 9110 §15.3.5: a 204 has no body; one that declares a length or
+    /// a coding anyway may yet send the body it declared, late, into the
+    /// next request's response, so its connection must not be reused.
+    pub(crate) fn declares_body_on_204(&self, buf: &[u8]) -> bool {
+        self.status == 204
+            && (self.get(buf, "transfer-encoding").is_some()
+                || self
+                    .get(buf, "content-length")
+                    .is_some_and(|v| v.iter().any(|&b| (b'1'..=b'9').contains(&b))))
+    }
+
     pub(crate) fn get<'a>(&'a self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         self.fields(buf)
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
