@@ -18,6 +18,7 @@ use shardline_protocol::response::{self, BodyDelimit};
 use shardline_protocol::response_head::ResponseFraming;
 use shardline_shard::{ClientIo, Exchange};
 
+use crate::cache::inflight::{LeaderFailure, Verdict};
 use crate::cache::{
     is_cacheable_method, primary_key, request_bypasses, CacheLimits, CachedResponse, InFlight,
     Lookup, NewEntry, ResponseCache,
@@ -106,7 +107,7 @@ pub(crate) async fn serve(
         return;
     };
     let inm = values(head, "if-none-match");
-    let mut waited = false;
+    let mut waited: Option<Verdict> = None;
     let mut stale: Option<Rc<CachedResponse>> = None;
     let mut leader: Option<Leader<'_>> = None;
     loop {
@@ -126,7 +127,22 @@ pub(crate) async fn serve(
             Lookup::Stale(entry) => stale = Some(entry),
             Lookup::Miss => {}
         }
-        if waited {
+        if let Some(verdict) = &waited {
+            // Cloned, not taken: every follower reads the same verdict.
+            let failure = verdict.borrow().clone();
+            if let Some(why) = failure {
+                // The request we waited for failed: answer from a stale
+                // copy (stale-if-error) or with the same failure, rather
+                // than repeat at once what just failed.
+                match stale {
+                    Some(entry) => {
+                        cache.store.borrow_mut().record_stale_served();
+                        respond_cached(io, &entry, XCache::Stale, &inm).await;
+                    }
+                    None => answer_leader_failure(io, why).await,
+                }
+                return;
+            }
             // The request we waited for did not leave a usable entry (not
             // storable, or another Vary variant): go upstream ourselves.
             break;
@@ -138,15 +154,20 @@ pub(crate) async fn serve(
             });
             break;
         }
-        std::future::poll_fn(|cx| {
-            if cache.inflight.borrow_mut().wait(&key, cx.waker()) {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
+        let mut verdict = None;
+        std::future::poll_fn(
+            |cx| match cache.inflight.borrow_mut().wait(&key, cx.waker()) {
+                Some(v) => {
+                    verdict = Some(v);
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            },
+        )
         .await;
-        waited = true;
+        // A leader that ended before this follower registered leaves no
+        // verdict: look again, as after any non-failure.
+        waited = Some(verdict.unwrap_or_default());
     }
 
     let Ok(out) = proxy::prepare(head, path, &p.up, io).await else {
@@ -162,6 +183,19 @@ pub(crate) async fn serve(
         Outcome::Answer(a) => Some(a),
         Outcome::ClientGone => return,
         other => {
+            if let Some(l) = &leader {
+                let why = match &other {
+                    Outcome::Unavailable(after) => Some(LeaderFailure::Unavailable(*after)),
+                    Outcome::Failed(f) => Some(LeaderFailure::Failed {
+                        status: f.status(),
+                        detail: f.detail(),
+                    }),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    cache.inflight.borrow_mut().fail(&l.key, why);
+                }
+            }
             if stale.is_none() {
                 proxy::answer_failure(io, other).await;
                 return;
@@ -178,6 +212,18 @@ pub(crate) async fn serve(
     };
     store_and_forward(p, gw, cache, head, io, *answer, &inm).await;
     drop(leader);
+}
+
+/// A follower's answer when the request it waited for failed: the same
+/// status, saying why.
+async fn answer_leader_failure(io: &mut ClientIo<'_>, why: LeaderFailure) {
+    let outcome = match why {
+        LeaderFailure::Unavailable(after) => Outcome::Unavailable(after),
+        LeaderFailure::Failed { status, detail } => {
+            Outcome::Failed(crate::upstream::client::Failure::Coalesced { status, detail })
+        }
+    };
+    proxy::answer_failure(io, outcome).await;
 }
 
 /// Forwards a fresh upstream answer, storing it when its head says it may

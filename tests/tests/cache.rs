@@ -445,6 +445,41 @@ fn concurrent_misses_are_coalesced() {
     assert_eq!((misses, hits), (1, CLIENTS - 1));
 }
 
+/// When the one request that concurrent misses wait on fails (here: no
+/// answer within the route's timeout), the others answer with the same
+/// failure instead of each repeating it against a failing upstream.
+#[test]
+fn a_failed_coalesced_request_is_not_repeated_by_its_waiters() {
+    const CLIENTS: usize = 6;
+    let up = Upstream::start(Behaviour::slow(
+        Duration::from_millis(1500),
+        Reply::ok("too late"),
+    ));
+    let srv = TestServer::start_toml(&cache_config_with(&up, "60s", "", "timeout = \"200ms\""));
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let addr = srv.addr;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                c.request(&get("/fails", &[]))
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 504, "{}", r.summary());
+        assert!(r.text().contains("gateway-timeout"), "{}", r.summary());
+    }
+    assert_eq!(
+        up.requests(),
+        1,
+        "{CLIENTS} coalesced misses whose leader timed out make one upstream request"
+    );
+}
+
 #[test]
 fn request_no_cache_bypasses() {
     let up = cache_upstream();

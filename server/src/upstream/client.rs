@@ -48,6 +48,9 @@ pub(crate) enum Failure {
     Malformed(ResponseError),
     /// The request's deadline passed.
     Timeout,
+    /// Not tried: the identical request this one was coalesced with (a
+    /// cache miss's leader) failed this way just now.
+    Coalesced { status: u16, detail: String },
 }
 
 impl Failure {
@@ -59,6 +62,7 @@ impl Failure {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Failure::ConnectTimeout | Failure::Timeout => 504,
+            Failure::Coalesced { status, .. } => *status,
             _ => 502,
         }
     }
@@ -72,6 +76,9 @@ impl Failure {
                 format!("the upstream sent an invalid response: {}", e.reason())
             }
             Failure::Timeout => "the upstream did not answer in time".to_string(),
+            Failure::Coalesced { detail, .. } => format!(
+                "{detail} (for an identical request this one waited on, so it was not sent again)"
+            ),
         }
     }
 }
