@@ -112,7 +112,9 @@ pub(crate) async fn serve(
     let mut leader: Option<Leader<'_>> = None;
     loop {
         let now = Instant::now();
-        let found = cache.store.borrow_mut().lookup(
+        // Uncounted: a follower looks twice; each request counts once, as
+        // a hit when answered from the cache, else as a miss.
+        let found = cache.store.borrow_mut().lookup_uncounted(
             head.method,
             head.path,
             head.query,
@@ -121,6 +123,7 @@ pub(crate) async fn serve(
         );
         match found {
             Lookup::Fresh(entry) => {
+                cache.store.borrow_mut().record_hit();
                 respond_cached(io, &entry, XCache::Hit, &inm).await;
                 return;
             }
@@ -134,6 +137,7 @@ pub(crate) async fn serve(
                 // The request we waited for failed: answer from a stale
                 // copy (stale-if-error) or with the same failure, rather
                 // than repeat at once what just failed.
+                cache.store.borrow_mut().record_miss();
                 match stale {
                     Some(entry) => {
                         cache.store.borrow_mut().record_stale_served();
@@ -170,6 +174,7 @@ pub(crate) async fn serve(
         waited = Some(verdict.unwrap_or_default());
     }
 
+    cache.store.borrow_mut().record_miss();
     let Ok(out) = proxy::prepare(head, path, &p.up, io).await else {
         return;
     };

@@ -199,6 +199,61 @@ fn openmetrics_when_the_scraper_asks_for_it() {
     assert_eq!(r.status, 405);
 }
 
+/// Concurrent misses coalesced onto one upstream request count once each:
+/// one miss (the request that went upstream) and a hit per waiter it
+/// answered, not a miss and then a hit for every waiter.
+#[test]
+fn coalesced_misses_count_one_miss_and_a_hit_per_waiter() {
+    const CLIENTS: usize = 8;
+    let up = Upstream::start(Behaviour::slow(
+        Duration::from_millis(400),
+        Reply::ok("slow").header("Cache-Control", "max-age=60"),
+    ));
+    let srv = start(
+        &format!(
+            r#"
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "c"
+method = "GET"
+path = "/c/{{*rest}}"
+upstream = "u"
+cache = {{ ttl = "60s" }}
+"#,
+            up.addr
+        ),
+        1,
+    );
+    let barrier = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let addr = srv.addr;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                c.request(&get("/c/one", &[])).status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(up.requests(), 1, "the misses were coalesced");
+    let m = scrape(&srv);
+    assert_eq!(
+        m.value("shardline_cache_misses_total", &[("route", "c")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("shardline_cache_hits_total", &[("route", "c")]),
+        (CLIENTS - 1) as f64
+    );
+}
+
 #[test]
 fn upstream_and_cache_metrics() {
     let up = Upstream::start(Behaviour::reply(

@@ -391,6 +391,22 @@ impl ResponseCache {
         }
     }
 
+    /// [`Self::lookup`] without counting: for a caller that may look the
+    /// same request up more than once (a coalesced follower looks before
+    /// and after waiting) and counts its one outcome itself
+    /// ([`Self::record_hit`], [`Self::record_miss`]).
+    pub(crate) fn lookup_uncounted<'h>(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        now: Instant,
+    ) -> Lookup {
+        self.find(method, path, query, req_header, now)
+            .unwrap_or(Lookup::Miss)
+    }
+
     /// A fresh entry for the request, or `None`; a hit is counted, a miss
     /// is not: this is the peek that decides whether a request can be
     /// answered inline, and a request it sends on is looked up (and its miss
@@ -606,10 +622,14 @@ impl ResponseCache {
         self.stale_served += 1;
     }
 
-    /// Counts a hit not seen by [`Self::lookup`]: a coalesced follower
-    /// answered with the leader's response directly.
+    /// Counts a hit not seen by [`Self::lookup`].
     pub(crate) fn record_hit(&mut self) {
         self.hits += 1;
+    }
+
+    /// Counts a miss not seen by [`Self::lookup`].
+    pub(crate) fn record_miss(&mut self) {
+        self.misses += 1;
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
