@@ -20,8 +20,8 @@ use shardline_shard::{ClientIo, Exchange};
 
 use crate::cache::inflight::{LeaderFailure, Verdict};
 use crate::cache::{
-    is_cacheable_method, primary_key, request_bypasses, CacheLimits, CachedResponse, InFlight,
-    Lookup, NewEntry, ResponseCache,
+    is_cacheable_method, primary_key, CacheLimits, CachedResponse, InFlight, Lookup, NewEntry,
+    RequestDirectives, ResponseCache,
 };
 use crate::config_gateway::CacheConfig;
 use crate::proxy::{self, Answer, GatewayShard, Outcome, Proxy};
@@ -97,7 +97,8 @@ pub(crate) async fn serve(
         proxy::serve(p, gw, head, io, path, &[]).await;
         return;
     }
-    if request_bypasses(&values(head, "cache-control")) {
+    let directives = RequestDirectives::parse(&values(head, "cache-control"));
+    if directives.bypasses() {
         io.set_cache_status("BYPASS");
         proxy::serve(p, gw, head, io, path, &[("X-Cache", b"BYPASS")]).await;
         return;
@@ -122,6 +123,13 @@ pub(crate) async fn serve(
             now,
         );
         match found {
+            // RFC 9111 §5.2.1.1: a copy older than the request's `max-age`
+            // does not answer it, fresh or not; go upstream (and store the
+            // new answer for everyone).
+            Lookup::Fresh(entry)
+                if directives
+                    .max_age
+                    .is_some_and(|_| !entry.satisfies(&directives, now)) => {}
             Lookup::Fresh(entry) => {
                 cache.store.borrow_mut().record_hit();
                 respond_cached(io, &entry, XCache::Hit, &inm).await;
@@ -404,16 +412,25 @@ pub(crate) fn fresh_hit(
     if !is_cacheable_method(head.method) {
         return None;
     }
-    if head.header("cache-control").is_some() && request_bypasses(&values(head, "cache-control")) {
-        return None;
-    }
-    cache.store.borrow_mut().lookup_fresh(
+    let directives = if head.header("cache-control").is_some() {
+        let d = RequestDirectives::parse(&values(head, "cache-control"));
+        if d.bypasses() {
+            return None;
+        }
+        d
+    } else {
+        RequestDirectives::default()
+    };
+    let now = Instant::now();
+    let entry = cache.store.borrow_mut().lookup_fresh(
         head.method,
         head.path,
         head.query,
         |n| head.header(n),
-        Instant::now(),
-    )
+        now,
+        |e| e.satisfies(&directives, now),
+    )?;
+    Some(entry)
 }
 
 /// `Age: <seconds>\r\n` for a cached entry (RFC 9111 §5.1), built on the

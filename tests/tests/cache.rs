@@ -198,6 +198,27 @@ fn entries_larger_than_max_entry_bytes_are_not_stored() {
     assert_eq!(up.requests(), 2);
 }
 
+/// RFC 9111 §5.2.1.1: a request's own `max-age` refuses stored copies
+/// older than it (a browser's reload sends `max-age=0`); the fresh answer
+/// it fetches is stored for the next requests.
+#[test]
+fn a_request_max_age_refuses_an_older_copy() {
+    let up = cache_upstream();
+    let srv = TestServer::start_toml(&cache_config(&up, "60s", ""));
+    let mut c = srv.client();
+    let first = c.request(&get("/ma", &[]));
+    assert_eq!(x_cache(&first), "MISS", "{}", first.summary());
+    let r = c.request(&get("/ma", &["Cache-Control: max-age=3600"]));
+    assert_eq!(x_cache(&r), "HIT", "young enough: {}", r.summary());
+    let r = c.request(&get("/ma", &["Cache-Control: max-age=0"]));
+    assert_eq!(x_cache(&r), "MISS", "older than 0 s: {}", r.summary());
+    assert_ne!(r.text(), first.text(), "a new upstream answer");
+    let again = c.request(&get("/ma", &[]));
+    assert_eq!(x_cache(&again), "HIT", "{}", again.summary());
+    assert_eq!(again.text(), r.text(), "the refreshed copy was stored");
+    assert_eq!(up.requests(), 2);
+}
+
 /// Polls `path` until it is a MISS again (bounded by GUARD), asserting that
 /// every answer before that is the cached `cached_body` as a HIT; returns
 /// the MISS.

@@ -129,7 +129,8 @@ impl RequestDirectives {
 
 /// Whether a request with these `Cache-Control` values skips the cache:
 /// it carries `no-cache` (RFC 9111 §5.2.1.4) or `no-store` (§5.2.1.5).
-pub(crate) fn request_bypasses(cache_control: &[&[u8]]) -> bool {
+#[cfg(test)]
+fn request_bypasses(cache_control: &[&[u8]]) -> bool {
     RequestDirectives::parse(cache_control).bypasses()
 }
 

@@ -21,9 +21,12 @@
 //!
 //! # Use from the proxy
 //! For a GET/HEAD on a route with `cache`:
-//! 1. [`request_bypasses`] on the request's `Cache-Control` values: go
-//!    upstream with `X-Cache: BYPASS`.
-//! 2. [`ResponseCache::lookup`]. `Fresh`: answer from it (`X-Cache: HIT`,
+//! 1. [`RequestDirectives::parse`] the request's `Cache-Control` values;
+//!    if it [`RequestDirectives::bypasses`], go upstream with
+//!    `X-Cache: BYPASS`.
+//! 2. [`ResponseCache::lookup_uncounted`] (counting the request once, as a
+//!    hit or a miss). `Fresh` and [`CachedResponse::satisfies`] the
+//!    request's `max-age`: answer from it (`X-Cache: HIT`,
 //!    an `Age` of [`CachedResponse::age_secs`]); if
 //!    [`CachedResponse::matches_if_none_match`] on the request's
 //!    `If-None-Match` values, answer 304 with the fields RFC 9110 §15.4.5
@@ -45,7 +48,7 @@ pub(crate) mod inflight;
 pub(crate) mod lru;
 pub(crate) mod store;
 
-pub(crate) use control::request_bypasses;
+pub(crate) use control::RequestDirectives;
 pub(crate) use inflight::InFlight;
 pub(crate) use store::{
     is_cacheable_method, primary_key, CacheLimits, CachedResponse, Lookup, NewEntry, ResponseCache,

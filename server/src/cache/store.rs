@@ -411,6 +411,8 @@ impl ResponseCache {
     /// is not: this is the peek that decides whether a request can be
     /// answered inline, and a request it sends on is looked up (and its miss
     /// counted) again on the streaming path.
+    /// `accepts` is the request's own say (its `Cache-Control: max-age`):
+    /// a fresh entry it refuses is no hit.
     pub(crate) fn lookup_fresh<'h>(
         &mut self,
         method: &str,
@@ -418,9 +420,10 @@ impl ResponseCache {
         query: Option<&str>,
         req_header: impl Fn(&str) -> Option<&'h [u8]>,
         now: Instant,
+        accepts: impl Fn(&CachedResponse) -> bool,
     ) -> Option<Rc<CachedResponse>> {
         match self.find(method, path, query, req_header, now) {
-            Some(Lookup::Fresh(r)) => {
+            Some(Lookup::Fresh(r)) if accepts(&r) => {
                 self.hits += 1;
                 Some(r)
             }
