@@ -642,6 +642,28 @@ fn parse_head(raw: &[u8]) -> Result<Response, ReadError> {
     })
 }
 
+/// Sends `request` on `n` connections at once (each connected first, then
+/// released together by a barrier) and returns the `n` responses: for
+/// tests of what concurrent requests share, such as cache coalescing.
+pub fn concurrent_requests(addr: SocketAddr, n: usize, request: &[u8]) -> Vec<Response> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = std::sync::Arc::clone(&barrier);
+            let request = request.to_vec();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                c.request(&request)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("a client thread panicked"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

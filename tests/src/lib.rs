@@ -31,6 +31,6 @@ use std::time::Duration;
 /// exit). Only a hang guard: a passing run never comes near it.
 pub const GUARD: Duration = Duration::from_secs(10);
 
-pub use client::{Client, ReadError, Response};
+pub use client::{concurrent_requests, Client, ReadError, Response};
 pub use request::{get, post};
 pub use server::TestServer;

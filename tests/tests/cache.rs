@@ -7,12 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardline_tests::request::request;
 use shardline_tests::upstream::{wait_until, Action, Behaviour, Recorded, Reply, Upstream};
-use shardline_tests::{get, post, Client, Response, TestServer, GUARD};
+use shardline_tests::{concurrent_requests, get, post, Client, Response, TestServer, GUARD};
 
 /// An upstream answering `200 text/plain` `<target>#<n>` (n counts from 1
 /// over all requests) with the header fields `fields` picks for the
@@ -439,19 +439,7 @@ fn concurrent_misses_are_coalesced() {
         Reply::ok("slow answer"),
     ));
     let srv = TestServer::start_toml(&cache_config(&up, "60s", ""));
-    let barrier = Arc::new(Barrier::new(CLIENTS));
-    let addr = srv.addr;
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                barrier.wait();
-                c.request(&get("/coalesce", &[]))
-            })
-        })
-        .collect();
-    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let answers = concurrent_requests(srv.addr, CLIENTS, &get("/coalesce", &[]));
     for r in &answers {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.body, b"slow answer");
@@ -477,20 +465,7 @@ fn a_failed_coalesced_request_is_not_repeated_by_its_waiters() {
         Reply::ok("too late"),
     ));
     let srv = TestServer::start_toml(&cache_config_with(&up, "60s", "", "timeout = \"200ms\""));
-    let barrier = Arc::new(Barrier::new(CLIENTS));
-    let addr = srv.addr;
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                barrier.wait();
-                c.request(&get("/fails", &[]))
-            })
-        })
-        .collect();
-    for t in threads {
-        let r = t.join().unwrap();
+    for r in concurrent_requests(srv.addr, CLIENTS, &get("/fails", &[])) {
         assert_eq!(r.status, 504, "{}", r.summary());
         assert!(r.text().contains("gateway-timeout"), "{}", r.summary());
     }

@@ -199,6 +199,25 @@ fn openmetrics_when_the_scraper_asks_for_it() {
     assert_eq!(r.status, 405);
 }
 
+/// Upstream `u` at `up` and a cached route `name` on `GET /c/{*rest}`.
+fn cached_route_config(up: &Upstream, name: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "u"
+targets = ["{}"]
+
+[[routes]]
+name = "{name}"
+method = "GET"
+path = "/c/{{*rest}}"
+upstream = "u"
+cache = {{ ttl = "60s" }}
+"#,
+        up.addr
+    )
+}
+
 /// Concurrent misses coalesced onto one upstream request count once each:
 /// one miss (the request that went upstream) and a hit per waiter it
 /// answered, not a miss and then a hit for every waiter.
@@ -209,38 +228,9 @@ fn coalesced_misses_count_one_miss_and_a_hit_per_waiter() {
         Duration::from_millis(400),
         Reply::ok("slow").header("Cache-Control", "max-age=60"),
     ));
-    let srv = start(
-        &format!(
-            r#"
-[[upstreams]]
-name = "u"
-targets = ["{}"]
-
-[[routes]]
-name = "c"
-method = "GET"
-path = "/c/{{*rest}}"
-upstream = "u"
-cache = {{ ttl = "60s" }}
-"#,
-            up.addr
-        ),
-        1,
-    );
-    let barrier = Arc::new(std::sync::Barrier::new(CLIENTS));
-    let addr = srv.addr;
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                barrier.wait();
-                c.request(&get("/c/one", &[])).status
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
+    let srv = start(&cached_route_config(&up, "c"), 1);
+    for r in shardline_tests::concurrent_requests(srv.addr, CLIENTS, &get("/c/one", &[])) {
+        assert_eq!(r.status, 200, "{}", r.summary());
     }
     assert_eq!(up.requests(), 1, "the misses were coalesced");
     let m = scrape(&srv);
@@ -259,24 +249,7 @@ fn upstream_and_cache_metrics() {
     let up = Upstream::start(Behaviour::reply(
         Reply::ok("hi").header("Cache-Control", "max-age=60"),
     ));
-    let srv = start(
-        &format!(
-            r#"
-[[upstreams]]
-name = "u"
-targets = ["{}"]
-
-[[routes]]
-name = "cached"
-method = "GET"
-path = "/c/{{*rest}}"
-upstream = "u"
-cache = {{ ttl = "60s" }}
-"#,
-            up.addr
-        ),
-        1,
-    );
+    let srv = start(&cached_route_config(&up, "cached"), 1);
     let mut c = srv.client();
     for _ in 0..3 {
         assert_eq!(c.request(&get("/c/x", &[])).status, 200);
