@@ -103,6 +103,100 @@ fn format_imf_fixdate(secs: u64) -> [u8; IMF_FIXDATE_LEN_BYTES] {
     out
 }
 
+/// Parses an HTTP-date (RFC 9110 §5.6.7) into unix seconds: the
+/// IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`) and the two obsolete
+/// forms a recipient must also accept, RFC 850 (`Sunday, 06-Nov-94
+/// 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Dates before
+/// 1970 read as 0. `None` for anything else.
+pub fn parse_http_date(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    let (year, month, day, time) = if v.len() == IMF_FIXDATE_LEN_BYTES && v.get(3) == Some(&b',') {
+        // "Sun, 06 Nov 1994 08:49:37 GMT"
+        if v[4] != b' ' || v[7] != b' ' || v[11] != b' ' || v[16] != b' ' || &v[25..] != b" GMT" {
+            return None;
+        }
+        (
+            digits(&v[12..16])?,
+            month_index(&v[8..11])?,
+            digits(&v[5..7])?,
+            &v[17..25],
+        )
+    } else if let Some(comma) = v.iter().position(|&b| b == b',') {
+        // "Sunday, 06-Nov-94 08:49:37 GMT"
+        let r = &v[comma + 1..];
+        if r.len() != 23
+            || r[0] != b' '
+            || r[3] != b'-'
+            || r[7] != b'-'
+            || r[10] != b' '
+            || &r[19..] != b" GMT"
+        {
+            return None;
+        }
+        // RFC 9110 §5.6.7: a two-digit year more than 50 years ahead is
+        // the most recent past year with those digits; read from 1970 on.
+        let yy = digits(&r[8..10])?;
+        let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
+        (year, month_index(&r[4..7])?, digits(&r[1..3])?, &r[11..19])
+    } else if v.len() == 24 && v[3] == b' ' && v[7] == b' ' && v[10] == b' ' && v[19] == b' ' {
+        // "Sun Nov  6 08:49:37 1994"
+        let day = if v[8] == b' ' {
+            digits(&v[9..10])?
+        } else {
+            digits(&v[8..10])?
+        };
+        (digits(&v[20..24])?, month_index(&v[4..7])?, day, &v[11..19])
+    } else {
+        return None;
+    };
+    if time[2] != b':' || time[5] != b':' {
+        return None;
+    }
+    let (h, m, sec) = (
+        digits(&time[0..2])?,
+        digits(&time[3..5])?,
+        digits(&time[6..8])?,
+    );
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    Some(days * SECS_PER_DAY + h * 3600 + m * 60 + sec)
+}
+
+/// All ASCII digits, as a number.
+fn digits(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// 1–12 for a month's three-letter name (case as the grammar has it).
+fn month_index(b: &[u8]) -> Option<u64> {
+    MONTH_NAMES
+        .iter()
+        .position(|m| &m[..] == b)
+        .map(|i| i as u64 + 1)
+}
+
+/// Days since 1970-01-01 of a Gregorian date (0 for earlier dates): the
+/// inverse of [`civil_from_days`], in the same March-based eras.
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    const DAYS_0000_03_01_TO_1970_01_01: u64 = 719_468;
+    let y = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
+    let era = y / 400;
+    let year_of_era = y % 400;
+    let month_from_march = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some((era * 146_097 + day_of_era).saturating_sub(DAYS_0000_03_01_TO_1970_01_01))
+}
+
 /// Two decimal digits of `v % 100`.
 fn put2(dst: &mut [u8], v: u64) {
     dst[0] = b'0' + (v / 10 % 10) as u8;
@@ -115,6 +209,53 @@ mod tests {
 
     fn fmt(secs: u64) -> String {
         String::from_utf8(DateCache::new(secs).as_bytes().to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn rfc9110_5_6_7_parses_all_three_forms() {
+        for v in [
+            &b"Sun, 06 Nov 1994 08:49:37 GMT"[..],
+            b"Sunday, 06-Nov-94 08:49:37 GMT",
+            b"Sun Nov  6 08:49:37 1994",
+            b" Sun, 06 Nov 1994 08:49:37 GMT ",
+        ] {
+            assert_eq!(parse_http_date(v), Some(784_111_777), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn parse_http_date_round_trips_and_refuses_junk() {
+        for secs in [
+            0,
+            951_782_400,
+            951_868_800,
+            1_709_164_800,
+            MAX_IMF_FIXDATE_UNIX_SECS,
+        ] {
+            assert_eq!(parse_http_date(DateCache::new(secs).as_bytes()), Some(secs));
+        }
+        assert_eq!(
+            parse_http_date(b"Thu, 19 Nov 1981 08:52:00 GMT"),
+            Some(375_007_920)
+        );
+        assert_eq!(
+            parse_http_date(b"Thu, 01 Jan 1960 00:00:00 GMT"),
+            Some(0),
+            "before 1970"
+        );
+        for bad in [
+            &b"0"[..],
+            b"-1",
+            b"",
+            b"Sun, 06 Nov 1994 08:49:37 UTC",
+            b"Sun, 06 Foo 1994 08:49:37 GMT",
+            b"Sun, 32 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 24:00:00 GMT",
+            b"Sun, 06 Nov 1994 08:49 GMT",
+            b"Sunday, 06-Nov-94 08:49:37",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

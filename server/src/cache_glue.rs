@@ -282,6 +282,12 @@ async fn store_and_forward(
             // consumer's: stored only when the upstream says it may be
             // shared (`public`, `s-maxage`, `must-revalidate`).
             p.authenticated || head.header("authorization").is_some(),
+            ah.get(buf, "expires").map(|e| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                crate::cache::control::expires_lifetime(e, ah.get(buf, "date"), now)
+            }),
         )
     } else {
         None

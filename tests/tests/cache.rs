@@ -52,6 +52,9 @@ fn cache_control_by_path(req: &Recorded) -> Vec<(&'static str, String)> {
         "/vary" => vec![("Vary", "Accept-Language".to_string())],
         "/vary-star" => vec![("Vary", "*".to_string())],
         "/tagged" => vec![("ETag", "\"v7\"".to_string())],
+        "/expires-past" => vec![("Expires", "Thu, 01 Jan 1970 00:00:00 GMT".to_string())],
+        "/expires-0" => vec![("Expires", "0".to_string())],
+        "/expires-far" => vec![("Expires", "Fri, 31 Dec 9999 23:59:59 GMT".to_string())],
         _ => Vec::new(),
     }
 }
@@ -255,6 +258,23 @@ fn max_age_and_s_maxage_override_the_route_ttl() {
     expect(&mut c, "/s-maxage-1", &[], "MISS", "/s-maxage-1#3");
     let r = poll_until_miss(&mut c, "/s-maxage-1", "/s-maxage-1#3");
     assert_eq!(r.text(), "/s-maxage-1#4");
+}
+
+/// RFC 9111 §4.2.1, §5.3: without `max-age`, `Expires` sets the lifetime
+/// (before the route's ttl); one in the past, or invalid (`0`), means
+/// already expired, so nothing is stored.
+#[test]
+fn expires_decides_freshness_without_max_age() {
+    let up = cache_upstream();
+    let srv = TestServer::start_toml(&cache_config(&up, "60s", ""));
+    let mut c = srv.client();
+    expect(&mut c, "/expires-past", &[], "MISS", "/expires-past#1");
+    expect(&mut c, "/expires-past", &[], "MISS", "/expires-past#2");
+    expect(&mut c, "/expires-0", &[], "MISS", "/expires-0#3");
+    expect(&mut c, "/expires-0", &[], "MISS", "/expires-0#4");
+    expect(&mut c, "/expires-far", &[], "MISS", "/expires-far#5");
+    expect(&mut c, "/expires-far", &[], "HIT", "/expires-far#5");
+    assert_eq!(up.requests(), 5);
 }
 
 #[test]

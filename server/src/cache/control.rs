@@ -127,6 +127,24 @@ impl RequestDirectives {
     }
 }
 
+/// The freshness lifetime a response's `Expires` gives (RFC 9111 §4.2.1):
+/// its time past the response's `Date` (or `now_unix_secs` without one),
+/// zero when already past. An `Expires` that is not a valid HTTP-date
+/// (`0` is common) means already expired (§5.3).
+pub(crate) fn expires_lifetime(
+    expires: &[u8],
+    date: Option<&[u8]>,
+    now_unix_secs: u64,
+) -> Duration {
+    let Some(at) = shardline_protocol::date::parse_http_date(expires) else {
+        return Duration::ZERO;
+    };
+    let base = date
+        .and_then(shardline_protocol::date::parse_http_date)
+        .unwrap_or(now_unix_secs);
+    Duration::from_secs(at.saturating_sub(base))
+}
+
 /// Whether a request with these `Cache-Control` values skips the cache:
 /// it carries `no-cache` (RFC 9111 §5.2.1.4) or `no-store` (§5.2.1.5).
 #[cfg(test)]

@@ -319,8 +319,10 @@ impl ResponseCache {
     ///   user's answer must not reach another);
     /// - the freshness lifetime is zero.
     ///
-    /// Freshness is `s-maxage`, else `max-age` (RFC 9111 §4.2.1), else the
-    /// route's `ttl`; the upstream's `Expires` is not consulted. The stale
+    /// Freshness is `s-maxage`, else `max-age`, else `expires_lifetime`
+    /// (what the response's `Expires` leaves past its `Date`, see
+    /// [`super::control::expires_lifetime`]; RFC 9111 §4.2.1), else the
+    /// route's `ttl`. The stale
     /// window is the response's `stale-if-error` if present (RFC 5861 §4,
     /// "regardless of other freshness information"); else zero when the
     /// response says `must-revalidate` or `proxy-revalidate` (RFC 9111
@@ -335,6 +337,7 @@ impl ResponseCache {
         vary: &[&[u8]],
         body_len: u64,
         request_has_authorization: bool,
+        expires_lifetime: Option<Duration>,
     ) -> Option<StoreDecision> {
         if !CACHEABLE_STATUSES.contains(&status) || body_len > self.limits.max_entry_bytes {
             return None;
@@ -351,7 +354,11 @@ impl ResponseCache {
         {
             return None;
         }
-        let fresh_for = cc.s_maxage.or(cc.max_age).unwrap_or(self.limits.ttl);
+        let fresh_for = cc
+            .s_maxage
+            .or(cc.max_age)
+            .or(expires_lifetime)
+            .unwrap_or(self.limits.ttl);
         if fresh_for.is_zero() {
             return None;
         }
@@ -766,6 +773,22 @@ mod tests {
     }
 
     /// Decision for a 200 with these Cache-Control / Vary values.
+    #[test]
+    fn expires_counts_after_max_age_and_before_the_ttl() {
+        let c = cache();
+        let d = |cc: &[&[u8]], exp: Option<Duration>| c.decide_store(200, cc, &[], 0, false, exp);
+        assert_eq!(d(&[], Some(secs(7))).unwrap().fresh_for, secs(7));
+        assert_eq!(
+            d(&[b"max-age=5"], Some(secs(7))).unwrap().fresh_for,
+            secs(5)
+        );
+        assert!(
+            d(&[], Some(Duration::ZERO)).is_none(),
+            "already expired: not stored"
+        );
+        assert_eq!(d(&[], None).unwrap().fresh_for, TTL);
+    }
+
     fn decide(c: &ResponseCache, cc: &[&str], vary: &[&str]) -> Option<StoreDecision> {
         decide_status(c, 200, cc, vary)
     }
@@ -778,7 +801,7 @@ mod tests {
     ) -> Option<StoreDecision> {
         let cc: Vec<&[u8]> = cc.iter().map(|s| s.as_bytes()).collect();
         let vary: Vec<&[u8]> = vary.iter().map(|s| s.as_bytes()).collect();
-        c.decide_store(status, &cc, &vary, 10, false)
+        c.decide_store(status, &cc, &vary, 10, false, None)
     }
 
     fn entry(decision: StoreDecision, headers: &[(&str, &str)], body: &str) -> NewEntry {
@@ -869,13 +892,15 @@ mod tests {
     #[test]
     fn body_size_limit() {
         let c = cache();
-        assert!(c.decide_store(200, &[], &[], 1 << 10, false).is_some());
         assert!(c
-            .decide_store(200, &[], &[], (1 << 10) + 1, false)
+            .decide_store(200, &[], &[], 1 << 10, false, None)
+            .is_some());
+        assert!(c
+            .decide_store(200, &[], &[], (1 << 10) + 1, false, None)
             .is_none());
         // insert re-checks the real length (a chunked body).
         let mut c = cache();
-        let d = c.decide_store(200, &[], &[], 0, false).unwrap();
+        let d = c.decide_store(200, &[], &[], 0, false, None).unwrap();
         let big = "x".repeat((1 << 10) + 1);
         let now = Instant::now();
         assert!(c
@@ -928,7 +953,7 @@ mod tests {
     #[test]
     fn authorization_needs_explicit_permission() {
         let c = cache();
-        let d = |cc: &str| c.decide_store(200, &[cc.as_bytes()], &[], 0, true);
+        let d = |cc: &str| c.decide_store(200, &[cc.as_bytes()], &[], 0, true, None);
         assert!(d("max-age=60").is_none());
         assert!(d("").is_none());
         assert!(d("public").is_some());
