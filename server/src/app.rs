@@ -662,7 +662,13 @@ impl GatewayApp {
             }
         };
         let scoped = idem::scoped_key(token, consumer.as_deref().unwrap_or(b""), &key);
-        match inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
+        let grace_until = std::time::Instant::now() + idem::IN_FLIGHT_GRACE;
+        let mut begun = inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await;
+        while matches!(begun, Begin::InFlight) && std::time::Instant::now() < grace_until {
+            glommio::timer::sleep(idem::IN_FLIGHT_RECHECK).await;
+            begun = inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await;
+        }
+        match begun {
             Begin::Proceed => {
                 let guard = idem::Guard {
                     idem: &inner.policies.idem,

@@ -37,6 +37,16 @@ pub const IN_FLIGHT_MAX: Duration = Duration::from_secs(300);
 /// How long a shard waits for the owner's answer before answering 503.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A duplicate that finds its key still in flight asks again for this long
+/// before answering 409: the original's response reaches its client before
+/// the owner shard has stored it (the store is a message after the write),
+/// so a client that retries at once, on another connection, would
+/// otherwise be told "still in progress" for a request that is done.
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_millis(100);
+
+/// How often a duplicate asks again within [`IN_FLIGHT_GRACE`].
+pub const IN_FLIGHT_RECHECK: Duration = Duration::from_millis(10);
+
 /// Longest `Idempotency-Key` value accepted.
 pub const MAX_KEY_BYTES: usize = 255;
 
