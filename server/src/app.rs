@@ -662,13 +662,7 @@ impl GatewayApp {
             }
         };
         let scoped = idem::scoped_key(token, consumer.as_deref().unwrap_or(b""), &key);
-        let grace_until = std::time::Instant::now() + idem::IN_FLIGHT_GRACE;
-        let mut begun = inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await;
-        while matches!(begun, Begin::InFlight) && std::time::Instant::now() < grace_until {
-            glommio::timer::sleep(idem::IN_FLIGHT_RECHECK).await;
-            begun = inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await;
-        }
-        match begun {
+        match inner.policies.idem.begin(&scoped, fp, cfg.max_keys).await {
             Begin::Proceed => {
                 let guard = idem::Guard {
                     idem: &inner.policies.idem,

@@ -277,8 +277,22 @@ impl Idempotency {
         }
     }
 
-    /// Asks the key's owner (by message, or directly when it is this shard).
+    /// Asks the key's owner whether this request may run; a key still in
+    /// flight is asked about again for up to [`IN_FLIGHT_GRACE`].
     pub(crate) async fn begin(&self, key: &[u8], fp: Fingerprint, max_keys: usize) -> Begin {
+        let grace_until = Instant::now() + IN_FLIGHT_GRACE;
+        loop {
+            let begun = self.ask(key, fp, max_keys).await;
+            if !matches!(begun, Begin::InFlight) || Instant::now() >= grace_until {
+                return begun;
+            }
+            glommio::timer::sleep(IN_FLIGHT_RECHECK).await;
+        }
+    }
+
+    /// One answer from the key's owner (by message, or directly when it is
+    /// this shard).
+    async fn ask(&self, key: &[u8], fp: Fingerprint, max_keys: usize) -> Begin {
         let owner = self.owner_of(key);
         if owner == self.me {
             return self.begin_local(key, fp, max_keys);
