@@ -160,7 +160,7 @@ impl CachedResponse {
     }
 }
 
-/// What [`ResponseCache::lookup`] found.
+/// What [`ResponseCache::lookup_uncounted`] found.
 #[derive(Clone, Debug)]
 pub(crate) enum Lookup {
     /// Serve it: `X-Cache: HIT`.
@@ -375,9 +375,12 @@ impl ResponseCache {
         })
     }
 
-    /// Looks a request up. `req_header(name)` gives the request's value of
-    /// a field (name in lower case), for matching Vary. A method other
-    /// than GET/HEAD is a `Miss` and is not counted.
+    /// Looks a request up and counts the outcome. `req_header(name)` gives
+    /// the request's value of a field (name in lower case), for matching
+    /// Vary. A method other than GET/HEAD is a `Miss` and is not counted.
+    /// The serving path counts for itself ([`Self::lookup_uncounted`]);
+    /// this is the store's own tests' view.
+    #[cfg(test)]
     pub(crate) fn lookup<'h>(
         &mut self,
         method: &str,
