@@ -35,6 +35,9 @@ pub(crate) const fn is_pchar(b: u8) -> bool {
 /// request).
 pub(crate) const TARGET_PATH: u8 = 1; // pchar (minus '%') or '/'
 pub(crate) const TARGET_QUERY: u8 = 2; // pchar (minus '%'), '/', '?'
+/// reg-name bytes (RFC 3986 §3.2.2) minus '%' and ',': see
+/// `request::is_reg_name`. Checked on every request's Host.
+pub(crate) const REG_NAME: u8 = 4;
 
 pub(crate) static TARGET_CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -45,6 +48,9 @@ pub(crate) static TARGET_CLASS: [u8; 256] = {
             t[i] = TARGET_PATH | TARGET_QUERY;
         } else if b == b'?' {
             t[i] = TARGET_QUERY;
+        }
+        if is_unreserved(b) || (is_sub_delim(b) && b != b',') {
+            t[i] |= REG_NAME;
         }
         i += 1;
     }
