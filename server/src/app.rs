@@ -452,8 +452,7 @@ impl ShardControl for GatewayApp {
 impl GatewayApp {
     /// Records a finished request: route metrics, SLOs, access log, span.
     fn complete(&self, inner: &GatewayInner, c: &Completed<'_>) {
-        let now = Instant::now();
-        let took = now.saturating_duration_since(c.received);
+        let took = c.finished.saturating_duration_since(c.received);
         match c.route.and_then(|i| inner.route_metrics.routes.get(i)) {
             Some(m) => m.observe(c.status, took),
             None => inner.route_metrics.unmatched.observe(c.status, took),
@@ -480,7 +479,7 @@ impl GatewayApp {
                 if c.route.is_some() {
                     attributes.push(("http.route", AttrValue::Str(c.route_name.to_string())));
                 }
-                let end = unix_nanos(now);
+                let end = unix_nanos(c.finished);
                 tracer.push(Span {
                     trace_id: t.trace_id,
                     span_id: t.span_id,
@@ -865,6 +864,7 @@ impl App for GatewayApp {
                     path: head.path,
                     status,
                     received: req.received,
+                    finished: Instant::now(),
                     bytes_in: req.head_len() as u64 + io.body_read(),
                     bytes_out: io.bytes_out(),
                     upstream: io.upstream(),
@@ -895,6 +895,7 @@ impl App for GatewayApp {
                 path: "",
                 status: r.status,
                 received: r.received,
+                finished: Instant::now(),
                 bytes_in: r.bytes_in,
                 bytes_out: r.bytes_out,
                 upstream: None,
@@ -938,6 +939,7 @@ impl App for GatewayApp {
                 path: head.path,
                 status: ex.status(),
                 received: ex.received(),
+                finished: ex.finished(),
                 bytes_in: ex.bytes_in(),
                 bytes_out: ex.bytes_out(),
                 upstream: None,

@@ -10,11 +10,15 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::readiness::Watch;
+
 /// Up to `tries` non-blocking `recv`s of `fd` into `buf`, each after a
 /// yield (the first without one when `look_first`). `None`: nothing came,
-/// go and wait; `Some(Ok(0))` is EOF.
+/// go and wait; `Some(Ok(0))` is EOF. With the socket's epoll `watch`, a
+/// look while the socket is known to be drained costs no syscall.
 pub async fn recv_after_yields(
     fd: RawFd,
+    watch: Option<&Watch>,
     buf: &mut [u8],
     tries: u32,
     look_first: bool,
@@ -23,7 +27,11 @@ pub async fn recv_after_yields(
         if i > 0 || !look_first {
             futures_lite::future::yield_now().await;
         }
-        match crate::sys::try_recv(fd, buf) {
+        let res = match watch {
+            Some(w) => w.try_recv(fd, buf),
+            None => crate::sys::try_recv(fd, buf),
+        };
+        match res {
             Ok(n) => return Some(Ok(n)),
             Err(e)
                 if matches!(

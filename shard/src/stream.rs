@@ -352,6 +352,8 @@ impl<'c> ClientIo<'c> {
         f: impl FnOnce(&mut Exchange<'_>),
     ) {
         let mut out = self.take_buffer();
+        // A streamed request is answered after its body: its own clock read.
+        let finished = std::cell::Cell::new(None);
         let keep = {
             let date = self.conn.shard.date.borrow();
             let ctx = ConnContext {
@@ -362,6 +364,7 @@ impl<'c> ClientIo<'c> {
                 tls: self.conn.stream.tls().is_some(),
                 tls_client_identity: self.conn.tls_identity.as_deref(),
                 received: self.conn.read_at,
+                finished: &finished,
                 bytes_in: (head.head_len + body.len()) as u64,
             };
             let mut ex = Exchange::new(head, body, ctx, &mut out, &date, token);

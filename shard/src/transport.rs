@@ -23,10 +23,11 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// The socket of a plain (not TLS) connection, for `sys::try_recv`.
-    pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+    /// The socket of a plain (not TLS) connection and its epoll watch, for
+    /// `look::recv_after_yields`.
+    pub(crate) fn plain_socket(&self) -> Option<(std::os::fd::RawFd, Option<&Watch>)> {
         match self {
-            Transport::Plain(s, _) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            Transport::Plain(s, w) => Some((std::os::fd::AsRawFd::as_raw_fd(s), w.as_ref())),
             Transport::Tls(_) => None,
         }
     }

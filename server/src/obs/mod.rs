@@ -102,6 +102,8 @@ pub(crate) struct Completed<'a> {
     pub path: &'a str,
     pub status: u16,
     pub received: Instant,
+    /// When it was answered (`Exchange::finished` for inline requests).
+    pub finished: Instant,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub upstream: Option<SocketAddr>,

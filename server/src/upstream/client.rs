@@ -186,9 +186,9 @@ impl RespBuf {
         // The upstream's answer usually arrives while the shard serves its
         // other connections: look for it after yielding to them, before
         // waiting for readiness (see `config::DEFAULT_READ_YIELDS`).
-        if let Some(fd) = stream.plain_fd() {
+        if let Some((fd, watch)) = stream.plain_socket() {
             let buf = &mut self.data[self.end..];
-            if let Some(res) = recv_after_yields(fd, buf, self.yields, false).await {
+            if let Some(res) = recv_after_yields(fd, watch, buf, self.yields, false).await {
                 let n = res?;
                 self.end += n;
                 return Ok(n);

@@ -134,8 +134,13 @@ pub(crate) enum UpstreamStream {
 impl UpstreamStream {
     /// The socket of a plain (not TLS) connection.
     pub(crate) fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.plain_socket().map(|(fd, _)| fd)
+    }
+
+    /// The socket of a plain connection and its epoll watch.
+    pub(crate) fn plain_socket(&self) -> Option<(std::os::fd::RawFd, Option<&Watch>)> {
         match self {
-            UpstreamStream::Plain(s, _) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            UpstreamStream::Plain(s, w) => Some((std::os::fd::AsRawFd::as_raw_fd(s), w.as_ref())),
             UpstreamStream::Tls(_) => None,
         }
     }
