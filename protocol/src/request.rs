@@ -851,26 +851,44 @@ fn is_valid_authority(a: &[u8], port_required: bool) -> bool {
             _ => return false,
         }
     } else {
-        let (host, port) = match a.iter().position(|&b| b == b':') {
-            Some(c) => (&a[..c], Some(&a[c + 1..])),
-            None => (a, None),
-        };
-        (!host.is_empty() && is_reg_name(host), port)
+        // One pass to the ':' (a Host is checked on every request): the
+        // table says whether every byte is a plain reg-name byte; only a
+        // host with '%' escapes (or a bad byte) takes the exact loop.
+        let mut end = 0;
+        let mut plain = true;
+        while let Some(&b) = a.get(end) {
+            if b == b':' {
+                break;
+            }
+            plain &= TARGET_CLASS[usize::from(b)] & REG_NAME != 0;
+            end += 1;
+        }
+        let host = &a[..end];
+        let port = a.get(end + 1..);
+        (!host.is_empty() && (plain || is_reg_name(host)), port)
     };
     if !host_ok {
         return false;
     }
     match port {
         None => !port_required,
-        Some(p) => {
-            !p.is_empty()
-                && p.len() <= MAX_PORT_DIGITS
-                && p.iter().all(u8::is_ascii_digit)
-                && p.iter()
-                    .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
-                    <= MAX_PORT
-        }
+        Some(p) => is_port(p),
     }
+}
+
+/// `port = 1*5DIGIT`, at most [`MAX_PORT`].
+fn is_port(p: &[u8]) -> bool {
+    if p.is_empty() || p.len() > MAX_PORT_DIGITS {
+        return false;
+    }
+    let mut value = 0u32;
+    for &d in p {
+        if !d.is_ascii_digit() {
+            return false;
+        }
+        value = value * 10 + u32::from(d - b'0');
+    }
+    value <= MAX_PORT
 }
 
 /// `reg-name = *( unreserved / pct-encoded / sub-delims )` minus ','

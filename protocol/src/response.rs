@@ -473,6 +473,11 @@ fn write_head(
 /// them with SP is the remedy the RFC allows, and it makes response
 /// splitting impossible whatever the caller passes.
 fn write_sanitized_value(out: &mut Vec<u8>, value: &[u8]) {
+    // Values are nearly always clean: look a word at a time, copy once.
+    if !crate::syntax::has_cr_lf_or_nul(value) {
+        out.extend_from_slice(value);
+        return;
+    }
     let mut run_start = 0;
     for (i, &b) in value.iter().enumerate() {
         if matches!(b, b'\r' | b'\n' | 0) {

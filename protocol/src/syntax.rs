@@ -84,6 +84,29 @@ pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(trim_ows)
 }
 
+/// Whether `s` holds a CR, LF or NUL, eight bytes at a time (the same
+/// has-zero-byte test as [`find_cr_or_lf`]; a false positive can only
+/// follow a true match, so "any hit" is exact).
+pub(crate) fn has_cr_lf_or_nul(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if zero(w) | zero(w ^ (ONES * u64::from(b'\r'))) | zero(w ^ (ONES * u64::from(b'\n'))) != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
 /// Offset of the first CR or LF in `s`, eight bytes at a time: a head is
 /// scanned on every request and response, and a byte-at-a-time loop was most of the
 /// parser's cost over httparse's.
@@ -123,6 +146,23 @@ mod tests {
         }
         assert!(is_token(b"X-Custom_Header.1~"));
         assert!(!is_token(b""));
+    }
+
+    #[test]
+    fn has_cr_lf_or_nul_finds_each_at_every_offset() {
+        for len in 0..20 {
+            let clean = vec![b'a'; len];
+            assert!(!has_cr_lf_or_nul(&clean), "{len}");
+            for at in 0..len {
+                for bad in [b'\r', b'\n', 0] {
+                    let mut v = clean.clone();
+                    v[at] = bad;
+                    assert!(has_cr_lf_or_nul(&v), "{len} {at} {bad}");
+                }
+            }
+        }
+        // High bytes and other controls are not hits.
+        assert!(!has_cr_lf_or_nul(b"\x80\xff\x01\x0b\x0c\t\x7f\x0e\x8d"));
     }
 
     #[test]

@@ -457,8 +457,11 @@ impl GatewayApp {
             Some(m) => m.observe(c.status, took),
             None => inner.route_metrics.unmatched.observe(c.status, took),
         }
-        if let Some(i) = c.route {
-            inner.slos.observe(i, c.status, took, self.obs.now_secs());
+        // No clock read here: the SLO windows take the answer's time.
+        if let Some(i) = c.route.filter(|&i| inner.slos.watches(i)) {
+            inner
+                .slos
+                .observe(i, c.status, took, self.obs.secs_at(c.finished));
         }
         let sample = c
             .route

@@ -250,7 +250,7 @@ impl Watch {
             .slots
             .borrow()
             .get(self.token)
-            .is_none_or(|slot| slot.ready || slot.closed)
+            .map_or(true, |slot| slot.ready || slot.closed)
     }
 
     /// [`Watch::try_recv`], `Pending` (with the waker stored) until the

@@ -150,6 +150,11 @@ impl ShardObs {
         self.started.elapsed().as_secs()
     }
 
+    /// [`ShardObs::now_secs`] at `t`, without reading the clock.
+    pub(crate) fn secs_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_secs()
+    }
+
     /// A uniform random number in [0, 1) (xorshift64*; shard-local).
     pub(crate) fn random_unit(&self) -> f64 {
         let mut x = self.rng.get();

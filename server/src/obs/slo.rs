@@ -199,6 +199,11 @@ impl SloTable {
         SloTable { slos, by_route }
     }
 
+    /// Whether any SLO counts `route`'s requests.
+    pub(crate) fn watches(&self, route: usize) -> bool {
+        self.by_route.get(route).is_some_and(|l| !l.is_empty())
+    }
+
     pub(crate) fn observe(&self, route: usize, status: u16, took: Duration, now_secs: u64) {
         if let Some(list) = self.by_route.get(route) {
             for &i in list {
