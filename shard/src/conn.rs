@@ -267,6 +267,8 @@ impl Conn {
         let slot = self.timeout_slot;
         timeouts.arm(slot, timeout);
         let stream = &mut self.stream;
+        // The handshake writes its flights through glommio's ring.
+        let ring = crate::readiness::RingWrite::begin();
         let res = poll_fn(|cx| {
             if timeouts.expired(slot) {
                 return Poll::Ready(Err(io::Error::new(
@@ -283,6 +285,7 @@ impl Conn {
             }
         })
         .await;
+        drop(ring);
         timeouts.disarm(slot);
         if res.is_ok() {
             self.tls_identity = self

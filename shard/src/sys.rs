@@ -7,7 +7,8 @@
 //!   an io_uring poll. glommio's `TcpStream` exposes only `AsRawFd`, not
 //!   `AsFd`, so no safe socket API can borrow it. The gateway's upstream
 //!   reads use the same function.
-//! - [`Epoll`]: the shard-owned epoll instance behind `readiness = "epoll"`.
+//! - [`Epoll`]: the shard-owned epoll instance behind `readiness = "epoll"`
+//!   (`epoll_ctl`, `epoll_wait`, `epoll_pwait2` for the brief wait).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -76,6 +77,42 @@ impl Epoll {
         // EINTR (or any error) reads as "nothing now": the caller waits for
         // readiness and asks again.
         n.max(0) as usize
+    }
+
+    /// Takes the reports waiting now, sleeping in the kernel up to
+    /// `timeout` for one when there are none (`epoll_pwait2`, Linux 5.11+;
+    /// `None` where the kernel lacks it).
+    pub fn wait_briefly(
+        &self,
+        events: &mut [EpollEvent],
+        timeout: std::time::Duration,
+    ) -> Option<usize> {
+        let cap = events.len().min(i32::MAX as usize) as i32;
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: the kernel writes at most `cap` events into `events`, an
+        // exclusively borrowed slice of that many initialised elements;
+        // `ts` lives across the call; a null sigmask means none.
+        let n = unsafe {
+            libc::epoll_pwait2(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                cap,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOSYS) {
+                None
+            } else {
+                Some(0)
+            };
+        }
+        Some(n as usize)
     }
 
     /// Waits, through glommio's ring, until the epoll instance has reports.

@@ -247,6 +247,7 @@ where
 
     /// Completes the handshake (no deadline: the caller bounds it).
     pub async fn handshake(&mut self) -> io::Result<()> {
+        let _ring = crate::readiness::RingWrite::begin();
         std::future::poll_fn(|cx| self.poll_handshake(cx)).await
     }
 

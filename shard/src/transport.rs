@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_lite::io::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::readiness::Watch;
+use crate::readiness::{RingWrite, Watch};
 use crate::tls::TlsStream;
 
 pub(crate) enum Transport {
@@ -64,6 +64,7 @@ impl Transport {
 
     /// Writes `buf` whole; for TLS, until every record is on the socket.
     pub(crate) async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let _ring = RingWrite::begin();
         match self {
             Transport::Plain(s, _) => s.write_all(buf).await,
             Transport::Tls(t) => {
@@ -76,6 +77,7 @@ impl Transport {
     /// Ends our sending side (after `close_notify` for TLS) so the client
     /// sees the end of the response stream.
     pub(crate) async fn shutdown_write(&mut self) -> io::Result<()> {
+        let _ring = RingWrite::begin();
         if let Transport::Tls(t) = self {
             poll_fn(|cx| t.poll_close_notify(cx)).await?;
         }
@@ -88,6 +90,7 @@ impl Transport {
     /// Writes `buf` on the bare socket, past any TLS session (for the one
     /// answer to a client that did not speak TLS on the TLS port).
     pub(crate) async fn write_plain(&mut self, buf: &[u8]) -> io::Result<()> {
+        let _ring = RingWrite::begin();
         match self {
             Transport::Plain(s, _) => s.write_all(buf).await,
             Transport::Tls(t) => t.tcp.write_all(buf).await,

@@ -502,6 +502,8 @@ impl BodyReader {
 
 /// Writes all of `bytes` to the upstream.
 pub(crate) async fn send(stream: &mut UpstreamStream, bytes: &[u8]) -> io::Result<()> {
+    // A full socket buffer waits on glommio's ring (see `RingWrite`).
+    let _ring = shardline_shard::readiness::RingWrite::begin();
     stream.write_all(bytes).await?;
     // TLS may hold the last record back until flushed; plain TCP's flush
     // is a no-op.
