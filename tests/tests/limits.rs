@@ -286,6 +286,60 @@ fn idle_timeout_closes_an_idle_keep_alive_connection() {
     }
 }
 
+/// The shard's timers and accepts run on glommio's ring, which the epoll
+/// readiness loop leaves alone while it waits briefly in epoll for busy
+/// connections: a steady stream of requests on one connection must not
+/// keep another connection's idle timeout from firing, nor a new
+/// connection from being accepted.
+#[test]
+fn timers_and_accepts_run_while_another_connection_keeps_the_shard_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Bounds the busy client's loop, so the test stops by itself.
+    const MAX_BUSY_REQUESTS: usize = 200_000;
+
+    let srv = Arc::new(TestServer::start_with(|c| {
+        c.server.idle_timeout = Duration::from_millis(300)
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let srv = Arc::clone(&srv);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut c = srv.client();
+            let mut served = 0usize;
+            while !stop.load(Ordering::Relaxed) && served < MAX_BUSY_REQUESTS {
+                let r = c.request(&get("/plaintext", &[]));
+                assert_eq!(r.status, 200, "{}", r.summary());
+                served += 1;
+            }
+            served
+        })
+    };
+    let mut idle = srv.client();
+    assert_eq!(idle.request(&get("/healthz", &[])).status, 200);
+    // A new connection is accepted and served meanwhile.
+    let mut fresh = srv.client();
+    assert_eq!(fresh.request(&get("/healthz", &[])).status, 200);
+    // The idle one is closed by its timeout (silently or after a 408).
+    let closed = idle.read_to_eof();
+    stop.store(true, Ordering::Relaxed);
+    let served = busy.join().expect("busy client");
+    match closed {
+        Ok(rest) => assert!(
+            rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+            "the idle connection got something other than a close or 408: {}",
+            shardline_tests::client::show(&rest)
+        ),
+        Err(e) => panic!(
+            "the idle connection was not timed out while another was busy \
+             ({served} requests served meanwhile): {e}"
+        ),
+    }
+    assert!(served > 0, "the busy connection was never served");
+}
+
 #[test]
 fn endless_request_target_is_refused_before_the_head_completes() {
     // A request line far beyond the target limit with no end in sight is
