@@ -75,7 +75,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub read_yields: Option<u32>,
     /// How connections wait for readable sockets: "epoll" (one epoll
-    /// instance per shard, default) or "io_uring" (glommio's poll per wait).
+    /// instance per shard, default), "epoll-wait" (epoll, and a brief wait
+    /// in it before the shard sleeps) or "io_uring" (glommio's poll per wait).
     #[arg(long, global = true, value_name = "MODE")]
     pub readiness: Option<String>,
     /// HTTPS listener, IP:PORT ([server.tls] listen); with --tls-cert and

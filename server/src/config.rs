@@ -634,11 +634,12 @@ fn validate_server(f: &FileServer, o: &ServerOverrides) -> Result<ServerConfig, 
     if let Some(v) = o.readiness.as_ref().or(f.readiness.as_ref()) {
         s.readiness = match v.as_str() {
             "epoll" => shardline_shard::ReadinessMode::Epoll,
+            "epoll-wait" => shardline_shard::ReadinessMode::EpollWait,
             "io_uring" => shardline_shard::ReadinessMode::IoUring,
             _ => {
                 return err(
                     "server.readiness",
-                    format!("{v:?} is not one of \"epoll\", \"io_uring\""),
+                    format!("{v:?} is not one of \"epoll\", \"epoll-wait\", \"io_uring\""),
                 )
             }
         };

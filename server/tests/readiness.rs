@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{get, run_expecting_exit, start, temp_file, Conn, Proc};
 
-const MODES: [&str; 2] = ["epoll", "io_uring"];
+const MODES: [&str; 3] = ["epoll", "epoll-wait", "io_uring"];
 
 /// The binary on a loopback port with no admin listener, `shards` shards
 /// and `extra` flags.
@@ -51,7 +51,7 @@ fn split_request(c: &mut Conn) {
 }
 
 #[test]
-fn both_modes_serve_split_pipelined_and_idle_then_woken_requests() {
+fn each_mode_serves_split_pipelined_and_idle_then_woken_requests() {
     for mode in MODES {
         let (p, ready) = start_loopback("2", &["--readiness", mode]);
         let mut c = Conn::open(ready.listen);
@@ -96,7 +96,7 @@ fn both_modes_serve_split_pipelined_and_idle_then_woken_requests() {
 }
 
 #[test]
-fn both_modes_proxy_through_upstream_connections() {
+fn each_mode_proxies_through_upstream_connections() {
     // The upstream is another shardline serving the default routes.
     let (up, up_ready) = start_loopback("1", &[]);
     for mode in MODES {
@@ -167,6 +167,10 @@ fn check_shows_the_readiness_mode_and_it_loads_again() {
     for (flags, shown) in [
         (vec![], "readiness = \"epoll\""),
         (vec!["--readiness", "io_uring"], "readiness = \"io_uring\""),
+        (
+            vec!["--readiness", "epoll-wait"],
+            "readiness = \"epoll-wait\"",
+        ),
     ] {
         let mut args = vec!["check"];
         args.extend_from_slice(&flags);

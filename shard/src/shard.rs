@@ -227,16 +227,18 @@ pub(crate) async fn run(
     // An epoll instance that cannot be made (out of descriptors at start)
     // leaves the shard on glommio's own waits, which need none.
     let readiness = match limits.readiness {
-        ReadinessMode::Epoll => match Readiness::new() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!(
+        mode @ (ReadinessMode::Epoll | ReadinessMode::EpollWait) => {
+            match Readiness::new(mode == ReadinessMode::EpollWait) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!(
                     "shardline: shard {}: epoll unavailable ({e}); sockets wait on io_uring polls",
                     info.id
                 );
-                None
+                    None
+                }
             }
-        },
+        }
         ReadinessMode::IoUring => None,
     };
     let readiness_task = readiness

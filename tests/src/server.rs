@@ -38,6 +38,7 @@ pub fn test_config(mut cfg: shardline::Config) -> shardline::Config {
     match std::env::var("SHARDLINE_TEST_READINESS").as_deref() {
         Ok("io_uring") => cfg.server.readiness = shardline::ReadinessMode::IoUring,
         Ok("epoll") => cfg.server.readiness = shardline::ReadinessMode::Epoll,
+        Ok("epoll-wait") => cfg.server.readiness = shardline::ReadinessMode::EpollWait,
         Ok(other) => panic!("SHARDLINE_TEST_READINESS={other:?}: use epoll or io_uring"),
         Err(_) => {}
     }
