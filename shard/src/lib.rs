@@ -18,6 +18,7 @@
 //! - [`buffers`]: per-shard read/write buffer pools (idle connections hold none).
 //! - [`cpus`]: CPU lists and the process affinity mask.
 //! - `event`: a shard-local one-shot event (drain).
+//! - [`hash`]: the fixed byte-string hash for shard-local tables and owner shards.
 //! - [`look`]: yield-and-look socket reads (`read_yields`).
 //! - [`mesh`]: shard-to-shard messages (owner shards of global state).
 //! - [`readiness`]: socket readiness from one epoll instance per shard.
@@ -31,6 +32,7 @@ pub mod buffers;
 mod conn;
 pub mod cpus;
 mod event;
+pub mod hash;
 pub mod look;
 pub mod mesh;
 pub mod readiness;

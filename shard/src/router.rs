@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::hash::BuildBytesHasher;
 
 /// Most `{param}` captures one template may hold. Templates with more are
 /// rejected at build time, so the per-request capture array can live on the
@@ -143,8 +144,9 @@ pub struct Router<T> {
     /// specific match a path can have (a literal beats a parameter at
     /// every segment), so when one allows the method it is the answer the
     /// walk would give; when none does, the walk runs over the rest of the
-    /// table, which no longer holds these entries.
-    exact: HashMap<Box<str>, Vec<Entry<T>>, BuildHasherDefault<PathHasher>>,
+    /// table, which no longer holds these entries. Keys come from the
+    /// config, so the fixed hash ([`crate::hash`]) is safe here.
+    exact: HashMap<Box<str>, Vec<Entry<T>>, BuildBytesHasher>,
 }
 
 impl<T> Default for Router<T> {
@@ -153,41 +155,6 @@ impl<T> Default for Router<T> {
             root: Node::default(),
             exact: HashMap::default(),
         }
-    }
-}
-
-/// A multiply-rotate hash over 8-byte words for [`Router::exact`]. Not
-/// resistant to chosen collisions, and it need not be: the table's keys
-/// come from the config, and a request path only probes it, so no client
-/// can lengthen a chain.
-#[derive(Default)]
-struct PathHasher(u64);
-
-impl Hasher for PathHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w) ^ rest.len() as u64).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

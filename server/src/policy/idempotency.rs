@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use shardline_shard::mesh::{Mesh, Message};
 
-use super::hash::{hash64, BuildBytesHasher};
+use shardline_shard::hash::{hash64, BuildBytesHasher};
 
 /// An in-flight mark older than this is abandoned (its shard stopped
 /// mid-request): longer than any sane route timeout.

@@ -37,7 +37,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use shardline_shard::mesh::{Mesh, Message};
 
 use super::config::QuotaPeriod;
-use super::hash::{hash64, BuildBytesHasher};
+use shardline_shard::hash::{hash64, BuildBytesHasher};
 
 /// A lease covers this much of the rate: short enough that tokens stranded
 /// on a shard that stops seeing traffic are a small fraction of the rate,

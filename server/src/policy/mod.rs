@@ -57,7 +57,6 @@
 pub mod auth;
 pub mod config;
 pub mod cors;
-pub(crate) mod hash;
 pub(crate) mod idempotency;
 pub(crate) mod limiter;
 pub mod quota;

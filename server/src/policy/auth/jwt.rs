@@ -24,7 +24,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::ConfigError;
-use crate::policy::hash::BuildBytesHasher;
+use shardline_shard::hash::BuildBytesHasher;
 
 use super::Identity;
 

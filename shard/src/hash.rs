@@ -1,10 +1,12 @@
-//! A fixed, fast, non-cryptographic hash for shard-local tables and for
-//! picking a key's owner shard.
+//! A fixed, fast, non-cryptographic hash for shard-local tables (the
+//! router's literal paths, the gateway's policy tables) and for picking a
+//! key's owner shard.
 //!
 //! Fixed (no per-process seed) because every shard must pick the same owner
 //! for a key. Not DoS-hardened: the tables it indexes are bounded and are
-//! filled only after a check an attacker cannot forge (a verified token), or
-//! compare the full key on every hit.
+//! filled only from the config or after a check an attacker cannot forge (a
+//! verified token), or compare the full key on every hit, so no client can
+//! lengthen a chain.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -12,7 +14,7 @@ const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 /// FxHash over 8-byte words, with a final avalanche so the low bits (used
 /// for `% shards`) depend on every input byte.
-pub(crate) fn hash64(bytes: &[u8]) -> u64 {
+pub fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = bytes.len() as u64;
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
@@ -36,7 +38,7 @@ pub(crate) fn hash64(bytes: &[u8]) -> u64 {
 
 /// Hasher for tables keyed by byte strings: [`hash64`] of what is written.
 #[derive(Default)]
-pub(crate) struct BytesHasher(u64);
+pub struct BytesHasher(u64);
 
 impl Hasher for BytesHasher {
     fn finish(&self) -> u64 {
@@ -47,7 +49,7 @@ impl Hasher for BytesHasher {
     }
 }
 
-pub(crate) type BuildBytesHasher = BuildHasherDefault<BytesHasher>;
+pub type BuildBytesHasher = BuildHasherDefault<BytesHasher>;
 
 #[cfg(test)]
 mod tests {
