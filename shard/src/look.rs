@@ -28,7 +28,7 @@ pub async fn recv_after_yields(
             futures_lite::future::yield_now().await;
         }
         let res = match watch {
-            Some(w) => w.try_recv(fd, buf),
+            Some(w) => w.try_recv(buf),
             None => crate::sys::try_recv(fd, buf),
         };
         match res {

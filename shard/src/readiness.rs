@@ -86,10 +86,11 @@ pub fn watch_local(fd: RawFd) -> Option<Watch> {
 /// 0 `io_uring_enter`, 11.5-12.6 µs (README "Socket readiness").
 ///
 /// While it sleeps there, glommio's ring is not looked at, so the wait is
-/// short and made at most once between two of glommio's polls of its ring
-/// (timers, accepts, upstream connects wait at most this long extra), and
-/// never while a task waits on the ring to write (`RingWrite`); a task
-/// woken by another task in the shard may wait this long too.
+/// short and made at most `LOOKS_PER_RING_POLL` times between two of
+/// glommio's polls of its ring (timers, accepts, upstream connects wait at
+/// most that many waits extra), and never while a task waits on the ring to
+/// write (`RingWrite`); a task woken by another task in the shard may wait
+/// one wait longer too.
 const BRIEF_WAIT: Duration = Duration::from_micros(50);
 
 thread_local! {
@@ -160,10 +161,12 @@ pub struct Readiness {
     stop: LocalEvent,
 }
 
-/// A socket's registration; frees its token when dropped.
+/// A socket's registration; frees its token when dropped. Held beside the
+/// socket it watches, which stays open for the `Watch`'s life.
 pub struct Watch {
     readiness: Rc<Readiness>,
     token: usize,
+    fd: RawFd,
 }
 
 impl Readiness {
@@ -207,6 +210,7 @@ impl Readiness {
         Ok(Watch {
             readiness: Rc::clone(self),
             token,
+            fd,
         })
     }
 
@@ -222,35 +226,27 @@ impl Readiness {
         let mut events = vec![EpollEvent { events: 0, u64: 0 }; EVENTS_PER_PASS];
         // Looks since glommio last polled its own ring.
         let mut looks_without_ring = 0u32;
-        // Brief waits since glommio last polled its ring: at most
-        // `LOOKS_PER_RING_POLL`, so its timers, accepts and connects wait
-        // at most that many `BRIEF_WAIT`s; one that finds nothing ends
-        // them (the shard is going idle).
-        let mut brief_waits = 0u32;
-        let mut brief_waits_unsupported = false;
+        // Off for good where the kernel lacks `epoll_pwait2`. A brief wait
+        // that finds reports is a busy look, so there are at most
+        // `LOOKS_PER_RING_POLL` of them between two of glommio's polls of its
+        // ring (its timers, accepts and connects wait at most that many
+        // `BRIEF_WAIT`s); one that finds nothing sleeps through glommio.
+        let mut brief_wait = self.brief_wait;
         loop {
             if self.stop.is_fired() {
                 return;
             }
             let mut n = self.epoll.take_ready(&mut events);
-            if n == 0
-                && self.brief_wait
-                && !brief_waits_unsupported
-                && brief_waits < LOOKS_PER_RING_POLL
-                && RING_WRITES.with(Cell::get) == 0
-            {
+            if n == 0 && brief_wait && RING_WRITES.with(Cell::get) == 0 {
                 // Nothing now: wait in epoll itself a little before going
                 // through glommio's sleep (see `BRIEF_WAIT`).
-                brief_waits += 1;
                 match self.epoll.wait_briefly(&mut events, BRIEF_WAIT) {
-                    Some(0) => brief_waits = LOOKS_PER_RING_POLL,
                     Some(got) => n = got,
-                    None => brief_waits_unsupported = true,
+                    None => brief_wait = false,
                 }
             }
             if n == 0 {
                 looks_without_ring = 0;
-                brief_waits = 0;
                 let readable =
                     futures_lite::future::or(async { Some(self.epoll.readable().await) }, async {
                         self.stop.wait().await;
@@ -287,7 +283,6 @@ impl Readiness {
                 futures_lite::future::yield_now().await;
             } else {
                 looks_without_ring = 0;
-                brief_waits = 0;
                 glommio::timer::sleep(Duration::from_nanos(1)).await;
             }
         }
@@ -295,7 +290,7 @@ impl Readiness {
 }
 
 impl Watch {
-    /// A non-blocking read of `fd`, skipped (`WouldBlock` without a
+    /// A non-blocking read of the socket, skipped (`WouldBlock` without a
     /// syscall) while the socket is known to be drained.
     ///
     /// A `recv` that returns fewer bytes than asked for drained the socket,
@@ -306,11 +301,11 @@ impl Watch {
     /// for bytes that were already read costs one `recv` that finds
     /// `EAGAIN`, never a lost wake-up. Once a report has said the peer
     /// closed, every read asks the kernel (see `Slot::closed`).
-    pub fn try_recv(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.is_ready() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let res = crate::sys::try_recv(fd, buf);
+        let res = crate::sys::try_recv(self.fd, buf);
         let drained = match &res {
             Ok(n) => *n > 0 && *n < buf.len(),
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
@@ -333,13 +328,8 @@ impl Watch {
 
     /// [`Watch::try_recv`], `Pending` (with the waker stored) until the
     /// socket has something.
-    pub fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        fd: RawFd,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.try_recv(fd, buf) {
+    pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.try_recv(buf) {
             Ok(n) => Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Edge-triggered: any byte that arrives after the recv that

@@ -16,7 +16,6 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::ops::DerefMut;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,7 +154,7 @@ struct ReadAdapter<'a, 'b> {
 impl Read for ReadAdapter<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let polled = match self.watch {
-            Some(w) => w.poll_recv(self.cx, self.tcp.as_raw_fd(), buf),
+            Some(w) => w.poll_recv(self.cx, buf),
             None => Pin::new(&mut *self.tcp).poll_read(self.cx, buf),
         };
         match polled {

@@ -54,9 +54,7 @@ impl Transport {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Transport::Plain(s, Some(w)) => {
-                w.poll_recv(cx, std::os::fd::AsRawFd::as_raw_fd(s), buf)
-            }
+            Transport::Plain(_, Some(w)) => w.poll_recv(cx, buf),
             Transport::Plain(s, None) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(t) => t.poll_read_plain(cx, buf),
         }

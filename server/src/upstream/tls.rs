@@ -186,7 +186,7 @@ impl AsyncRead for UpstreamStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpstreamStream::Plain(s, Some(w)) => w.poll_recv(cx, s.as_raw_fd(), buf),
+            UpstreamStream::Plain(_, Some(w)) => w.poll_recv(cx, buf),
             UpstreamStream::Plain(s, None) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
         }
