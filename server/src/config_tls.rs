@@ -160,8 +160,12 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
                 let mut out = Vec::with_capacity(n.len());
                 for name in n {
                     let lower = name.trim().to_ascii_lowercase();
+                    // A fully qualified name's final dot names the same
+                    // host; clients send SNI without it (RFC 6066 §3).
+                    let lower = lower.strip_suffix('.').unwrap_or(&lower).to_string();
                     let bare = lower.strip_prefix("*.").unwrap_or(&lower);
                     if bare.is_empty()
+                        || bare.split('.').any(str::is_empty)
                         || !bare
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')

@@ -186,11 +186,12 @@ fn build(
         exact: HashMap::new(),
         wildcard: HashMap::new(),
         default: Arc::clone(&default),
+        claimed: HashMap::new(),
     };
     // The default certificate also answers for its own names, so an SNI
     // entry can never shadow it by accident with a wildcard.
     for name in certificate_dns_names(default.cert[0].as_ref()) {
-        resolver.add(&name, &default);
+        resolver.add(&name, &default, "server.tls.cert")?;
     }
     for (i, s) in cfg.sni.iter().enumerate() {
         let key = format!("server.tls.sni[{i}]");
@@ -206,7 +207,7 @@ fn build(
             ));
         }
         for name in names {
-            resolver.add(&name, &ck);
+            resolver.add(&name, &ck, &key)?;
         }
     }
     let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
@@ -243,6 +244,11 @@ fn build(
     // ChaCha20-Poly1305 per version), so a client's odd preference cannot
     // pick a weaker suite than the server would.
     config.ignore_client_order = true;
+    // RFC 7627 §5.3: no TLS 1.2 session without the extended master
+    // secret (the triple-handshake attack, worst with client
+    // certificates). Every TLS 1.2 client of the last decade sends it;
+    // TLS 1.3 is not affected.
+    config.require_ems = true;
     Ok(Arc::new(config))
 }
 
@@ -285,21 +291,57 @@ fn load_certified_key(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = read_certs(&format!("{key}.cert"), &paths.cert)?;
+    let key_path = paths.key.display();
+    if let Ok(text) = std::fs::read(&paths.key) {
+        // The PEM parser skips sections it does not know, so an encrypted
+        // key would read as "no key found" or as bad base64.
+        if find(&text, b"ENCRYPTED PRIVATE KEY").is_some()
+            || find(&text, b"Proc-Type: 4,ENCRYPTED").is_some()
+        {
+            return Err(format!(
+                "{key}.key: {key_path} is encrypted; shardline reads no passphrases: store the \
+                 key decrypted (openssl pkey -in IN -out OUT), readable only by the server"
+            ));
+        }
+    }
     let private = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
         format!(
-            "{key}.key: cannot read a private key from {}: {}",
-            paths.key.display(),
+            "{key}.key: cannot read a private key from {key_path}: {}",
             pem_error(&e)
         )
     })?;
-    let ck = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
-        format!(
-            "{key}.key: {} does not fit {}: {e}",
-            paths.key.display(),
-            paths.cert.display()
-        )
-    })?;
+    let signer = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| {
+            format!(
+                "{key}.key: {key_path}: unsupported private key ({e}); use RSA of 2048 bits or \
+             more, ECDSA P-256 or P-384, or Ed25519"
+            )
+        })?;
+    let ck = CertifiedKey::new(chain, signer);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(format!(
+                "{key}.key: {key_path} is not the key of the first certificate in {} (the \
+                 file must start with the server's own certificate, then its intermediates)",
+                paths.cert.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "{key}.cert: {}: the first certificate cannot be used: {e}",
+                paths.cert.display()
+            ))
+        }
+    }
     Ok(Arc::new(ck))
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Picks a certificate by the client's SNI host name.
@@ -309,15 +351,35 @@ struct SniResolver {
     /// `*.example.com` stored as `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// Which config key claimed each name (exact, and `*.` for wildcards),
+    /// for the error when a second one does.
+    claimed: HashMap<String, String>,
 }
 
 impl SniResolver {
-    fn add(&mut self, name: &str, ck: &Arc<CertifiedKey>) {
+    /// Serves `name` with `ck`; `owner` is the config key it comes from.
+    /// A name two entries claim is an error rather than "the last one
+    /// wins": which certificate a client gets must not depend on the order
+    /// of the list.
+    fn add(&mut self, name: &str, ck: &Arc<CertifiedKey>, owner: &str) -> Result<(), String> {
         let name = name.to_ascii_lowercase();
+        let name = name.strip_suffix('.').unwrap_or(&name).to_string();
+        if let Some(first) = self.claimed.get(&name) {
+            if first == owner {
+                // A certificate listing one name twice.
+                return Ok(());
+            }
+            return Err(format!(
+                "{owner}: host name {name:?} is already served by {first}; each name may pick \
+                 only one certificate (give {owner}.names to leave it out)"
+            ));
+        }
+        self.claimed.insert(name.clone(), owner.to_string());
         match name.strip_prefix("*.") {
             Some(parent) => self.wildcard.insert(parent.to_string(), Arc::clone(ck)),
             None => self.exact.insert(name, Arc::clone(ck)),
         };
+        Ok(())
     }
 }
 

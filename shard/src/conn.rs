@@ -176,10 +176,16 @@ impl Conn {
                 _ => self.shard.limits.idle_timeout,
             };
             if self.shard.draining() && !pending && !self.drain_exempt {
+                self.end_tls().await;
                 return Ok(());
             }
             match self.fill(timeout).await {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    // The client closed (for TLS: its close_notify, or a
+                    // bare FIN, which the TLS layer also reports as 0).
+                    self.end_tls().await;
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if pending {
@@ -203,6 +209,7 @@ impl Conn {
                         self.linger().await;
                     } else {
                         self.shard.count_timeout(TimeoutKind::Idle);
+                        self.end_tls().await;
                     }
                     return Ok(());
                 }
@@ -469,6 +476,16 @@ impl Conn {
     /// receive queue before it is read. So: shut down our sending side
     /// (the client sees EOF after the response), then read and discard what
     /// the client still sends, bounded in bytes and time.
+    /// Ends a TLS connection that closes between requests with our
+    /// `close_notify` (RFC 8446 §6.1, RFC 5246 §7.2.1: a closure alert is
+    /// answered with one), so the client can tell the close from a
+    /// truncation. Nothing to do for plain TCP, where the close is the FIN.
+    async fn end_tls(&mut self) {
+        if self.stream.tls().is_some() {
+            let _ = self.stream.shutdown_write().await;
+        }
+    }
+
     async fn linger(&mut self) {
         let _ = self.stream.shutdown_write().await;
         let mut discarded = 0usize;
