@@ -569,9 +569,11 @@ impl GatewayApp {
                 return None;
             }
         }
-        let mut h = io.take_buffer();
-        pol::upstream_head(head, &passed, &mut h);
-        Some((req.with_head(h), passed.consumer.take()))
+        let h = io.take_buffer();
+        Some((
+            pol::upstream_request(req, &passed, h),
+            passed.consumer.take(),
+        ))
     }
 
     /// Runs a route's action on the streaming path.

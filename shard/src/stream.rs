@@ -18,8 +18,7 @@ use shardline_protocol::chunked::ChunkedDecoder;
 use shardline_protocol::date::DateCache;
 use shardline_protocol::error::Error as ProtoError;
 use shardline_protocol::framing::BodyFraming;
-use shardline_protocol::limits::{Limits, MAX_HEADERS_CAP};
-use shardline_protocol::request::{self, Parsed, RequestHead, Version};
+use shardline_protocol::request::{RequestHead, Version};
 use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::{ConnContext, Exchange, ShardInfo};
@@ -150,30 +149,77 @@ impl StreamRequest {
         }
     }
 
-    /// The same request with another head (a policy added or replaced
-    /// header fields, e.g. the request id sent upstream). The head must be a
-    /// complete, valid request head; it is parsed with limits that grow
-    /// with it, so the fields the policy added never make it unparseable.
-    /// (Should it fail anyway, the request keeps its original head.)
-    pub fn with_head(&self, head: Vec<u8>) -> StreamRequest {
-        let limits = Limits {
-            max_header_bytes: head.len().max(Limits::default().max_header_bytes),
-            max_headers: MAX_HEADERS_CAP,
-            max_uri_bytes: head.len().max(Limits::default().max_uri_bytes),
-            max_body_bytes: u64::MAX,
-            ..Limits::default()
+    /// The same request with some header fields dropped and others added
+    /// at the end (a policy's request id and `traceparent` for the
+    /// upstream), rebuilt from the fields already parsed: the new head is
+    /// never parsed again. `copy` receives the new head's bytes. Names and
+    /// values come from a policy, which only adds tokens and visible ASCII.
+    pub fn with_fields(
+        &self,
+        drop: impl Fn(&str) -> bool,
+        add: &[(&str, &[u8])],
+        mut copy: Vec<u8>,
+    ) -> StreamRequest {
+        copy.clear();
+        let mut text = self.text.clone();
+        let mut fields = Vec::with_capacity(self.fields.len() + add.len());
+        copy.extend_from_slice(self.str_at(&self.method).as_bytes());
+        copy.push(b' ');
+        copy.extend_from_slice(self.str_at(&self.target).as_bytes());
+        copy.extend_from_slice(match self.version {
+            Version::Http10 => b" HTTP/1.0\r\n",
+            _ => b" HTTP/1.1\r\n",
+        });
+        let mut push = |copy: &mut Vec<u8>, name: Range<usize>, value: &[u8]| {
+            copy.extend_from_slice(self.text.get(name.clone()).unwrap_or("").as_bytes());
+            copy.extend_from_slice(b": ");
+            let start = copy.len();
+            copy.extend_from_slice(value);
+            fields.push((name, start..copy.len()));
+            copy.extend_from_slice(b"\r\n");
         };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-        match request::parse(&head, &mut headers, &limits) {
-            Ok(Parsed::Complete(h)) => StreamRequest::new(
-                &h,
-                &head,
-                Vec::with_capacity(head.len()),
-                self.peer,
-                self.shard,
-                self.received,
-            ),
-            _ => self.clone(),
+        for (n, v) in &self.fields {
+            if !drop(self.str_at(n)) {
+                push(
+                    &mut copy,
+                    n.clone(),
+                    self.bytes.get(v.clone()).unwrap_or(&[]),
+                );
+            }
+        }
+        let first_added = text.len();
+        for (name, _) in add {
+            text.push_str(name);
+        }
+        let mut at = first_added;
+        for (name, value) in add {
+            // `push` reads names from `self.text`; added ones are only in
+            // `text`, so they are written here.
+            copy.extend_from_slice(name.as_bytes());
+            copy.extend_from_slice(b": ");
+            let start = copy.len();
+            copy.extend_from_slice(value);
+            fields.push((at..at + name.len(), start..copy.len()));
+            copy.extend_from_slice(b"\r\n");
+            at += name.len();
+        }
+        copy.extend_from_slice(b"\r\n");
+        StreamRequest {
+            text,
+            method: self.method.clone(),
+            target: self.target.clone(),
+            path: self.path.clone(),
+            query: self.query.clone(),
+            version: self.version,
+            head_len: copy.len(),
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            expect_continue: self.expect_continue,
+            fields,
+            bytes: copy,
+            peer: self.peer,
+            shard: self.shard,
+            received: self.received,
         }
     }
 
@@ -186,10 +232,6 @@ impl StreamRequest {
         self.bytes
     }
 }
-
-/// Header fields a policy may add to a streamed request's head
-/// ([`StreamRequest::with_head`]): request id and traceparent.
-pub const POLICY_ADDED_HEADERS_MAX: usize = 4;
 
 /// Why reading a streamed request body failed.
 #[derive(Debug)]
@@ -760,5 +802,58 @@ mod tests {
         assert_eq!(super::status_of(b"HTTP/1.0 200 OK"), 200);
         assert_eq!(super::status_of(b"HTTP/1.1 2"), 0);
         assert_eq!(super::status_of(b"garbage in the pipe"), 0);
+    }
+
+    #[test]
+    fn with_fields_matches_a_parse_of_the_rewritten_head() {
+        use shardline_protocol::limits::Limits;
+        use shardline_protocol::request::{parse, Parsed};
+        let raw: &[u8] = b"POST /a/b?x=1 HTTP/1.1\r\nHost: h\r\nX-Request-Id: old\r\n\
+            Content-Length: 3\r\nAccept:  text/plain\r\n\r\nabc";
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let Ok(Parsed::Complete(head)) = parse(raw, &mut headers, &Limits::default()) else {
+            panic!("test head parses");
+        };
+        let shard = crate::app::ShardInfo {
+            id: 0,
+            cpu: 0,
+            count: 1,
+        };
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let req = super::StreamRequest::new(
+            &head,
+            raw,
+            Vec::new(),
+            peer,
+            shard,
+            std::time::Instant::now(),
+        );
+        let out = req.with_fields(
+            |n| n.eq_ignore_ascii_case("x-request-id"),
+            &[("X-Request-Id", b"new-id"), ("traceparent", b"00-1-2-01")],
+            Vec::new(),
+        );
+        let expected: &[u8] = b"POST /a/b?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\
+            Accept: text/plain\r\nX-Request-Id: new-id\r\ntraceparent: 00-1-2-01\r\n\r\n";
+        assert_eq!(out.head_bytes(), expected);
+        let mut again = [httparse::EMPTY_HEADER; 16];
+        let Ok(Parsed::Complete(reparsed)) = parse(expected, &mut again, &Limits::default()) else {
+            panic!("rewritten head parses");
+        };
+        let mut storage = Vec::new();
+        let rebuilt = out.head(&mut storage);
+        assert_eq!(rebuilt.method, reparsed.method);
+        assert_eq!(rebuilt.target, reparsed.target);
+        assert_eq!(rebuilt.path, reparsed.path);
+        assert_eq!(rebuilt.query, reparsed.query);
+        assert_eq!(rebuilt.head_len, reparsed.head_len);
+        assert_eq!(rebuilt.framing, reparsed.framing);
+        assert_eq!(rebuilt.keep_alive, reparsed.keep_alive);
+        let pairs = |h: &[httparse::Header<'_>]| -> Vec<(String, Vec<u8>)> {
+            h.iter()
+                .map(|f| (f.name.to_string(), f.value.to_vec()))
+                .collect()
+        };
+        assert_eq!(pairs(rebuilt.headers), pairs(reparsed.headers));
     }
 }

@@ -70,7 +70,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use shardline_protocol::request::RequestHead;
-use shardline_shard::{Params, ShardInfo};
+use shardline_shard::{Params, ShardInfo, StreamRequest};
 
 use crate::config::{Action, Config};
 
@@ -705,37 +705,30 @@ fn violations_body(r: &Rejected, list: &[validate::Violation], location: &str) -
     doc.to_string().into_bytes()
 }
 
-/// Rewrites a request head for the upstream: `X-Request-Id` and
-/// `traceparent` replaced by this hop's values; every other line as it
-/// came.
-pub(crate) fn upstream_head(head: &RequestHead<'_, '_>, passed: &Passed, out: &mut Vec<u8>) {
-    out.extend_from_slice(head.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(match head.version {
-        shardline_protocol::request::Version::Http10 => b" HTTP/1.0\r\n",
-        _ => b" HTTP/1.1\r\n",
-    });
-    for h in head.headers {
-        if (passed.request_id.is_some() && h.name.eq_ignore_ascii_case("x-request-id"))
-            || (passed.traceparent.is_some() && h.name.eq_ignore_ascii_case("traceparent"))
-        {
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
+/// The request as the upstream gets it: `X-Request-Id` and `traceparent`
+/// replaced by this hop's values; every other field as it came. `copy`
+/// receives the new head's bytes.
+pub(crate) fn upstream_request(
+    req: &StreamRequest,
+    passed: &Passed,
+    copy: Vec<u8>,
+) -> StreamRequest {
+    let mut add: [(&str, &[u8]); 2] = [("", &[]), ("", &[])];
+    let mut n = 0;
     if let Some(id) = &passed.request_id {
-        out.extend_from_slice(b"X-Request-Id: ");
-        out.extend_from_slice(id);
-        out.extend_from_slice(b"\r\n");
+        add[n] = ("X-Request-Id", id);
+        n += 1;
     }
     if let Some(tp) = &passed.traceparent {
-        out.extend_from_slice(b"traceparent: ");
-        out.extend_from_slice(tp);
-        out.extend_from_slice(b"\r\n");
+        add[n] = ("traceparent", tp);
+        n += 1;
     }
-    out.extend_from_slice(b"\r\n");
+    req.with_fields(
+        |name| {
+            (passed.request_id.is_some() && name.eq_ignore_ascii_case("x-request-id"))
+                || (passed.traceparent.is_some() && name.eq_ignore_ascii_case("traceparent"))
+        },
+        &add[..n],
+        copy,
+    )
 }
