@@ -143,7 +143,7 @@ pub struct ShardState {
     pub date: RefCell<DateCache>,
     pub counters: Rc<ShardCounters>,
     /// Read deadlines of this shard's connections.
-    pub(crate) timeouts: Timeouts,
+    pub(crate) timeouts: Rc<Timeouts>,
     /// The shard's epoll instance (`readiness = "epoll"`).
     pub(crate) readiness: Option<Rc<Readiness>>,
     busy: Cell<usize>,
@@ -162,7 +162,7 @@ impl ShardState {
             max_read_buffer_bytes,
             date: RefCell::new(DateCache::new(unix_now())),
             counters: local_counters(),
-            timeouts: Timeouts::default(),
+            timeouts: Rc::new(Timeouts::default()),
             readiness,
             busy: Cell::new(0),
             drain: LocalEvent::new(),
@@ -246,6 +246,7 @@ pub(crate) async fn run(
         .map(|r| glommio::spawn_local(Rc::clone(r).run()));
     crate::readiness::install_local(readiness.clone());
     let state = Rc::new(ShardState::new(info, limits, readiness));
+    crate::timeouts::install_local(Some(Rc::clone(&state.timeouts)));
 
     // The timer tasks below are detached and abandoned (not dropped) when
     // the executor ends, so they hold the state weakly: a strong reference
@@ -328,6 +329,7 @@ pub(crate) async fn run(
     // The readiness loop ends here rather than being abandoned with the
     // executor, which would keep its epoll descriptors open.
     crate::readiness::install_local(None);
+    crate::timeouts::install_local(None);
     if let Some(r) = &state.readiness {
         r.stop();
     }

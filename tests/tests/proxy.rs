@@ -845,6 +845,43 @@ fn malformed_upstream_responses_are_502() {
     }
 }
 
+/// A response head with more fields than the first parse's slots is
+/// parsed again with all of them (and forwarded whole); past the limit
+/// (100 fields) it is a 502.
+#[test]
+fn response_heads_with_many_fields_are_forwarded_up_to_the_limit() {
+    let head = |fields: usize| -> Vec<u8> {
+        let mut b = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        for i in 1..fields {
+            b.extend_from_slice(format!("X-Field-{i}: value-{i}\r\n").as_bytes());
+        }
+        b.extend_from_slice(b"\r\nok");
+        b
+    };
+    let good = Upstream::start(Behaviour::ok("good"));
+    let many = Upstream::start(Behaviour::raw(&head(60)));
+    let srv = TestServer::start_toml(&bad_and_good(&many.target(), &good.target(), "", ""));
+    let mut c = srv.client();
+    let r = c.request(&get("/bad/x", &[]));
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"ok");
+    for i in 1..60 {
+        assert_eq!(
+            r.header(&format!("x-field-{i}")).as_deref(),
+            Some(format!("value-{i}").as_str()),
+            "field {i} of 60 is forwarded"
+        );
+    }
+    drop(srv);
+    let too_many = Upstream::start(Behaviour::raw(&head(101)));
+    let srv = TestServer::start_toml(&bad_and_good(&too_many.target(), &good.target(), "", ""));
+    let mut c = srv.client();
+    let r = c.request(&get("/bad/x", &[]));
+    assert_eq!(r.status, 502, "{}", r.summary());
+    assert_problem_type(&r, 502, "bad-gateway");
+    assert_still_usable(&mut c, "after a head with too many fields");
+}
+
 #[test]
 fn refused_connection_is_502() {
     let good = Upstream::start(Behaviour::ok("good"));

@@ -83,17 +83,14 @@ impl Failure {
     }
 }
 
-/// Runs `fut` until `deadline`; `None` if the deadline passed first.
-pub(crate) async fn with_deadline<T>(deadline: Instant, fut: impl Future<Output = T>) -> Option<T> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return None;
-    }
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        glommio::timer::sleep(left).await;
-        None
-    })
-    .await
+/// Runs `fut` until `deadline`; `None` if the deadline passed first (a
+/// deadline a second or more away is checked by the shard's sweep, up to
+/// one tick late: `shardline_shard::timeouts::within`).
+pub(crate) fn with_deadline<T>(
+    deadline: Instant,
+    fut: impl Future<Output = T>,
+) -> impl Future<Output = Option<T>> {
+    shardline_shard::timeouts::within(deadline, fut)
 }
 
 /// Connects to `target` (and, for an `https://` target, completes the TLS
@@ -263,6 +260,61 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Upstream response heads seldom carry more than a dozen fields; one
+/// with more than this is parsed again with all [`MAX_RESPONSE_HEADERS`]
+/// slots (zeroing the large array for every response cost ~750
+/// instructions per proxied request in callgrind).
+const FIRST_RESPONSE_HEADER_SLOTS: usize = 24;
+
+/// Parses the response head pending in `data[start..end]`; `None` while it
+/// is incomplete. Field ranges index `data`.
+fn parse_head(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    request_was_head: bool,
+) -> Result<Option<Head>, Failure> {
+    let pending = &data[start..end];
+    let mut few = [httparse::EMPTY_HEADER; FIRST_RESPONSE_HEADER_SLOTS];
+    let mut many;
+    let mut parsed = response_head::parse_response(
+        pending,
+        &mut few,
+        DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+        request_was_head,
+    );
+    if matches!(parsed, Err(ResponseError::TooManyHeaders)) {
+        many = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        parsed = response_head::parse_response(
+            pending,
+            &mut many,
+            DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+            request_was_head,
+        );
+    }
+    match parsed {
+        Ok(ParsedResponse::Complete(h)) => {
+            if h.framing == ResponseFraming::Chunked && other_transfer_coding(h.headers) {
+                return Err(Failure::Malformed(ResponseError::UnsupportedTransferCoding));
+            }
+            let fields = h
+                .headers
+                .iter()
+                .map(|f| (range_in(data, f.name.as_bytes()), range_in(data, f.value)))
+                .collect();
+            Ok(Some(Head {
+                status: h.status,
+                framing: h.framing,
+                keep_alive: h.keep_alive,
+                head_len: h.head_len,
+                fields,
+            }))
+        }
+        Ok(ParsedResponse::Partial) => Ok(None),
+        Err(e) => Err(Failure::Malformed(e)),
+    }
+}
+
 /// Reads the final response head (interim 1xx responses are skipped; a 101
 /// we never asked for is malformed). `buf.start` is moved past the head;
 /// its bytes stay in place until the next fill.
@@ -273,37 +325,7 @@ pub(crate) async fn read_head(
 ) -> Result<Head, Failure> {
     let mut interim = 0;
     loop {
-        let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let pending = &buf.data[buf.start..buf.end];
-            match response_head::parse_response(
-                pending,
-                &mut headers,
-                DEFAULT_MAX_RESPONSE_HEAD_BYTES,
-                request_was_head,
-            ) {
-                Ok(ParsedResponse::Complete(h)) => {
-                    if h.framing == ResponseFraming::Chunked && other_transfer_coding(h.headers) {
-                        return Err(Failure::Malformed(ResponseError::UnsupportedTransferCoding));
-                    }
-                    let base = &buf.data[..];
-                    let fields = h
-                        .headers
-                        .iter()
-                        .map(|f| (range_in(base, f.name.as_bytes()), range_in(base, f.value)))
-                        .collect();
-                    Some(Head {
-                        status: h.status,
-                        framing: h.framing,
-                        keep_alive: h.keep_alive,
-                        head_len: h.head_len,
-                        fields,
-                    })
-                }
-                Ok(ParsedResponse::Partial) => None,
-                Err(e) => return Err(Failure::Malformed(e)),
-            }
-        };
+        let parsed = parse_head(&buf.data, buf.start, buf.end, request_was_head)?;
         match parsed {
             Some(h) if h.status == 101 => {
                 return Err(Failure::Malformed(ResponseError::Malformed(
