@@ -93,7 +93,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
     let _busy = InFlight::new(t);
     let deadline = now + part.timeout;
     let attempt = async {
-        let mut stream = match t.pool.take(Instant::now(), up.cfg.idle_timeout) {
+        let mut stream = match t.pool.take(Instant::now(), up.cfg.idle_timeout, false) {
             Some(s) => s,
             None => {
                 let s = client::connect(t, up.cfg.connect_timeout.min(part.timeout)).await?;

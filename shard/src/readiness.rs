@@ -318,6 +318,20 @@ impl Watch {
         res
     }
 
+    /// Whether the socket is known to be open and to hold nothing: no
+    /// report has come since a read drained it. A report the kernel has
+    /// queued but the shard has not collected yet (it collects once per
+    /// executor pass) is not seen here, so this is a hint: a caller that
+    /// cannot recover from sending on a connection the peer just closed
+    /// still asks the kernel.
+    pub fn known_drained(&self) -> bool {
+        self.readiness
+            .slots
+            .borrow()
+            .get(self.token)
+            .is_some_and(|slot| !slot.ready && !slot.closed)
+    }
+
     fn is_ready(&self) -> bool {
         self.readiness
             .slots

@@ -53,22 +53,36 @@ impl IdlePool {
     /// Closes the connections idle for `idle_timeout` or longer.
     pub(crate) fn expire(&self, now: Instant, idle_timeout: Duration) {
         let mut idle = self.idle.borrow_mut();
-        // Everything older than the newest expired one is expired too.
-        if let Some(pos) = idle
-            .iter()
-            .rposition(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout)
-        {
-            idle.drain(..=pos);
+        // Pushed in time order, so the expired ones are a prefix: a binary
+        // search, not a clock comparison per idle connection on every take.
+        let expired = idle
+            .partition_point(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout);
+        if expired > 0 {
+            idle.drain(..expired);
         }
     }
 
     /// A usable idle connection, if one is pooled and younger than
     /// `idle_timeout`.
-    pub(crate) fn take(&self, now: Instant, idle_timeout: Duration) -> Option<UpstreamStream> {
+    ///
+    /// With `can_resend` (the caller sends the request again on a fresh
+    /// connection if a reused one breaks before answering: replayable and
+    /// idempotent), a connection the shard's epoll instance reports quiet
+    /// is taken without the peek, which is one `recvfrom` per proxied
+    /// request; the peek remains for everything else, and for connections
+    /// with a report since their last response (bytes or a close).
+    pub(crate) fn take(
+        &self,
+        now: Instant,
+        idle_timeout: Duration,
+        can_resend: bool,
+    ) -> Option<UpstreamStream> {
         self.expire(now, idle_timeout);
         let mut idle = self.idle.borrow_mut();
         while let Some((stream, _)) = idle.pop() {
-            if peek_idle(stream.as_raw_fd()) == IdleSocket::Quiet {
+            if (can_resend && stream.known_quiet())
+                || peek_idle(stream.as_raw_fd()) == IdleSocket::Quiet
+            {
                 self.reused.set(self.reused.get() + 1);
                 return Some(stream);
             }

@@ -145,6 +145,13 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether the shard's epoll instance says this connection has been
+    /// quiet (nothing to read, not closed) since its last response was
+    /// read; false when it cannot say (TLS, or no watch).
+    pub(crate) fn known_quiet(&self) -> bool {
+        matches!(self, UpstreamStream::Plain(_, Some(w)) if w.known_drained())
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(s, _) => s,
