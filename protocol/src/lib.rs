@@ -79,6 +79,7 @@ pub use framing::{body_framing, BodyFraming};
 pub use limits::{Limits, MAX_HEADERS_CAP};
 pub use request::{parse, Parsed, RequestHead, Version};
 pub use response::{encode, encode_error, encode_problem, EncodeOptions, Response, CONTINUE_100};
+pub use syntax::is_forwarded_value;
 
 /// Re-exported so callers can build header storage without naming httparse
 /// in their own Cargo.toml: `[EMPTY_HEADER; MAX_HEADERS_CAP]`.

@@ -135,8 +135,102 @@ pub(crate) fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// Whether `v` is a well-formed `Forwarded` field value (RFC 7239 §4):
+/// `1#forwarded-element`, each `[pair] *(";" [pair])`, a pair
+/// `token "=" (token / quoted-string)`. A gateway appending its own element
+/// to a malformed one (an unclosed quote) would hand the upstream an
+/// element it cannot see, so such a value is not forwarded.
+pub fn is_forwarded_value(v: &[u8]) -> bool {
+    let mut i = 0;
+    let skip_ows = |i: &mut usize| {
+        while *i < v.len() && matches!(v[*i], b' ' | b'\t') {
+            *i += 1;
+        }
+    };
+    let mut pairs = 0usize;
+    loop {
+        skip_ows(&mut i);
+        if i < v.len() && is_tchar(v[i]) {
+            // token "=" value
+            while i < v.len() && is_tchar(v[i]) {
+                i += 1;
+            }
+            if v.get(i) != Some(&b'=') {
+                return false;
+            }
+            i += 1;
+            match v.get(i) {
+                Some(b'"') => {
+                    i += 1;
+                    loop {
+                        match v.get(i) {
+                            None => return false,
+                            Some(b'"') => {
+                                i += 1;
+                                break;
+                            }
+                            Some(b'\\') => {
+                                // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+                                match v.get(i + 1) {
+                                    Some(&c) if c == b'\t' || c >= 0x20 && c != 0x7f => i += 2,
+                                    _ => return false,
+                                }
+                            }
+                            Some(&c) if c == b'\t' || c >= 0x20 && c != 0x7f => i += 1,
+                            Some(_) => return false,
+                        }
+                    }
+                }
+                Some(&c) if is_tchar(c) => {
+                    while i < v.len() && is_tchar(v[i]) {
+                        i += 1;
+                    }
+                }
+                _ => return false,
+            }
+            pairs += 1;
+            skip_ows(&mut i);
+        }
+        match v.get(i) {
+            None => return pairs > 0,
+            Some(b';' | b',') => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarded_values() {
+        use super::is_forwarded_value as ok;
+        for good in [
+            "for=192.0.2.60;proto=http;by=203.0.113.43",
+            "for=\"[2001:db8:cafe::17]:4711\"",
+            "For=\"_gazonk\"",
+            "for=192.0.2.43, for=198.51.100.17",
+            "for=a ; proto=https , for=b",
+            "for=\"a\\\"b\"",
+            ", for=a,",
+        ] {
+            assert!(ok(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "for=\"unterminated",
+            "for=\"a\\",
+            "for",
+            "for=",
+            "=x",
+            "for=a b",
+            "for=a;;=b",
+            "",
+            " , ",
+            "for=\"a\"x",
+        ] {
+            assert!(!ok(bad.as_bytes()), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -190,6 +190,8 @@ pub(crate) async fn serve(
     io.put_buffer(out.bytes);
     let answer = match outcome {
         Outcome::Answer(a) if a.head.status >= 500 && stale.is_some() => {
+            // Not read further: its head is its verdict.
+            proxy::settle(&p.up, a.target, a.judged, proxy::TryEnd::Complete);
             gw.put_read(a.buf);
             None
         }
@@ -314,6 +316,7 @@ async fn store_and_forward(
             target,
             deadline,
             partial_request,
+            judged,
         } = answer;
         // Decided before the body is read: the head's fields live in `buf`,
         // which reading the body refills.
@@ -344,7 +347,7 @@ async fn store_and_forward(
         }
         let now = Instant::now();
         if let Some(why) = failed {
-            p.up.record(target, false, now);
+            proxy::settle(&p.up, target, judged, proxy::TryEnd::UpstreamFailed);
             gw.put_read(buf);
             proxy::answer_body_failure(io, &why).await;
             return;
@@ -357,6 +360,7 @@ async fn store_and_forward(
         {
             p.up.targets[target].pool.put(stream, now);
         }
+        proxy::settle(&p.up, target, judged, proxy::TryEnd::Complete);
         gw.put_read(buf);
         let entry = NewEntry {
             decision,

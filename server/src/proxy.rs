@@ -321,6 +321,11 @@ fn write_request_head(
             continue;
         }
         if n.eq_ignore_ascii_case("forwarded") {
+            // A malformed value (an unclosed quote) would swallow the
+            // element appended below: it is dropped, not passed on.
+            if !shardline_protocol::is_forwarded_value(h.value) {
+                continue;
+            }
             let v = forwarded.get_or_insert_with(Vec::new);
             if !v.is_empty() {
                 v.extend_from_slice(b", ");
@@ -419,6 +424,34 @@ pub(crate) struct Answer {
     /// The upstream answered before taking the whole request body: the
     /// connection is left mid-request and must not go back to the pool.
     pub partial_request: bool,
+    /// The try is already recorded for the breaker and the counters (its
+    /// head said 502-504); otherwise it is recorded once its body ends
+    /// ([`settle`]), so a body the upstream breaks is one failed request,
+    /// not a success and then a failure.
+    pub judged: bool,
+}
+
+/// How a try whose head arrived ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TryEnd {
+    /// The response (or as much of it as was wanted) came whole.
+    Complete,
+    /// The upstream broke or stalled the body.
+    UpstreamFailed,
+    /// The client went away mid-response: says nothing of the upstream.
+    ClientGone,
+}
+
+/// Records, once, how a try that got a response head ended.
+pub(crate) fn settle(up: &Upstream, target: usize, judged: bool, end: TryEnd) {
+    if judged {
+        return;
+    }
+    match end {
+        TryEnd::Complete => up.record(target, true, Instant::now()),
+        TryEnd::UpstreamFailed => up.record(target, false, Instant::now()),
+        TryEnd::ClientGone => up.record_unjudged(target),
+    }
 }
 
 /// How long to look for an upstream's answer after sending it the request
@@ -507,23 +540,27 @@ async fn try_target(
     let mut fresh_retry_left = true;
     loop {
         let now = Instant::now();
-        let (mut stream, reused) = match t.pool.take(now, up.cfg.idle_timeout) {
-            Some(s) => (s, true),
-            None => {
-                let left = deadline.saturating_duration_since(now);
-                if left.is_zero() {
-                    return Err(TryError::Upstream(Failure::Timeout));
+        let (mut stream, reused) =
+            match t
+                .pool
+                .take(now, up.cfg.idle_timeout, out.replayable && out.idempotent)
+            {
+                Some(s) => (s, true),
+                None => {
+                    let left = deadline.saturating_duration_since(now);
+                    if left.is_zero() {
+                        return Err(TryError::Upstream(Failure::Timeout));
+                    }
+                    // Boxed: a new connection (and its TLS handshake) is the
+                    // rare path, and its future would otherwise make every
+                    // request's future larger (it is copied into a box each time).
+                    let s = Box::pin(client::connect(t, up.cfg.connect_timeout.min(left)))
+                        .await
+                        .map_err(TryError::Upstream)?;
+                    t.pool.count_opened();
+                    (s, false)
                 }
-                // Boxed: a new connection (and its TLS handshake) is the
-                // rare path, and its future would otherwise make every
-                // request's future larger (it is copied into a box each time).
-                let s = Box::pin(client::connect(t, up.cfg.connect_timeout.min(left)))
-                    .await
-                    .map_err(TryError::Upstream)?;
-                t.pool.count_opened();
-                (s, false)
-            }
-        };
+            };
         let _ = stream.set_write_timeout(Some(up.cfg.request_timeout));
         let mut buf = gw.take_read();
         let mut deadline = deadline;
@@ -584,6 +621,7 @@ async fn try_target(
                     target,
                     deadline,
                     partial_request,
+                    judged: false,
                 });
             }
             Err(TryError::Upstream(Failure::Io(_)))
@@ -752,8 +790,12 @@ pub(crate) async fn exchange(
     // This request's targets so far (allocates only when it retries).
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure: Option<Failure> = None;
+    // The first try starts now; later ones read the clock again.
+    let mut now = start;
     loop {
-        let now = Instant::now();
+        if attempt > 1 {
+            now = Instant::now();
+        }
         let target = match up.pick(now, &tried) {
             Pick::Target(i) => i,
             Pick::NoneAvailable(after) => {
@@ -843,9 +885,12 @@ pub(crate) async fn exchange(
                 && now < deadline
         };
         match result {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 let bad = matches!(answer.head.status, 502..=504);
-                up.record(target, !bad, now);
+                if bad {
+                    up.record(target, false, now);
+                    answer.judged = true;
+                }
                 if bad && retry_ok(false) && up.budget.borrow_mut().try_retry(now) {
                     gw.put_read(answer.buf);
                     drop(answer.stream);
@@ -934,6 +979,7 @@ pub(crate) async fn forward(
         target,
         deadline,
         partial_request,
+        judged,
     } = answer;
     let chunked_out: bool;
     let declared_body_on_204 = head.declares_body_on_204(&buf.data);
@@ -991,6 +1037,8 @@ pub(crate) async fn forward(
     // Whether any of the response has reached the client: until then a
     // failure can still be answered with a 502/504 instead of a cut.
     let mut sent = false;
+    // The failure, if any, was a write to the client.
+    let mut client_gone = false;
     loop {
         // Nothing more buffered from the upstream: send what we have before
         // waiting, so a slow stream (SSE, long polling) reaches the client
@@ -1000,6 +1048,7 @@ pub(crate) async fn forward(
             sent = true;
             if io.write_all(&out).await.is_err() {
                 failed = Some(BodyFailure::Io);
+                client_gone = true;
                 break;
             }
             out.clear();
@@ -1051,6 +1100,7 @@ pub(crate) async fn forward(
             sent = true;
             if io.write_all(&out).await.is_err() {
                 failed = Some(BodyFailure::Io);
+                client_gone = true;
                 break;
             }
             out.clear();
@@ -1061,7 +1111,12 @@ pub(crate) async fn forward(
         if chunked_out {
             io.put_buffer(piece);
         }
-        up.record(target, false, Instant::now());
+        let end = if client_gone {
+            TryEnd::ClientGone
+        } else {
+            TryEnd::UpstreamFailed
+        };
+        settle(up, target, judged, end);
         gw.put_read(buf);
         if sent {
             // The head is out: the only honest signal left is to cut the
@@ -1077,10 +1132,11 @@ pub(crate) async fn forward(
     if !out.is_empty() && io.write_all(&out).await.is_err() {
         io.abort();
         io.put_buffer(out);
-        up.record(target, false, Instant::now());
+        settle(up, target, judged, TryEnd::ClientGone);
         gw.put_read(buf);
         return None;
     }
+    settle(up, target, judged, TryEnd::Complete);
     io.put_buffer(out);
     if chunked_out {
         io.put_buffer(piece);

@@ -297,6 +297,13 @@ impl Upstream {
         self.budget.borrow().left(Instant::now())
     }
 
+    /// Counts a try that ended on the client's side (it went away
+    /// mid-response): a request, but no verdict on the target.
+    pub(crate) fn record_unjudged(&self, target: usize) {
+        let t = &self.targets[target];
+        t.requests.set(t.requests.get() + 1);
+    }
+
     /// Records a try's outcome for the breaker and the counters.
     pub(crate) fn record(&self, target: usize, ok: bool, now: Instant) {
         let t = &self.targets[target];
