@@ -30,18 +30,24 @@ pub const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
 /// few syscalls on big bodies, small enough to stay in cache.
 pub const RESPONSE_FLUSH_BYTES: usize = 64 * 1024;
 
-/// Size of the per-request buffer an upstream response is read into. It
-/// must hold a whole response head (`DEFAULT_MAX_RESPONSE_HEAD_BYTES`, 16
-/// KiB) with room for the first body bytes; every in-flight proxied request
-/// holds one: 10,000 long-polling requests hold about 312 MiB.
+/// Most an upstream response's read buffer grows to. It must hold a whole
+/// response head (`DEFAULT_MAX_RESPONSE_HEAD_BYTES`, 16 KiB) with room for
+/// the first body bytes, and makes large bodies move in 32 KiB reads.
 pub const UPSTREAM_READ_BUFFER_BYTES: usize = 32 * 1024;
 const _: () = assert!(
     UPSTREAM_READ_BUFFER_BYTES > shardline_protocol::response_head::DEFAULT_MAX_RESPONSE_HEAD_BYTES
 );
 
-/// Free upstream read buffers a shard keeps (each
-/// `UPSTREAM_READ_BUFFER_BYTES`): 64 x 32 KiB = 2 MiB per shard at most.
-const READ_BUFFER_POOL_MAX: usize = 64;
+/// What an upstream read buffer starts at: every in-flight proxied request
+/// holds one, and most responses fit. At 256 connections a fixed 32 KiB
+/// buffer (zeroed, and beyond the pool freshly mapped, for every request)
+/// cost page faults and `memset` in the profile; this one grows only for a
+/// large head or body. 10,000 long-polling requests hold about 40 MiB.
+pub const UPSTREAM_READ_BUFFER_START_BYTES: usize = 4 * 1024;
+
+/// Bytes of free upstream read buffers a shard keeps: the same 2 MiB as 64
+/// full-size buffers, or 512 small ones.
+const READ_BUFFER_POOL_MAX_BYTES: usize = 2 * 1024 * 1024;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded either way.
 const HOP_BY_HOP: [&str; 9] = [
@@ -63,6 +69,8 @@ pub(crate) const PROBLEM_UNAVAILABLE: &str = "https://shardline.dev/problems/ups
 /// Per-shard resources the gateway's actions share.
 pub(crate) struct GatewayShard {
     read_buffers: std::cell::RefCell<Vec<Vec<u8>>>,
+    /// Bytes held by `read_buffers`.
+    pooled_bytes: std::cell::Cell<usize>,
     /// This shard's tracer (client spans), when tracing is on.
     pub tracer: Option<Rc<crate::obs::trace::ShardTracer>>,
     /// `[server] read_yields`, for upstream reads.
@@ -76,26 +84,33 @@ impl GatewayShard {
     ) -> Self {
         GatewayShard {
             read_buffers: std::cell::RefCell::new(Vec::new()),
+            pooled_bytes: std::cell::Cell::new(0),
             tracer,
             read_yields,
         }
     }
 
     pub(crate) fn take_read(&self) -> RespBuf {
-        let data = self
-            .read_buffers
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| vec![0; UPSTREAM_READ_BUFFER_BYTES]);
-        let mut buf = RespBuf::new(data);
+        let data = match self.read_buffers.borrow_mut().pop() {
+            Some(d) => {
+                self.pooled_bytes.set(self.pooled_bytes.get() - d.len());
+                d
+            }
+            None => vec![0; UPSTREAM_READ_BUFFER_START_BYTES],
+        };
+        let mut buf = RespBuf::growable(data, UPSTREAM_READ_BUFFER_BYTES);
         buf.yields = self.read_yields;
         buf
     }
 
     pub(crate) fn put_read(&self, buf: RespBuf) {
-        let mut pool = self.read_buffers.borrow_mut();
-        if pool.len() < READ_BUFFER_POOL_MAX && buf.data.len() == UPSTREAM_READ_BUFFER_BYTES {
-            pool.push(buf.data);
+        let len = buf.data.len();
+        let held = self.pooled_bytes.get();
+        if (UPSTREAM_READ_BUFFER_START_BYTES..=UPSTREAM_READ_BUFFER_BYTES).contains(&len)
+            && held + len <= READ_BUFFER_POOL_MAX_BYTES
+        {
+            self.pooled_bytes.set(held + len);
+            self.read_buffers.borrow_mut().push(buf.data);
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use shardline_tests::request::request;
-use shardline_tests::upstream::{wait_until, Action, Behaviour, Reply, Step, Upstream};
+use shardline_tests::upstream::{wait_until, Action, Behaviour, Gate, Reply, Step, Upstream};
 use shardline_tests::{get, post, TestServer, GUARD};
 
 fn config(up: &Upstream, extra: &str) -> String {
@@ -407,6 +407,50 @@ fn idle_pooled_connections_close_after_idle_timeout_without_traffic() {
         wait_until(GUARD, || up.open_connections() == 0),
         "an idle pooled connection outlived idle_timeout"
     );
+}
+
+/// Connections opened beyond `pool_size_per_shard` (more requests in
+/// flight than the pool holds) are kept briefly for reuse, then closed
+/// down to the pool's size, without traffic.
+#[test]
+fn connections_beyond_the_pool_size_are_reused_then_closed_down_to_it() {
+    const IN_FLIGHT: usize = 4;
+    let gate = Gate::new();
+    let up = Upstream::start(Behaviour::always(Action::Steps(vec![
+        Step::Wait(gate.clone()),
+        Step::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+    ])));
+    let srv = TestServer::start_toml(&config(
+        &up,
+        "pool_size_per_shard = 1\nidle_timeout = \"30s\"",
+    ));
+    let mut clients: Vec<_> = (0..IN_FLIGHT).map(|_| srv.client()).collect();
+    for c in &mut clients {
+        c.send(&get("/x", &[]));
+    }
+    // All four are at the upstream at once, each on its own connection.
+    assert!(
+        wait_until(GUARD, || up.requests() == IN_FLIGHT),
+        "the requests did not all reach the upstream"
+    );
+    assert_eq!(up.open_connections(), IN_FLIGHT);
+    gate.open();
+    for c in &mut clients {
+        assert_eq!(c.response().status, 200);
+    }
+    // Sequential requests after the burst reuse what is pooled.
+    let accepted = up.connections();
+    for _ in 0..IN_FLIGHT {
+        assert_eq!(srv.client().request(&get("/x", &[])).status, 200);
+    }
+    assert_eq!(up.connections(), accepted, "pooled connections are reused");
+    // Without traffic the surplus closes, down to the pool's size.
+    assert!(
+        up.wait_open_connections_at_most(1),
+        "{} upstream connections stayed open past the pool size",
+        up.open_connections()
+    );
+    assert_eq!(up.open_connections(), 1, "the pool's own connection stays");
 }
 
 #[test]

@@ -143,19 +143,35 @@ pub(crate) struct RespBuf {
     pub data: Vec<u8>,
     pub start: usize,
     pub end: usize,
+    /// `data` grows (doubling) up to this: when a head does not fit yet,
+    /// and when a read fills all the room there was (a large body).
+    max: usize,
     /// Non-blocking reads tried (yielding in between) before a read waits
     /// for readiness: `[server] read_yields`.
     pub yields: u32,
 }
 
 impl RespBuf {
+    /// A buffer that stays the size of `data`.
     pub(crate) fn new(data: Vec<u8>) -> Self {
+        let max = data.len();
+        RespBuf::growable(data, max)
+    }
+
+    /// A buffer that may grow to `max` bytes.
+    pub(crate) fn growable(data: Vec<u8>, max: usize) -> Self {
         RespBuf {
+            max: max.max(data.len()),
             data,
             start: 0,
             end: 0,
             yields: 0,
         }
+    }
+
+    fn grow(&mut self) {
+        let len = (self.data.len() * 2).clamp(1, self.max);
+        self.data.resize(len, 0);
     }
 
     pub(crate) fn pending(&self) -> &[u8] {
@@ -174,12 +190,17 @@ impl RespBuf {
     pub(crate) async fn fill(&mut self, stream: &mut UpstreamStream) -> io::Result<usize> {
         if self.end == self.data.len() {
             if self.start == 0 {
-                return Err(io::Error::other("upstream read buffer full"));
+                if self.data.len() >= self.max {
+                    return Err(io::Error::other("upstream read buffer full"));
+                }
+                self.grow();
+            } else {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             }
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
         }
+        let room = self.data.len() - self.end;
         // The upstream's answer usually arrives while the shard serves its
         // other connections: look for it after yielding to them, before
         // waiting for readiness (see `config::DEFAULT_READ_YIELDS`).
@@ -187,13 +208,22 @@ impl RespBuf {
             let buf = &mut self.data[self.end..];
             if let Some(res) = recv_after_yields(fd, watch, buf, self.yields, false).await {
                 let n = res?;
-                self.end += n;
+                self.filled(n, room);
                 return Ok(n);
             }
         }
         let n = stream.read(&mut self.data[self.end..]).await?;
-        self.end += n;
+        self.filled(n, room);
         Ok(n)
+    }
+
+    /// Takes `n` bytes read into `room`; a read that filled all of it
+    /// (more was likely waiting) makes the next one larger.
+    fn filled(&mut self, n: usize, room: usize) {
+        self.end += n;
+        if n == room && self.data.len() < self.max {
+            self.grow();
+        }
     }
 }
 
