@@ -355,7 +355,13 @@ pub(crate) async fn read_head(
 ) -> Result<Head, Failure> {
     let mut interim = 0;
     loop {
-        let parsed = parse_head(&buf.data, buf.start, buf.end, request_was_head)?;
+        // Nothing read yet (the usual case right after sending): wait for
+        // bytes rather than parse an empty buffer first.
+        let parsed = if buf.start == buf.end {
+            None
+        } else {
+            parse_head(&buf.data, buf.start, buf.end, request_was_head)?
+        };
         match parsed {
             Some(h) if h.status == 101 => {
                 return Err(Failure::Malformed(ResponseError::Malformed(
