@@ -136,6 +136,15 @@ pub struct TlsStream<C = ServerConnection> {
     sniff_plain: bool,
     /// The first bytes were a plain HTTP request, not a TLS record.
     plain_http: bool,
+    /// A close without `close_notify` reads as an error, not as EOF: set
+    /// for upstream connections, where a close-delimited response body is
+    /// complete only with the alert (RFC 9112 §9.8); a client's request is
+    /// framed by HTTP, so the listener side reads it as a plain EOF.
+    strict_eof: bool,
+    /// A write failed (the peer stopped reading, or reset): reads no
+    /// longer try to flush what rustls queued first, so an answer the
+    /// peer sent before it stopped can still be read.
+    write_failed: bool,
 }
 
 /// How many first bytes decide "plain HTTP": a TLS record starts with its
@@ -209,7 +218,24 @@ impl TlsStream<ClientConnection> {
     /// The client side of a TLS connection over `tcp` (upstream TLS); run
     /// [`TlsStream::handshake`] before use.
     pub fn client(tcp: TcpStream, conn: ClientConnection) -> Self {
-        TlsStream::wrap(tcp, conn)
+        let mut s = TlsStream::wrap(tcp, conn);
+        s.strict_eof = true;
+        s
+    }
+
+    /// Whether this connection can carry another request: no plaintext
+    /// rustls holds unread (bytes nobody asked for, which would answer the
+    /// next request), no `close_notify` from the upstream, no FIN, no
+    /// failed write. A socket peek cannot see the first two: rustls may
+    /// already have read them along with the response.
+    pub fn is_reusable(&mut self) -> bool {
+        if self.eof || self.write_failed || self.close_notify_queued {
+            return false;
+        }
+        match self.conn.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed(),
+            Err(_) => false,
+        }
     }
 
     /// Reads wait on `watch` (the shard's epoll instance) instead of
@@ -233,6 +259,8 @@ where
             close_notify_queued: false,
             sniff_plain: false,
             plain_http: false,
+            strict_eof: false,
+            write_failed: false,
         }
     }
 
@@ -258,10 +286,16 @@ where
                 cx,
             };
             match self.conn.write_tls(&mut w) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(0) => {
+                    self.write_failed = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    self.write_failed = true;
+                    return Poll::Ready(Err(e));
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -352,18 +386,22 @@ where
             match self.conn.reader().read(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(self.unclean_eof());
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if self.eof {
-                return Poll::Ready(Ok(0));
+                return Poll::Ready(self.unclean_eof());
             }
             // Anything rustls wants to say first (an alert, a key update
             // reply) goes out; if the socket is full it goes with the next
-            // write.
-            if self.conn.wants_write() {
-                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-                    return Poll::Ready(Err(e));
+            // write. A failed flush does not stop the read: the peer may
+            // have answered before it stopped reading (an upstream that
+            // refuses an upload).
+            if self.conn.wants_write() && !self.write_failed {
+                if let Poll::Ready(Err(_)) = self.poll_flush_tls(cx) {
+                    self.write_failed = true;
                 }
             }
             match self.poll_read_tls(cx) {
@@ -371,6 +409,19 @@ where
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// The peer closed without `close_notify`: EOF on the listener side,
+    /// an error for upstream connections (`strict_eof`).
+    fn unclean_eof(&self) -> io::Result<usize> {
+        if self.strict_eof {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection without a TLS close_notify",
+            ))
+        } else {
+            Ok(0)
         }
     }
 

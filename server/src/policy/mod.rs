@@ -527,6 +527,13 @@ impl ShardPolicies {
                 }
             }
         }
+        // Who the request is, kept from here on: a request auth admitted
+        // and a limit then refused is still that consumer's (access log,
+        // audit), not an anonymous one.
+        if p.idempotency.is_some() || self.log_consumer {
+            passed.consumer = consumer.take();
+        }
+        let consumer = passed.consumer.as_deref().or(consumer.as_deref());
         for (limit, is_quota) in [(&p.rate, false), (&p.quota, true)] {
             let Some((id, key, hdrs)) = limit else {
                 continue;
@@ -536,7 +543,7 @@ impl ShardPolicies {
             }
             let mut full = self.key_buf.borrow_mut();
             let key_bytes: std::borrow::Cow<'_, [u8]> = match key {
-                LimitKey::Consumer => consumer.as_deref().unwrap_or(b"").into(),
+                LimitKey::Consumer => consumer.unwrap_or(b"").into(),
                 LimitKey::Ip => match peer.ip() {
                     std::net::IpAddr::V4(a) => a.octets().to_vec().into(),
                     std::net::IpAddr::V6(a) => a.octets().to_vec().into(),
@@ -586,9 +593,6 @@ impl ShardPolicies {
                     return Err(r);
                 }
             }
-        }
-        if p.idempotency.is_some() || self.log_consumer {
-            passed.consumer = consumer;
         }
         if let Some(v) = &p.validate {
             for (name, ty) in &v.params {

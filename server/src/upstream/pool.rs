@@ -107,9 +107,10 @@ impl IdlePool {
     }
 
     /// Returns a connection after a complete exchange.
-    pub(crate) fn put(&self, stream: UpstreamStream, now: Instant) {
-        if self.max == 0 {
-            // `pool_size_per_shard = 0`: a connection per request.
+    pub(crate) fn put(&self, mut stream: UpstreamStream, now: Instant) {
+        if self.max == 0 || !stream.is_reusable() {
+            // `pool_size_per_shard = 0`: a connection per request; or a TLS
+            // connection with bytes nobody asked for, or closed.
             return;
         }
         let mut idle = self.idle.borrow_mut();

@@ -145,6 +145,16 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether the connection can go back to the pool: always for plain
+    /// TCP (the pool's checks look at the socket), for TLS only when rustls
+    /// holds nothing unread and the upstream has not closed its side.
+    pub(crate) fn is_reusable(&mut self) -> bool {
+        match self {
+            UpstreamStream::Plain(..) => true,
+            UpstreamStream::Tls(t) => t.is_reusable(),
+        }
+    }
+
     /// Whether the shard's epoll instance says this connection has been
     /// quiet (nothing to read, not closed) since its last response was
     /// read; false when it cannot say (TLS, or no watch).
