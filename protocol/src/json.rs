@@ -54,8 +54,46 @@ pub fn escaped_len(s: &str) -> usize {
 /// Whether `buf` is one valid JSON text (RFC 8259 §2). simd-json parses in
 /// place and may overwrite `buf` (it unescapes strings), and it allocates
 /// its tape: use on request bodies, not on the head-parsing path.
+///
+/// A `\u` escape of an unpaired UTF-16 surrogate is refused too: RFC 8259's
+/// grammar allows it, but it names no character (I-JSON, RFC 7493 §2.1),
+/// and strict parsers (serde_json among them) reject the whole document,
+/// so a gateway embedding such a part would break the response it builds.
 pub fn validate_json(buf: &mut [u8]) -> bool {
-    simd_json::to_tape(buf).is_ok()
+    !has_lone_surrogate_escape(buf) && simd_json::to_tape(buf).is_ok()
+}
+
+/// Whether `buf` has a `\uD800`-`\uDFFF` escape that is not a high
+/// surrogate followed at once by an escaped low one. Backslashes occur only
+/// inside strings in valid JSON, so a linear scan sees every escape.
+fn has_lone_surrogate_escape(buf: &[u8]) -> bool {
+    fn unit(b: &[u8]) -> Option<u16> {
+        let hex = b.get(2..6)?;
+        if b.first() != Some(&b'\\') || b.get(1) != Some(&b'u') {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(&buf[i..]) {
+            Some(0xD800..=0xDBFF) => {
+                if !matches!(unit(&buf[i + 6..]), Some(0xDC00..=0xDFFF)) {
+                    return true;
+                }
+                i += 12;
+            }
+            Some(0xDC00..=0xDFFF) => return true,
+            Some(_) => i += 6,
+            // Another escape (`\"`, `\\`, ...): skip its two bytes.
+            None => i += 2,
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -67,6 +105,22 @@ mod tests {
         write_escaped(&mut out, s);
         assert_eq!(out.len(), escaped_len(s));
         String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_not_valid() {
+        for (text, ok) in [
+            (r#"{"s":"\ud83d\ude00"}"#, true),
+            (r#"{"s":"\u00e9"}"#, true),
+            (r#"{"s":"\\ud800"}"#, true),
+            (r#"{"s":"\ud800"}"#, false),
+            (r#"{"s":"\udc00"}"#, false),
+            (r#"{"s":"\ud800x"}"#, false),
+            (r#"{"s":"\ud800\u0041"}"#, false),
+        ] {
+            let mut b = text.as_bytes().to_vec();
+            assert_eq!(validate_json(&mut b), ok, "{text}");
+        }
     }
 
     #[test]

@@ -90,7 +90,8 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
         }
     };
     let t = &up.targets[target];
-    let _busy = InFlight::new(t);
+    let busy = InFlight::new(t);
+    let epoch = busy.epoch();
     let deadline = now + part.timeout;
     let attempt = async {
         let mut stream = match t.pool.take(Instant::now(), up.cfg.idle_timeout, false) {
@@ -161,7 +162,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
     up.record_latency(target, now.saturating_duration_since(started));
     match result {
         Ok((status, body)) => {
-            up.record(target, !matches!(status, 502..=504), now);
+            up.record(target, !matches!(status, 502..=504), now, epoch);
             if (200..300).contains(&status) {
                 PartResult::Ok(body)
             } else {
@@ -173,7 +174,7 @@ async fn fetch(part: &Part, gw: &GatewayShard, request: Vec<u8>) -> PartResult {
             }
         }
         Err(f) => {
-            up.record(target, false, now);
+            up.record(target, false, now, epoch);
             failure(&f)
         }
     }

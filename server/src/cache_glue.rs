@@ -8,6 +8,7 @@
 //! may be fetched once per shard (never once per concurrent request:
 //! concurrent misses on a shard wait for the first one).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::task::Poll;
@@ -119,7 +120,7 @@ pub(crate) async fn serve(
             head.method,
             head.path,
             head.query,
-            |n| head.header(n),
+            |n| request_field(head, n),
             now,
         );
         match found {
@@ -191,7 +192,7 @@ pub(crate) async fn serve(
     let answer = match outcome {
         Outcome::Answer(a) if a.head.status >= 500 && stale.is_some() => {
             // Not read further: its head is its verdict.
-            proxy::settle(&p.up, a.target, a.judged, proxy::TryEnd::Complete);
+            proxy::settle(&p.up, a.target, a.judged, a.epoch, proxy::TryEnd::Complete);
             gw.put_read(a.buf);
             None
         }
@@ -225,7 +226,7 @@ pub(crate) async fn serve(
         }
         return;
     };
-    store_and_forward(p, gw, cache, head, io, *answer, &inm).await;
+    store_and_forward(p, gw, cache, head, io, *answer, &inm, stale, &mut leader).await;
     drop(leader);
 }
 
@@ -242,7 +243,11 @@ async fn answer_leader_failure(io: &mut ClientIo<'_>, why: LeaderFailure) {
 }
 
 /// Forwards a fresh upstream answer, storing it when its head says it may
-/// be stored.
+/// be stored. `stale` answers instead if the body breaks before anything
+/// was sent (stale-if-error); `leader` is this request's claim on the key,
+/// given up as soon as the head shows nothing will be stored, so waiting
+/// followers go upstream themselves instead of waiting for this body.
+#[allow(clippy::too_many_arguments)] // One miss's full context.
 async fn store_and_forward(
     p: &Proxy,
     gw: &GatewayShard,
@@ -251,6 +256,8 @@ async fn store_and_forward(
     io: &mut ClientIo<'_>,
     answer: Answer,
     inm: &[&[u8]],
+    stale: Option<Rc<CachedResponse>>,
+    leader: &mut Option<Leader<'_>>,
 ) {
     io.set_cache_status("MISS");
     let miss: &[(&str, &[u8])] = &[("X-Cache", b"MISS")];
@@ -295,6 +302,7 @@ async fn store_and_forward(
         None
     };
     let Some(decision) = decision else {
+        leader.take();
         proxy::forward(&p.up, gw, io, answer, miss, None).await;
         return;
     };
@@ -317,6 +325,7 @@ async fn store_and_forward(
             deadline,
             partial_request,
             judged,
+            epoch,
         } = answer;
         // Decided before the body is read: the head's fields live in `buf`,
         // which reading the body refills.
@@ -347,9 +356,17 @@ async fn store_and_forward(
         }
         let now = Instant::now();
         if let Some(why) = failed {
-            proxy::settle(&p.up, target, judged, proxy::TryEnd::UpstreamFailed);
+            proxy::settle(&p.up, target, judged, epoch, proxy::TryEnd::UpstreamFailed);
             gw.put_read(buf);
-            proxy::answer_body_failure(io, &why).await;
+            // Nothing has reached the client: a stale copy within its
+            // stale-if-error window still answers, as for a failed head.
+            match stale {
+                Some(entry) => {
+                    cache.store.borrow_mut().record_stale_served();
+                    respond_cached(io, &entry, XCache::Stale, inm).await;
+                }
+                None => proxy::answer_body_failure(io, &why).await,
+            }
             return;
         }
         if up_head.keep_alive
@@ -360,7 +377,7 @@ async fn store_and_forward(
         {
             p.up.targets[target].pool.put(stream, now);
         }
-        proxy::settle(&p.up, target, judged, proxy::TryEnd::Complete);
+        proxy::settle(&p.up, target, judged, epoch, proxy::TryEnd::Complete);
         gw.put_read(buf);
         let entry = NewEntry {
             decision,
@@ -371,12 +388,16 @@ async fn store_and_forward(
             "GET",
             head.path,
             head.query,
-            |name| head.header(name),
+            |name| request_field(head, name),
             entry,
             now,
         );
         match stored {
-            Some(e) => respond_cached(io, &e, XCache::Miss, inm).await,
+            // Stored or not (an entry too large for `max_bytes` with its
+            // fields), the response answers this request.
+            Some((e, _)) => respond_cached(io, &e, XCache::Miss, inm).await,
+            // Not reached: this branch reads only GET bodies within the
+            // entry limit.
             None => {
                 io.send_problem(
                     500,
@@ -403,7 +424,7 @@ async fn store_and_forward(
             "GET",
             head.path,
             head.query,
-            |name| head.header(name),
+            |name| request_field(head, name),
             entry,
             Instant::now(),
         );
@@ -436,7 +457,7 @@ pub(crate) fn fresh_hit(
         head.method,
         head.path,
         head.query,
-        |n| head.header(n),
+        |n| request_field(head, n),
         now,
         |e| e.satisfies(&directives, now),
     )?;
@@ -556,4 +577,27 @@ async fn respond_cached(
     }
     let _ = io.write_all(&out).await;
     io.put_buffer(out);
+}
+
+/// A request field's value for the cache's Vary matching: every line of a
+/// repeated field, combined with ", " as RFC 9110 §5.3 allows and RFC 9111
+/// §4.1 compares them (the first line alone let a request that sent
+/// `Cookie: a` match a response stored for `Cookie: a` + `Cookie: b`).
+/// Borrowed when the field has one line, as it almost always has.
+fn request_field<'b>(head: &RequestHead<'b, '_>, name: &str) -> Option<Cow<'b, [u8]>> {
+    let mut lines = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value);
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut all = crate::cache::control::trim_ows(first).to_vec();
+    for v in std::iter::once(second).chain(lines) {
+        all.extend_from_slice(b", ");
+        all.extend_from_slice(crate::cache::control::trim_ows(v));
+    }
+    Some(Cow::Owned(all))
 }

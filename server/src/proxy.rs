@@ -444,6 +444,8 @@ pub(crate) struct Answer {
     /// ([`settle`]), so a body the upstream breaks is one failed request,
     /// not a success and then a failure.
     pub judged: bool,
+    /// The breaker epoch the try was sent in (`InFlight::epoch`).
+    pub epoch: u64,
 }
 
 /// How a try whose head arrived ended.
@@ -458,13 +460,13 @@ pub(crate) enum TryEnd {
 }
 
 /// Records, once, how a try that got a response head ended.
-pub(crate) fn settle(up: &Upstream, target: usize, judged: bool, end: TryEnd) {
+pub(crate) fn settle(up: &Upstream, target: usize, judged: bool, epoch: u64, end: TryEnd) {
     if judged {
         return;
     }
     match end {
-        TryEnd::Complete => up.record(target, true, Instant::now()),
-        TryEnd::UpstreamFailed => up.record(target, false, Instant::now()),
+        TryEnd::Complete => up.record(target, true, Instant::now(), epoch),
+        TryEnd::UpstreamFailed => up.record(target, false, Instant::now(), epoch),
         TryEnd::ClientGone => up.record_unjudged(target),
     }
 }
@@ -637,6 +639,7 @@ async fn try_target(
                     deadline,
                     partial_request,
                     judged: false,
+                    epoch: 0,
                 });
             }
             Err(TryError::Upstream(Failure::Io(_)))
@@ -805,6 +808,10 @@ pub(crate) async fn exchange(
     // This request's targets so far (allocates only when it retries).
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure: Option<Failure> = None;
+    // The last 502-504 a target answered and a retry passed over: when the
+    // retries end without a better answer, the client gets it (as Envoy
+    // does), not a gateway-made 502/503 that hides what the upstream said.
+    let mut last_answer: Option<Box<Answer>> = None;
     // The first try starts now; later ones read the clock again.
     let mut now = start;
     loop {
@@ -814,10 +821,13 @@ pub(crate) async fn exchange(
         let target = match up.pick(now, &tried) {
             Pick::Target(i) => i,
             Pick::NoneAvailable(after) => {
+                if let Some(a) = last_answer {
+                    return Outcome::Answer(a);
+                }
                 return match last_failure {
                     Some(f) => Outcome::Failed(f),
                     None => Outcome::Unavailable(after),
-                }
+                };
             }
         };
         io.set_upstream(up.targets[target].addr);
@@ -840,8 +850,10 @@ pub(crate) async fn exchange(
             }
             .header_for(&id)
         });
+        let epoch;
         let result = {
-            let _busy = InFlight::new(&up.targets[target]);
+            let busy = InFlight::new(&up.targets[target]);
+            epoch = busy.epoch();
             try_target(
                 up,
                 gw,
@@ -901,15 +913,20 @@ pub(crate) async fn exchange(
         };
         match result {
             Ok(mut answer) => {
+                answer.epoch = epoch;
                 let bad = matches!(answer.head.status, 502..=504);
                 if bad {
-                    up.record(target, false, now);
+                    up.record(target, false, now, epoch);
                     answer.judged = true;
                 }
                 if bad && retry_ok(false) && up.budget.borrow_mut().try_retry(now) {
-                    gw.put_read(answer.buf);
-                    drop(answer.stream);
+                    if let Some(old) = last_answer.replace(Box::new(answer)) {
+                        gw.put_read(old.buf);
+                    }
                 } else {
+                    if let Some(old) = last_answer.take() {
+                        gw.put_read(old.buf);
+                    }
                     return Outcome::Answer(Box::new(answer));
                 }
             }
@@ -918,13 +935,16 @@ pub(crate) async fn exchange(
                 return Outcome::ClientGone;
             }
             Err(TryError::Upstream(f)) => {
-                up.record(target, false, now);
+                up.record(target, false, now, epoch);
                 let timed_out = matches!(f, Failure::Timeout);
                 if timed_out
                     || !retry_ok(f.nothing_sent())
                     || !up.budget.borrow_mut().try_retry(now)
                 {
-                    return Outcome::Failed(f);
+                    return match last_answer {
+                        Some(a) => Outcome::Answer(a),
+                        None => Outcome::Failed(f),
+                    };
                 }
                 last_failure = Some(f);
             }
@@ -995,6 +1015,7 @@ pub(crate) async fn forward(
         deadline,
         partial_request,
         judged,
+        epoch,
     } = answer;
     let chunked_out: bool;
     let declared_body_on_204 = head.declares_body_on_204(&buf.data);
@@ -1131,7 +1152,7 @@ pub(crate) async fn forward(
         } else {
             TryEnd::UpstreamFailed
         };
-        settle(up, target, judged, end);
+        settle(up, target, judged, epoch, end);
         gw.put_read(buf);
         if sent {
             // The head is out: the only honest signal left is to cut the
@@ -1147,11 +1168,11 @@ pub(crate) async fn forward(
     if !out.is_empty() && io.write_all(&out).await.is_err() {
         io.abort();
         io.put_buffer(out);
-        settle(up, target, judged, TryEnd::ClientGone);
+        settle(up, target, judged, epoch, TryEnd::ClientGone);
         gw.put_read(buf);
         return None;
     }
-    settle(up, target, judged, TryEnd::Complete);
+    settle(up, target, judged, epoch, TryEnd::Complete);
     io.put_buffer(out);
     if chunked_out {
         io.put_buffer(piece);

@@ -23,6 +23,7 @@
 //!
 //! Nothing here reads the clock: `now` comes from the caller.
 
+use std::borrow::Cow;
 use std::mem;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -139,9 +140,11 @@ impl CachedResponse {
     }
 
     /// Whether the request's `If-None-Match` values match this copy's
-    /// `ETag` (weak comparison; then answer 304).
+    /// `ETag` (weak comparison; then answer 304). Only for a 2xx copy: a
+    /// precondition is ignored when the answer without it would not be a
+    /// success (RFC 9110 §13.2.1), so a cached 404 stays a 404.
     pub(crate) fn matches_if_none_match(&self, if_none_match_values: &[&[u8]]) -> bool {
-        if_none_match(if_none_match_values, &self.etag)
+        (200..300).contains(&self.status) && if_none_match(if_none_match_values, &self.etag)
     }
 
     /// The stored fields that a 304 for this response carries (what
@@ -386,7 +389,7 @@ impl ResponseCache {
         method: &str,
         path: &str,
         query: Option<&str>,
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         now: Instant,
     ) -> Lookup {
         match self.find(method, path, query, req_header, now) {
@@ -410,7 +413,7 @@ impl ResponseCache {
         method: &str,
         path: &str,
         query: Option<&str>,
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         now: Instant,
     ) -> Lookup {
         self.find(method, path, query, req_header, now)
@@ -428,7 +431,7 @@ impl ResponseCache {
         method: &str,
         path: &str,
         query: Option<&str>,
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         now: Instant,
         accepts: impl Fn(&CachedResponse) -> bool,
     ) -> Option<Rc<CachedResponse>> {
@@ -448,7 +451,7 @@ impl ResponseCache {
         method: &str,
         path: &str,
         query: Option<&str>,
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         now: Instant,
     ) -> Option<Lookup> {
         let mut key = mem::take(&mut self.key_buf);
@@ -461,7 +464,7 @@ impl ResponseCache {
     fn lookup_key<'h>(
         &mut self,
         key: &[u8],
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         now: Instant,
     ) -> Lookup {
         let Some(entry) = self.lru.get_mut(key) else {
@@ -503,18 +506,20 @@ impl ResponseCache {
     ///
     /// Returns None, storing nothing, when the method is not GET (a HEAD
     /// response has no body and would poison the GET entry: forward a
-    /// HEAD miss upstream as GET if it should fill the cache), when the
-    /// body exceeds `max_entry_bytes`, or when the entry alone would not
-    /// fit in `max_bytes`.
+    /// HEAD miss upstream as GET if it should fill the cache) or when the
+    /// body exceeds `max_entry_bytes`. Otherwise the response as it would
+    /// be served, and whether it was stored: an entry that alone does not
+    /// fit in `max_bytes` (its fields and encodings count too) is still
+    /// the answer to the request that fetched it.
     pub(crate) fn insert<'h>(
         &mut self,
         method: &str,
         path: &str,
         query: Option<&str>,
-        req_header: impl Fn(&str) -> Option<&'h [u8]>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
         entry: NewEntry,
         now: Instant,
-    ) -> Option<Rc<CachedResponse>> {
+    ) -> Option<(Rc<CachedResponse>, bool)> {
         let NewEntry {
             decision,
             mut headers,
@@ -544,7 +549,7 @@ impl ResponseCache {
         let vary_values: Box<[Option<Box<[u8]>>]> = decision
             .vary
             .iter()
-            .map(|name| req_header(name).map(|v| Box::from(trim_ows(v))))
+            .map(|name| req_header(name).map(|v| Box::from(trim_ows(&v))))
             .collect();
         let prepared = PreparedFields::new(headers.iter().map(|(n, v)| (&**n, &**v)));
         let prepared_not_modified = PreparedFields::new(not_modified_fields(&headers));
@@ -574,10 +579,23 @@ impl ResponseCache {
         self.key_buf = key;
         if stored {
             self.stores += 1;
-            Some(response)
-        } else {
-            None
         }
+        Some((response, stored))
+    }
+
+    /// [`Self::insert`], `Some` only when the entry was stored.
+    #[cfg(test)]
+    pub(crate) fn insert_stored<'h>(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        req_header: impl Fn(&str) -> Option<Cow<'h, [u8]>>,
+        entry: NewEntry,
+        now: Instant,
+    ) -> Option<Rc<CachedResponse>> {
+        self.insert(method, path, query, req_header, entry, now)
+            .and_then(|(r, stored)| stored.then_some(r))
     }
 
     fn store_variant(
@@ -680,12 +698,12 @@ impl ResponseCache {
 fn vary_matches<'h>(
     names: &[Box<str>],
     stored: &[Option<Box<[u8]>>],
-    req_header: &impl Fn(&str) -> Option<&'h [u8]>,
+    req_header: &impl Fn(&str) -> Option<Cow<'h, [u8]>>,
 ) -> bool {
     names
         .iter()
         .zip(stored)
-        .all(|(name, value)| req_header(name).map(trim_ows) == value.as_deref())
+        .all(|(name, value)| req_header(name).as_deref().map(trim_ows) == value.as_deref())
 }
 
 /// Removes every `Age` field and returns the first one's value (zero when
@@ -762,16 +780,16 @@ mod tests {
     }
 
     /// A request-header lookup over fixed pairs.
-    fn hdrs<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> {
+    fn hdrs<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<Cow<'a, [u8]>> {
         move |name| {
             pairs
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_bytes())
+                .map(|(_, v)| Cow::Borrowed(v.as_bytes()))
         }
     }
 
-    fn none(_: &str) -> Option<&'static [u8]> {
+    fn none(_: &str) -> Option<Cow<'static, [u8]>> {
         None
     }
 
@@ -821,7 +839,7 @@ mod tests {
     /// Stores `body` for GET `path` with a default 200 decision.
     fn put(c: &mut ResponseCache, path: &str, body: &str, now: Instant) -> Rc<CachedResponse> {
         let d = decide(c, &[], &[]).unwrap();
-        c.insert("GET", path, None, none, entry(d, &[], body), now)
+        c.insert_stored("GET", path, None, none, entry(d, &[], body), now)
             .unwrap()
     }
 
@@ -907,7 +925,7 @@ mod tests {
         let big = "x".repeat((1 << 10) + 1);
         let now = Instant::now();
         assert!(c
-            .insert("GET", "/a", None, none, entry(d, &[], &big), now)
+            .insert_stored("GET", "/a", None, none, entry(d, &[], &big), now)
             .is_none());
         assert!(c.is_empty());
         assert_eq!(c.stats().stores, 0);
@@ -997,7 +1015,7 @@ mod tests {
         ));
         let d = decide(&c, &[], &[]).unwrap();
         assert!(c
-            .insert("HEAD", "/b", None, none, entry(d, &[], ""), t0)
+            .insert_stored("HEAD", "/b", None, none, entry(d, &[], ""), t0)
             .is_none());
         assert!(matches!(
             c.lookup("GET", "/b", None, none, t0),
@@ -1019,7 +1037,7 @@ mod tests {
         assert_eq!(c.stats().misses, 0);
         let d = decide(&c, &[], &[]).unwrap();
         assert!(c
-            .insert("POST", "/a", None, none, entry(d, &[], "x"), t0)
+            .insert_stored("POST", "/a", None, none, entry(d, &[], "x"), t0)
             .is_none());
     }
 
@@ -1028,7 +1046,7 @@ mod tests {
         let mut c = cache();
         let t0 = Instant::now();
         let d = decide(&c, &[], &[]).unwrap();
-        c.insert(
+        c.insert_stored(
             "GET",
             "/a",
             Some("x=1"),
@@ -1036,7 +1054,7 @@ mod tests {
             entry(d.clone(), &[], "one"),
             t0,
         );
-        c.insert("GET", "/a", None, none, entry(d, &[], "bare"), t0);
+        c.insert_stored("GET", "/a", None, none, entry(d, &[], "bare"), t0);
         assert_eq!(
             body_of(&c.lookup("GET", "/a", Some("x=1"), none, t0)),
             Some(&b"one"[..])
@@ -1073,7 +1091,7 @@ mod tests {
         let mut c = cache();
         let t0 = Instant::now();
         let d = decide(&c, &["max-age=10, stale-if-error=20"], &[]).unwrap();
-        c.insert("GET", "/a", None, none, entry(d, &[], "x"), t0)
+        c.insert_stored("GET", "/a", None, none, entry(d, &[], "x"), t0)
             .unwrap();
         assert!(matches!(
             c.lookup("GET", "/a", None, none, t0 + secs(9)),
@@ -1103,7 +1121,7 @@ mod tests {
         let mut c = cache();
         let t0 = Instant::now();
         let d = decide(&c, &["max-age=10, must-revalidate"], &[]).unwrap();
-        c.insert("GET", "/a", None, none, entry(d, &[], "x"), t0)
+        c.insert_stored("GET", "/a", None, none, entry(d, &[], "x"), t0)
             .unwrap();
         assert!(matches!(
             c.lookup("GET", "/a", None, none, t0 + secs(10)),
@@ -1118,7 +1136,7 @@ mod tests {
         let t0 = Instant::now();
         let d = decide(&c, &[], &["Accept-Encoding"]).unwrap();
         let gzip = [("Accept-Encoding", "gzip")];
-        c.insert(
+        c.insert_stored(
             "GET",
             "/a",
             None,
@@ -1159,7 +1177,7 @@ mod tests {
         let t0 = Instant::now();
         let d = decide(&c, &[], &["accept-encoding"]).unwrap();
         let gzip = [("Accept-Encoding", "gzip")];
-        c.insert(
+        c.insert_stored(
             "GET",
             "/a",
             None,
@@ -1168,7 +1186,7 @@ mod tests {
             t0,
         )
         .unwrap();
-        c.insert("GET", "/a", None, none, entry(d, &[], "PLAIN"), t0)
+        c.insert_stored("GET", "/a", None, none, entry(d, &[], "PLAIN"), t0)
             .unwrap();
         assert_eq!(
             body_of(&c.lookup("GET", "/a", None, hdrs(&gzip), t0)),
@@ -1204,9 +1222,9 @@ mod tests {
         let by_lang = decide(&c, &[], &["accept-language"]).unwrap();
         let gzip = [("Accept-Encoding", "gzip")];
         let en = [("Accept-Language", "en")];
-        c.insert("GET", "/a", None, hdrs(&gzip), entry(by_enc, &[], "GZ"), t0)
+        c.insert_stored("GET", "/a", None, hdrs(&gzip), entry(by_enc, &[], "GZ"), t0)
             .unwrap();
-        c.insert("GET", "/a", None, hdrs(&en), entry(by_lang, &[], "EN"), t0)
+        c.insert_stored("GET", "/a", None, hdrs(&en), entry(by_lang, &[], "EN"), t0)
             .unwrap();
         assert!(matches!(
             c.lookup("GET", "/a", None, hdrs(&gzip), t0),
@@ -1228,7 +1246,7 @@ mod tests {
             .collect();
         for ua in &agents {
             let h = [("User-Agent", ua.as_str())];
-            c.insert("GET", "/a", None, hdrs(&h), entry(d.clone(), &[], ua), t0)
+            c.insert_stored("GET", "/a", None, hdrs(&h), entry(d.clone(), &[], ua), t0)
                 .unwrap();
         }
         let first = [("User-Agent", agents[0].as_str())];
@@ -1253,9 +1271,9 @@ mod tests {
         let long = decide(&c, &["max-age=100"], &["accept"]).unwrap();
         let json = [("Accept", "json")];
         let xml = [("Accept", "xml")];
-        c.insert("GET", "/a", None, hdrs(&json), entry(short, &[], "J"), t0)
+        c.insert_stored("GET", "/a", None, hdrs(&json), entry(short, &[], "J"), t0)
             .unwrap();
-        c.insert("GET", "/a", None, hdrs(&xml), entry(long, &[], "X"), t0)
+        c.insert_stored("GET", "/a", None, hdrs(&xml), entry(long, &[], "X"), t0)
             .unwrap();
         let both = c.bytes();
         assert!(matches!(
@@ -1287,7 +1305,7 @@ mod tests {
         let t0 = Instant::now();
         let d = decide(&c, &[], &[]).unwrap();
         let r = c
-            .insert(
+            .insert_stored(
                 "GET",
                 "/a",
                 None,
@@ -1307,7 +1325,7 @@ mod tests {
         assert!(r.matches_if_none_match(&[b"\"v1\""]));
         // An empty upstream ETag is replaced by a generated one.
         let r = c
-            .insert("GET", "/b", None, none, entry(d, &[("etag", "")], "x"), t0)
+            .insert_stored("GET", "/b", None, none, entry(d, &[("etag", "")], "x"), t0)
             .unwrap();
         assert_eq!(&*r.etag, strong_etag(b"x").as_bytes());
         assert_eq!(
@@ -1325,7 +1343,7 @@ mod tests {
         let t0 = Instant::now();
         let d = decide(&c, &["max-age=100"], &[]).unwrap();
         let r = c
-            .insert(
+            .insert_stored(
                 "GET",
                 "/a",
                 None,
@@ -1340,7 +1358,7 @@ mod tests {
         assert_eq!(r.header("x-a"), Some(&b"1"[..]));
         // Older than its lifetime: stored already stale (still useful on error).
         let r = c
-            .insert(
+            .insert_stored(
                 "GET",
                 "/b",
                 None,
@@ -1405,7 +1423,7 @@ mod tests {
         let d = decide(&c, &[], &[]).unwrap();
         let huge = "h".repeat(5_000);
         assert!(c
-            .insert("GET", "/4", None, none, entry(d, &[], &huge), t0)
+            .insert_stored("GET", "/4", None, none, entry(d, &[], &huge), t0)
             .is_none());
         assert_eq!(c.len(), 2);
         assert_eq!(c.stats().stores, 3);
@@ -1417,7 +1435,7 @@ mod tests {
         let t0 = Instant::now();
         let d = decide(&c, &[], &[]).unwrap();
         let r = c
-            .insert(
+            .insert_stored(
                 "GET",
                 "/a",
                 None,

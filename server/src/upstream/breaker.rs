@@ -23,6 +23,10 @@ pub(crate) struct Breaker {
     consecutive: u32,
     outcomes: Window,
     opened: u64,
+    /// Bumped each time it opens. A try carries the epoch it was sent in:
+    /// once the breaker has opened, only tries sent since (the half-open
+    /// probe) decide its state, not a slow request from before.
+    epoch: u64,
 }
 
 impl Breaker {
@@ -32,6 +36,7 @@ impl Breaker {
             consecutive: 0,
             outcomes: Window::new(cfg.window, now),
             opened: 0,
+            epoch: 0,
         }
     }
 
@@ -66,22 +71,28 @@ impl Breaker {
     }
 
     /// A request was sent to the target (in half-open, it is the probe).
-    pub(crate) fn on_dispatch(&mut self) {
-        if let BreakerState::HalfOpen { .. } = self.state {
+    /// Returns its epoch and whether it is the probe.
+    pub(crate) fn on_dispatch(&mut self) -> (u64, bool) {
+        let probe = matches!(self.state, BreakerState::HalfOpen { .. });
+        if probe {
             self.state = BreakerState::HalfOpen {
                 probe_in_flight: true,
             };
         }
+        (self.epoch, probe)
     }
 
     /// The try in flight ended without an outcome being recorded yet (it
-    /// is recorded right after, or never if the client went away): let the
-    /// next request probe instead of leaving the target stuck half-open.
-    pub(crate) fn on_release(&mut self) {
-        if let BreakerState::HalfOpen { .. } = self.state {
-            self.state = BreakerState::HalfOpen {
-                probe_in_flight: false,
-            };
+    /// is recorded right after, or never if the client went away): if it
+    /// was the probe, let the next request probe instead of leaving the
+    /// target stuck half-open. Other tries ending change nothing.
+    pub(crate) fn on_release(&mut self, epoch: u64, probe: bool) {
+        if probe && epoch == self.epoch {
+            if let BreakerState::HalfOpen { .. } = self.state {
+                self.state = BreakerState::HalfOpen {
+                    probe_in_flight: false,
+                };
+            }
         }
     }
 
@@ -93,7 +104,19 @@ impl Breaker {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn record(&mut self, cfg: &BreakerConfig, ok: bool, now: Instant) {
+        self.record_from(cfg, ok, now, self.epoch);
+    }
+
+    /// Records a try sent in `epoch`. While open or half-open, a try sent
+    /// before the breaker opened is ignored: it says nothing about the
+    /// target since then, and must not close the breaker under a probe
+    /// still in flight.
+    pub(crate) fn record_from(&mut self, cfg: &BreakerConfig, ok: bool, now: Instant, epoch: u64) {
+        if !matches!(self.state, BreakerState::Closed) && epoch != self.epoch {
+            return;
+        }
         self.outcomes.add(now, u64::from(ok), u64::from(!ok));
         match self.state {
             BreakerState::HalfOpen { .. } => {
@@ -131,6 +154,7 @@ impl Breaker {
         };
         self.consecutive = 0;
         self.opened += 1;
+        self.epoch += 1;
     }
 }
 
@@ -164,6 +188,34 @@ mod tests {
         b.on_dispatch();
         assert!(!b.allows(later), "one probe at a time");
         b.record(&c, true, later);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_try_from_before_the_opening_does_not_decide_half_open() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut b = Breaker::new(&c, t0);
+        let (old_epoch, _) = b.on_dispatch(); // a slow request, still out
+        for _ in 0..3 {
+            b.record(&c, false, t0);
+        }
+        let later = t0 + Duration::from_secs(11);
+        assert!(b.allows(later));
+        let (epoch, probe) = b.on_dispatch();
+        assert!(probe && epoch != old_epoch);
+        // The slow request ends well: neither its release nor its verdict
+        // closes the breaker or lets a second probe through.
+        b.on_release(old_epoch, false);
+        b.record_from(&c, true, later, old_epoch);
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen {
+                probe_in_flight: true
+            }
+        );
+        assert!(!b.allows(later));
+        b.record_from(&c, true, later, epoch);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 

@@ -304,14 +304,17 @@ impl Upstream {
         t.requests.set(t.requests.get() + 1);
     }
 
-    /// Records a try's outcome for the breaker and the counters.
-    pub(crate) fn record(&self, target: usize, ok: bool, now: Instant) {
+    /// Records the outcome of a try sent in breaker `epoch`
+    /// ([`InFlight::epoch`]) for the breaker and the counters.
+    pub(crate) fn record(&self, target: usize, ok: bool, now: Instant, epoch: u64) {
         let t = &self.targets[target];
         t.requests.set(t.requests.get() + 1);
         if !ok {
             t.failures.set(t.failures.get() + 1);
         }
-        t.breaker.borrow_mut().record(&self.cfg.breaker, ok, now);
+        t.breaker
+            .borrow_mut()
+            .record_from(&self.cfg.breaker, ok, now, epoch);
     }
 }
 
@@ -324,13 +327,24 @@ fn now_nanos() -> u64 {
 /// Marks a target busy for as long as it lives.
 pub(crate) struct InFlight<'a> {
     target: &'a Target,
+    epoch: u64,
+    probe: bool,
 }
 
 impl<'a> InFlight<'a> {
     pub(crate) fn new(target: &'a Target) -> Self {
         target.in_flight.set(target.in_flight.get() + 1);
-        target.breaker.borrow_mut().on_dispatch();
-        InFlight { target }
+        let (epoch, probe) = target.breaker.borrow_mut().on_dispatch();
+        InFlight {
+            target,
+            epoch,
+            probe,
+        }
+    }
+
+    /// The breaker epoch this try was sent in (for [`Upstream::record`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 
@@ -338,7 +352,10 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let n = self.target.in_flight.get();
         self.target.in_flight.set(n.saturating_sub(1));
-        self.target.breaker.borrow_mut().on_release();
+        self.target
+            .breaker
+            .borrow_mut()
+            .on_release(self.epoch, self.probe);
     }
 }
 
@@ -426,11 +443,11 @@ mod tests {
     fn open_breakers_are_skipped_and_all_open_gives_retry_after() {
         let u = upstream(Balance::RoundRobin, &[1, 1]);
         let now = Instant::now();
-        u.record(0, false, now);
-        u.record(0, false, now);
+        u.record(0, false, now, 0);
+        u.record(0, false, now, 0);
         assert_eq!(picks(&u, 10), vec![0, 10]);
-        u.record(1, false, now);
-        u.record(1, false, now);
+        u.record(1, false, now, 0);
+        u.record(1, false, now, 0);
         match u.pick(now, &[]) {
             Pick::NoneAvailable(d) => assert!(d >= Duration::from_secs(9), "{d:?}"),
             Pick::Target(i) => panic!("picked {i}"),
