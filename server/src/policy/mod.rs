@@ -24,7 +24,7 @@
 //! the action answered, after the status line (`Exchange::insert_headers`,
 //! `ClientIo::add_response_headers`). What a policy adds to the request for
 //! the upstream (X-Request-Id, traceparent) goes into a rewritten head
-//! (`StreamRequest::with_head`).
+//! (`StreamRequest::with_fields`, built from the parse already made).
 //!
 //! - Idempotency keys need an answer from the key's owner shard, which
 //!   may be another shard: an async wait. A `POST`/`PATCH` carrying an
