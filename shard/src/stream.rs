@@ -170,38 +170,18 @@ impl StreamRequest {
             Version::Http10 => b" HTTP/1.0\r\n",
             _ => b" HTTP/1.1\r\n",
         });
-        let mut push = |copy: &mut Vec<u8>, name: Range<usize>, value: &[u8]| {
-            copy.extend_from_slice(self.text.get(name.clone()).unwrap_or("").as_bytes());
-            copy.extend_from_slice(b": ");
-            let start = copy.len();
-            copy.extend_from_slice(value);
-            fields.push((name, start..copy.len()));
-            copy.extend_from_slice(b"\r\n");
-        };
         for (n, v) in &self.fields {
-            if !drop(self.str_at(n)) {
-                push(
-                    &mut copy,
-                    n.clone(),
-                    self.bytes.get(v.clone()).unwrap_or(&[]),
-                );
+            let name = self.str_at(n);
+            if !drop(name) {
+                let value = write_field(&mut copy, name, self.bytes.get(v.clone()).unwrap_or(&[]));
+                fields.push((n.clone(), value));
             }
         }
-        let first_added = text.len();
-        for (name, _) in add {
-            text.push_str(name);
-        }
-        let mut at = first_added;
         for (name, value) in add {
-            // `push` reads names from `self.text`; added ones are only in
-            // `text`, so they are written here.
-            copy.extend_from_slice(name.as_bytes());
-            copy.extend_from_slice(b": ");
-            let start = copy.len();
-            copy.extend_from_slice(value);
-            fields.push((at..at + name.len(), start..copy.len()));
-            copy.extend_from_slice(b"\r\n");
-            at += name.len();
+            let at = text.len();
+            text.push_str(name);
+            let value = write_field(&mut copy, name, value);
+            fields.push((at..text.len(), value));
         }
         copy.extend_from_slice(b"\r\n");
         StreamRequest {
@@ -231,6 +211,17 @@ impl StreamRequest {
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
+}
+
+/// Appends `name: value\r\n` to `head`; returns where the value lies.
+fn write_field(head: &mut Vec<u8>, name: &str, value: &[u8]) -> Range<usize> {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    let start = head.len();
+    head.extend_from_slice(value);
+    let end = head.len();
+    head.extend_from_slice(b"\r\n");
+    start..end
 }
 
 /// Why reading a streamed request body failed.

@@ -89,10 +89,7 @@ impl Timeouts {
 
     /// Arms `id` to expire `after` from now (the cached clock).
     pub fn arm(&self, id: usize, after: Duration) {
-        if let Some(slot) = self.slots.borrow_mut().get_mut(id) {
-            slot.deadline = Some(self.now.get() + after);
-            slot.expired = false;
-        }
+        self.arm_at(id, self.now.get() + after);
     }
 
     pub fn disarm(&self, id: usize) {

@@ -400,9 +400,8 @@ where
             // have answered before it stopped reading (an upstream that
             // refuses an upload).
             if self.conn.wants_write() && !self.write_failed {
-                if let Poll::Ready(Err(_)) = self.poll_flush_tls(cx) {
-                    self.write_failed = true;
-                }
+                // A failure marks `write_failed` (in `poll_flush_tls`).
+                let _ = self.poll_flush_tls(cx);
             }
             match self.poll_read_tls(cx) {
                 Poll::Ready(Ok(_)) => {}

@@ -370,6 +370,42 @@ fn a_slow_uploader_to_a_fast_upstream_streams_and_completes() {
     assert_eq!(r.text(), "5");
 }
 
+/// Connects and sends a `POST /echo` of `len` patterned bytes from a
+/// thread of its own; returns the socket to read the echo from, the count
+/// of body bytes written so far, and the writer thread.
+fn start_echo_upload(
+    srv: &TestServer,
+    len: u64,
+) -> (TcpStream, Arc<AtomicU64>, thread::JoinHandle<()>) {
+    let s = TcpStream::connect(srv.addr).unwrap();
+    s.set_write_timeout(Some(GUARD)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let wr = Arc::clone(&written);
+    let writer = thread::spawn(move || {
+        w.write_all(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-test\r\n\
+                 Content-Length: {len}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let block = pattern_block();
+        let mut off = 0u64;
+        while off < len {
+            let start = (off % block.len() as u64) as usize;
+            let take = ((len - off) as usize).min(block.len() - start);
+            if w.write_all(&block[start..start + take]).is_err() {
+                return;
+            }
+            off += take as u64;
+            wr.store(off, Ordering::SeqCst);
+        }
+    });
+    (s, written, writer)
+}
+
 #[test]
 #[ignore = "LIMITATION (README, Bodies stream both ways): no full-duplex relay; an upstream that echoes more than the socket buffers hold before reading the rest of the upload stalls until request_timeout"]
 fn echo_both_directions_at_once_with_a_slow_reader() {
@@ -380,32 +416,7 @@ fn echo_both_directions_at_once_with_a_slow_reader() {
         &[up.target()],
         "max_body_bytes = \"64MiB\"\ntimeout = \"60s\"",
     ));
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    s.set_write_timeout(Some(GUARD)).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let written = Arc::new(AtomicU64::new(0));
-    let wr = Arc::clone(&written);
-    let writer = thread::spawn(move || {
-        w.write_all(
-            format!(
-                "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-test\r\n\
-                 Content-Length: {LEN}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        let block = pattern_block();
-        let mut off = 0u64;
-        while off < LEN {
-            let start = (off % block.len() as u64) as usize;
-            let take = ((LEN - off) as usize).min(block.len() - start);
-            if w.write_all(&block[start..start + take]).is_err() {
-                return;
-            }
-            off += take as u64;
-            wr.store(off, Ordering::SeqCst);
-        }
-    });
+    let (mut s, written, writer) = start_echo_upload(&srv, LEN);
     let (head, rest) = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Read nothing more for a while: the writer must stall (backpressure
@@ -431,32 +442,7 @@ fn echo_both_directions_at_once_with_an_eager_reader() {
         &[up.target()],
         "max_body_bytes = \"64MiB\"\ntimeout = \"60s\"",
     ));
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    s.set_write_timeout(Some(GUARD)).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let written = Arc::new(AtomicU64::new(0));
-    let wr = Arc::clone(&written);
-    let writer = thread::spawn(move || {
-        w.write_all(
-            format!(
-                "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-test\r\n\
-                 Content-Length: {LEN}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        let block = pattern_block();
-        let mut off = 0u64;
-        while off < LEN {
-            let start = (off % block.len() as u64) as usize;
-            let take = ((LEN - off) as usize).min(block.len() - start);
-            if w.write_all(&block[start..start + take]).is_err() {
-                return;
-            }
-            off += take as u64;
-            wr.store(off, Ordering::SeqCst);
-        }
-    });
+    let (mut s, written, writer) = start_echo_upload(&srv, LEN);
     let (head, rest) = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let got = read_pattern_body(&mut s, &rest, LEN);

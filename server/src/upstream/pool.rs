@@ -68,13 +68,8 @@ impl IdlePool {
     /// Closes the connections idle for `idle_timeout` or longer.
     pub(crate) fn expire(&self, now: Instant, idle_timeout: Duration) {
         let mut idle = self.idle.borrow_mut();
-        // Pushed in time order, so the expired ones are a prefix: a binary
-        // search, not a clock comparison per idle connection on every take.
-        let expired = idle
-            .partition_point(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout);
-        if expired > 0 {
-            idle.drain(..expired);
-        }
+        let all = idle.len();
+        close_idle_for(&mut idle, all, idle_timeout, now);
         trim_surplus(&mut idle, self.max, now);
     }
 
@@ -139,14 +134,23 @@ impl IdlePool {
 }
 
 /// Closes the oldest connections beyond `max` that have been idle for
-/// [`SURPLUS_IDLE`] (the list is in the order they came back).
+/// [`SURPLUS_IDLE`].
 fn trim_surplus(idle: &mut Vec<(UpstreamStream, Instant)>, max: usize, now: Instant) {
     let surplus = idle.len().saturating_sub(max);
-    if surplus == 0 {
-        return;
-    }
-    let old = idle[..surplus]
-        .partition_point(|(_, since)| now.saturating_duration_since(*since) >= SURPLUS_IDLE);
+    close_idle_for(idle, surplus, SURPLUS_IDLE, now);
+}
+
+/// Closes those of the first `among` connections idle for `age` or longer.
+/// They are pushed in the order they came back, so those are a prefix: a
+/// binary search, not a clock comparison per idle connection on every take.
+fn close_idle_for(
+    idle: &mut Vec<(UpstreamStream, Instant)>,
+    among: usize,
+    age: Duration,
+    now: Instant,
+) {
+    let old =
+        idle[..among].partition_point(|(_, since)| now.saturating_duration_since(*since) >= age);
     if old > 0 {
         idle.drain(..old);
     }
