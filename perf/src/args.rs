@@ -67,36 +67,54 @@ pub struct Target {
     pub authority: String,
     /// Path and query, starting with '/'.
     pub path: String,
+    /// `https://`: every connection speaks TLS (see `crate::tls`).
+    pub tls: bool,
+    /// The host alone (no port, no brackets): the TLS server name.
+    pub host: String,
 }
 
-/// Parses `http://HOST[:PORT][/PATH]`; HOST must resolve to loopback only.
+/// Parses `http://HOST[:PORT][/PATH]` or `https://...`; HOST must resolve to
+/// loopback only.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("unsupported URL {url:?}: only http:// URLs are supported"))?;
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else {
+        return Err(format!(
+            "unsupported URL {url:?}: only http:// and https:// URLs are supported"
+        ));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
     if authority.is_empty() || authority.contains('@') {
         return Err(format!(
-            "invalid URL {url:?}: expected http://HOST:PORT/PATH"
+            "invalid URL {url:?}: expected http[s]://HOST:PORT/PATH"
         ));
     }
-    // Default port 80 unless one is given (bracketed IPv6 literals keep their colons).
-    let has_port = authority
+    // Default port 80 (443) unless one is given (bracketed IPv6 literals keep
+    // their colons).
+    let port_split = authority
         .rsplit_once(':')
-        .is_some_and(|(_, port)| !port.contains(']'));
-    let with_port = if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+        .filter(|(_, port)| !port.contains(']'));
+    let with_port = match port_split {
+        Some(_) => authority.to_owned(),
+        None => format!("{authority}:{}", if tls { 443 } else { 80 }),
     };
+    let host = port_split
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let addr = resolve_loopback(&with_port)?;
     Ok(Target {
         addr,
         authority: authority.to_owned(),
         path: path.to_owned(),
+        tls,
+        host,
     })
 }
 
@@ -153,12 +171,22 @@ mod tests {
             parse_url("http://127.0.0.2").expect("valid").addr.port(),
             80
         );
+        assert!(!t.tls);
+        assert_eq!(t.host, "::1");
+        let t = parse_url("https://localhost/x").expect("valid");
+        assert!(t.tls);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.host, "localhost");
+        assert_eq!(t.authority, "localhost");
+        let t = parse_url("https://127.0.0.1:8443/").expect("valid");
+        assert_eq!((t.host.as_str(), t.addr.port()), ("127.0.0.1", 8443));
     }
 
     #[test]
     fn non_loopback_and_bad_urls_are_refused() {
         for bad in [
-            "https://127.0.0.1/",
+            "ftp://127.0.0.1/",
+            "https://10.0.0.1/",
             "http://10.0.0.1:80/",
             "http://192.0.2.1/",
             "http://user@127.0.0.1/",

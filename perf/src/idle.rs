@@ -294,6 +294,8 @@ mod tests {
                 addr,
                 authority: addr.to_string(),
                 path: "/plaintext".into(),
+                tls: false,
+                host: addr.ip().to_string(),
             },
             connections: 200,
             pid: std::process::id(),

@@ -34,6 +34,7 @@ use crate::request::{Picker, Rng, Scenario};
 use crate::response::{ResponseMeta, ResponseReader};
 use crate::schedule::{Pacer, Schedule};
 use crate::sys::{self, Epoll, Interest};
+use crate::tls::{self, Received, TlsClient};
 
 /// Lowest latency the histograms track: 1 ns, their unit.
 const HISTOGRAM_LOW_NS: u64 = 1;
@@ -55,6 +56,9 @@ pub const MAX_SCENARIOS: usize = 1_000;
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub target: Target,
+    /// Set for an `https://` target: every connection handshakes when it
+    /// opens (not measured) and then sends and reads records.
+    pub tls: Option<TlsClient>,
     pub connections: usize,
     /// The measured part of the run.
     pub duration: Duration,
@@ -208,6 +212,9 @@ pub struct LoadReport {
     pub scenarios: Vec<ScenarioStats>,
     /// CPU time the server used during the measured part, when `server_pid` was given.
     pub server_cpu: Option<Duration>,
+    /// `https://` targets: the protocol version and cipher suite the server
+    /// chose (in the first handshake; every connection makes the same offer).
+    pub tls_session: Option<String>,
 }
 
 impl LoadReport {
@@ -261,9 +268,21 @@ fn validate(cfg: &LoadConfig) -> Result<(), String> {
 /// Runs the load and returns the merged report.
 pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
     validate(cfg)?;
-    // Fail fast, with the reason, when nothing listens there.
-    TcpStream::connect_timeout(&cfg.target.addr, CONNECT_TIMEOUT)
+    // Fail fast, with the reason, when nothing listens there (or, for TLS,
+    // when the handshake fails: a wrong --cacert would otherwise only show as
+    // a run of connect errors).
+    let mut probe = TcpStream::connect_timeout(&cfg.target.addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("cannot connect to {}: {e}", cfg.target.addr))?;
+    let tls_session = match &cfg.tls {
+        Some(tls) => {
+            let session = tls
+                .handshake(&mut probe, CONNECT_TIMEOUT)
+                .map_err(|e| format!("TLS handshake with {}: {e}", cfg.target.addr))?;
+            Some(tls::describe(&session))
+        }
+        None => None,
+    };
+    drop(probe);
 
     // With one scenario every batch is the same bytes: render it once.
     let batch = (cfg.scenarios.len() == 1).then(|| cfg.scenarios[0].bytes.repeat(cfg.pipeline));
@@ -331,6 +350,7 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, String> {
             unsent_at_end,
             scenarios: merged.scenarios,
             server_cpu,
+            tls_session,
         })
     })
 }
@@ -412,6 +432,7 @@ fn set_up<'a>(
     let now = Instant::now();
     let mut w = Worker {
         addr: cfg.target.addr,
+        tls: cfg.tls.as_ref(),
         pipeline: cfg.pipeline,
         open_loop: cfg.rate.is_some(),
         busy_poll: cfg.busy_poll,
@@ -449,6 +470,8 @@ enum OutSource {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session of an `https://` target.
+    tls: Option<Box<rustls::ClientConnection>>,
     reader: ResponseReader,
     out_source: OutSource,
     /// Bytes of the current write when they are assembled per connection.
@@ -480,6 +503,7 @@ enum Failure {
 
 struct Worker<'a> {
     addr: SocketAddr,
+    tls: Option<&'a TlsClient>,
     pipeline: usize,
     open_loop: bool,
     busy_poll: bool,
@@ -530,13 +554,18 @@ impl Worker<'_> {
     }
 
     fn open(&self, token: usize) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT)?;
+        let mut stream = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT)?;
         // Batches go out in one write; Nagle would only delay a partial one.
         stream.set_nodelay(true)?;
+        let tls = match self.tls {
+            Some(client) => Some(Box::new(client.handshake(&mut stream, CONNECT_TIMEOUT)?)),
+            None => None,
+        };
         stream.set_nonblocking(true)?;
         self.epoll.add(&stream, token as u64, Interest::Read)?;
         Ok(Conn {
             stream,
+            tls,
             reader: ResponseReader::new(),
             out_source: OutSource::Own,
             out: Vec::new(),
@@ -737,14 +766,25 @@ impl Worker<'_> {
         // `bytes` may borrow `conn.out`; copy the write state out and back.
         let mut written = conn.written;
         let mut interest = conn.interest;
-        let result = write_pending(
-            &conn.stream,
-            bytes,
-            &mut written,
-            &mut interest,
-            &self.epoll,
-            token,
-        );
+        let result = match &mut conn.tls {
+            Some(session) => write_pending_tls(
+                session,
+                &mut conn.stream,
+                bytes,
+                &mut written,
+                &mut interest,
+                &self.epoll,
+                token,
+            ),
+            None => write_pending(
+                &conn.stream,
+                bytes,
+                &mut written,
+                &mut interest,
+                &self.epoll,
+                token,
+            ),
+        };
         conn.written = written;
         conn.interest = interest;
         if result.is_err() {
@@ -757,7 +797,11 @@ impl Worker<'_> {
             return;
         };
         // One read per readiness event: level-triggered epoll reports the rest.
-        match conn.reader.read_from(&mut conn.stream) {
+        let got = match &mut conn.tls {
+            Some(session) => read_tls(session, &mut conn.stream, &mut conn.reader),
+            None => conn.reader.read_from(&mut conn.stream),
+        };
+        match got {
             // The server may close a connection with nothing outstanding (only after
             // the deadline, or on its idle timeout): not an error, just reopen it.
             Ok(0) if conn.in_flight.is_empty() => {
@@ -840,6 +884,68 @@ impl Worker<'_> {
         self.slots[token] = self.connect(token, now);
         self.start_if_idle(token);
     }
+}
+
+/// One `read` of a TLS connection's socket, then every byte of plaintext it
+/// decrypted into `reader`: like `ResponseReader::read_from`, `Ok(0)` is the
+/// end of the stream and `WouldBlock` a report with nothing new.
+fn read_tls(
+    session: &mut rustls::ClientConnection,
+    stream: &mut TcpStream,
+    reader: &mut ResponseReader,
+) -> io::Result<usize> {
+    match tls::receive(session, stream)? {
+        Received::Closed => return Ok(0),
+        Received::Nothing => return Err(io::ErrorKind::WouldBlock.into()),
+        Received::Data => {}
+    }
+    if session.wants_write() {
+        // A reply rustls owes the server (to a key update): it goes out now,
+        // or with the next batch if the socket is full.
+        tls::flush(session, stream)?;
+    }
+    let mut total = 0;
+    loop {
+        match reader.read_from(&mut tls::plaintext(session)) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if total == 0 {
+        // Only records without application data (a session ticket).
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(total)
+}
+
+/// [`write_pending`] for a TLS connection: a new batch is encrypted into
+/// rustls in one go (`written` then covers it) and its records are written
+/// while the socket takes them.
+fn write_pending_tls(
+    session: &mut rustls::ClientConnection,
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    written: &mut usize,
+    interest: &mut Interest,
+    epoll: &Epoll,
+    token: usize,
+) -> io::Result<()> {
+    if *written < bytes.len() {
+        tls::queue(session, &bytes[*written..])?;
+        *written = bytes.len();
+    }
+    let want = if tls::flush(session, stream)? {
+        Interest::Read
+    } else {
+        Interest::ReadWrite
+    };
+    if *interest != want {
+        epoll.modify(&*stream, token as u64, want)?;
+        *interest = want;
+    }
+    Ok(())
 }
 
 /// Writes what is left of `bytes`; asks epoll for writability only while the
@@ -926,6 +1032,7 @@ pub(crate) mod tests {
         }];
         LoadConfig {
             target,
+            tls: None,
             connections: 4,
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,

@@ -34,6 +34,7 @@ mod response;
 mod schedule;
 mod stall;
 mod sys;
+mod tls;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,10 +61,19 @@ struct Cli {
 /// The arguments of `load`.
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// Target, e.g. http://127.0.0.1:8080/plaintext (loopback addresses only).
-    /// With --scenario/--scenarios only its host and port are used.
+    /// Target, e.g. http://127.0.0.1:8080/plaintext or https://localhost:8443/
+    /// (loopback addresses only). With --scenario/--scenarios only its scheme,
+    /// host and port are used.
     #[arg(long)]
     url: String,
+    /// https:// targets: PEM file of the roots the server's certificate must
+    /// chain to (its host is the name checked and sent as SNI).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// https:// targets: accept any server certificate (handshake signatures
+    /// are still checked). For self-signed test servers only.
+    #[arg(long)]
+    tls_skip_verify: bool,
     /// Keep-alive connections, spread evenly over the threads.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -197,8 +207,20 @@ fn build_scenarios(a: &LoadArgs, target: &args::Target) -> Result<Vec<request::S
 fn run_load(a: &LoadArgs) -> Result<String, String> {
     let target = args::parse_url(&a.url)?;
     let scenarios = build_scenarios(a, &target)?;
+    let tls = if target.tls {
+        Some(tls::TlsClient::new(
+            &target.host,
+            a.cacert.as_deref(),
+            a.tls_skip_verify,
+        )?)
+    } else if a.cacert.is_some() || a.tls_skip_verify {
+        return Err("--cacert and --tls-skip-verify are for https:// targets only".into());
+    } else {
+        None
+    };
     let cfg = load::LoadConfig {
         target,
+        tls,
         connections: a.connections,
         duration: a.duration,
         warmup: a.warmup.unwrap_or(Duration::ZERO),
@@ -232,10 +254,13 @@ fn run(cli: Cli) -> Result<String, String> {
             if !path.starts_with('/') {
                 return Err(format!("--path {path:?} must start with '/'"));
             }
+            let resolved = args::resolve_loopback(&addr)?;
             let target = args::Target {
-                addr: args::resolve_loopback(&addr)?,
+                addr: resolved,
                 authority: addr,
                 path,
+                tls: false,
+                host: resolved.ip().to_string(),
             };
             let cfg = idle::IdleConfig {
                 target,

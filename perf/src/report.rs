@@ -27,14 +27,15 @@ pub fn format_ns(ns: u64) -> String {
     }
 }
 
-/// `http://AUTHORITY[PATH]`: the path only when every request uses it.
+/// `http[s]://AUTHORITY[PATH]`: the path only when every request uses it.
 fn target_text(cfg: &LoadConfig) -> String {
+    let scheme = if cfg.target.tls { "https" } else { "http" };
     match cfg.scenarios.as_slice() {
         [one] => {
             let path = one.label.split(' ').nth(1).unwrap_or("");
-            format!("http://{}{}", cfg.target.authority, path)
+            format!("{scheme}://{}{}", cfg.target.authority, path)
         }
-        _ => format!("http://{}", cfg.target.authority),
+        _ => format!("{scheme}://{}", cfg.target.authority),
     }
 }
 
@@ -156,6 +157,9 @@ pub fn format_human(cfg: &LoadConfig, r: &LoadReport) -> String {
                 f64::from(s.weight) / total_weight.max(1) as f64 * 100.0,
             );
         }
+    }
+    if let Some(tls) = &r.tls_session {
+        let _ = writeln!(out, "tls         {tls}");
     }
     if let Some(cpu) = r.server_cpu {
         let per_request_ns = cpu.as_nanos() as f64 / c.responses.max(1) as f64;
@@ -304,7 +308,10 @@ pub fn format_json(cfg: &LoadConfig, r: &LoadReport) -> String {
     );
     let _ = write!(
         out,
-        "\"scenarios\":[{scenarios}],\"server_cpu\":{server_cpu}}}"
+        "\"scenarios\":[{scenarios}],\"server_cpu\":{server_cpu},\"tls\":{}}}",
+        r.tls_session
+            .as_deref()
+            .map_or_else(|| "null".to_owned(), json_str)
     );
     out.push('\n');
     out
