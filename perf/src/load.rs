@@ -766,25 +766,15 @@ impl Worker<'_> {
         // `bytes` may borrow `conn.out`; copy the write state out and back.
         let mut written = conn.written;
         let mut interest = conn.interest;
-        let result = match &mut conn.tls {
-            Some(session) => write_pending_tls(
-                session,
-                &mut conn.stream,
-                bytes,
-                &mut written,
-                &mut interest,
-                &self.epoll,
-                token,
-            ),
-            None => write_pending(
-                &conn.stream,
-                bytes,
-                &mut written,
-                &mut interest,
-                &self.epoll,
-                token,
-            ),
-        };
+        let result = write_pending(
+            &mut conn.stream,
+            conn.tls.as_deref_mut(),
+            bytes,
+            &mut written,
+            &mut interest,
+            &self.epoll,
+            token,
+        );
         conn.written = written;
         conn.interest = interest;
         if result.is_err() {
@@ -920,64 +910,54 @@ fn read_tls(
     Ok(total)
 }
 
-/// [`write_pending`] for a TLS connection: a new batch is encrypted into
-/// rustls in one go (`written` then covers it) and its records are written
-/// while the socket takes them.
-fn write_pending_tls(
-    session: &mut rustls::ClientConnection,
+/// Writes what is left of `bytes` (for TLS: encrypts a new batch into rustls
+/// in one go, `written` then covering it, and writes its records); asks epoll
+/// for writability only while the socket buffer is full, so a normal round
+/// trip costs no epoll_ctl.
+fn write_pending(
     stream: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
     bytes: &[u8],
     written: &mut usize,
     interest: &mut Interest,
     epoll: &Epoll,
     token: usize,
 ) -> io::Result<()> {
-    if *written < bytes.len() {
-        tls::queue(session, &bytes[*written..])?;
-        *written = bytes.len();
-    }
-    let want = if tls::flush(session, stream)? {
+    let done = match tls {
+        Some(session) => {
+            if *written < bytes.len() {
+                tls::queue(session, &bytes[*written..])?;
+                *written = bytes.len();
+            }
+            tls::flush(session, stream)?
+        }
+        None => write_plain(stream, bytes, written)?,
+    };
+    let want = if done {
         Interest::Read
     } else {
         Interest::ReadWrite
     };
     if *interest != want {
-        epoll.modify(&*stream, token as u64, want)?;
+        epoll.modify(stream, token as u64, want)?;
         *interest = want;
     }
     Ok(())
 }
 
-/// Writes what is left of `bytes`; asks epoll for writability only while the
-/// socket buffer is full, so a normal round trip costs no epoll_ctl.
-fn write_pending(
-    mut stream: &TcpStream,
-    bytes: &[u8],
-    written: &mut usize,
-    interest: &mut Interest,
-    epoll: &Epoll,
-    token: usize,
-) -> io::Result<()> {
+/// Writes `bytes` from `written` on; `Ok(false)` when the socket buffer
+/// filled first.
+fn write_plain(stream: &mut TcpStream, bytes: &[u8], written: &mut usize) -> io::Result<bool> {
     while *written < bytes.len() {
         match stream.write(&bytes[*written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => *written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if *interest != Interest::ReadWrite {
-                    epoll.modify(stream, token as u64, Interest::ReadWrite)?;
-                    *interest = Interest::ReadWrite;
-                }
-                return Ok(());
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
-    if *interest != Interest::Read {
-        epoll.modify(stream, token as u64, Interest::Read)?;
-        *interest = Interest::Read;
-    }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -993,11 +973,23 @@ pub(crate) mod tests {
     /// the server only counts heads, which works as long as bodies hold no
     /// blank line).
     pub(crate) fn spawn_server(response: &'static [u8]) -> SocketAddr {
+        spawn_server_over(response, Some)
+    }
+
+    /// [`spawn_server`] speaking through what `wrap` makes of each accepted
+    /// stream (a TLS session, say); `None` drops the connection.
+    pub(crate) fn spawn_server_over<S, W>(response: &'static [u8], wrap: W) -> SocketAddr
+    where
+        S: Read + Write + Send + 'static,
+        W: Fn(TcpStream) -> Option<S> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
+                let Some(mut stream) = stream.ok().and_then(&wrap) else {
+                    return;
+                };
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut pending = Vec::new();
@@ -1012,7 +1004,11 @@ pub(crate) mod tests {
                             pending.drain(..i + 4);
                             out.extend_from_slice(response);
                         }
-                        if stream.write_all(&out).is_err() {
+                        if stream
+                            .write_all(&out)
+                            .and_then(|()| stream.flush())
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -228,11 +228,12 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{run, tests::config};
+    use crate::load::run;
+    use crate::load::tests::{config, spawn_server_over};
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use rustls::pki_types::PrivateKeyDer;
     use rustls::{ServerConfig, ServerConnection, StreamOwned};
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::SocketAddr;
 
     const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!";
 
@@ -266,8 +267,7 @@ mod tests {
         }
     }
 
-    /// A blocking rustls server: a thread per connection answers each request
-    /// head with [`RESPONSE`] until the client goes away.
+    /// A blocking rustls server answering each request head with [`RESPONSE`].
     fn spawn_tls_server(pki: &Pki) -> SocketAddr {
         let config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -277,38 +277,10 @@ mod tests {
                 .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
                 .expect("server config");
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let config = Arc::clone(&config);
-                std::thread::spawn(move || {
-                    let Ok(conn) = ServerConnection::new(config) else {
-                        return;
-                    };
-                    let mut tls = StreamOwned::new(conn, stream);
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut pending = Vec::new();
-                    loop {
-                        let n = match tls.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        pending.extend_from_slice(&buf[..n]);
-                        let mut out = Vec::new();
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            out.extend_from_slice(RESPONSE);
-                        }
-                        if tls.write_all(&out).and_then(|()| tls.flush()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
+        spawn_server_over(RESPONSE, move |stream| {
+            let conn = ServerConnection::new(Arc::clone(&config)).ok()?;
+            Some(StreamOwned::new(conn, stream))
+        })
     }
 
     fn tls_config(addr: SocketAddr, pipeline: usize, client: TlsClient) -> crate::load::LoadConfig {
