@@ -165,6 +165,7 @@ pub fn effective_toml(c: &Config) -> String {
             TlsVersion::Tls13 => "1.3",
         };
         let _ = writeln!(o, "min_version = {}", q(v));
+        let _ = writeln!(o, "require_ems = {}", t.require_ems);
         if let Some(ca) = &t.client_auth {
             let _ = writeln!(
                 o,

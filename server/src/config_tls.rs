@@ -36,6 +36,7 @@ pub(crate) struct FileTls {
     handshake_timeout: Option<String>,
     ticket_key_rotation: Option<String>,
     min_version: Option<String>,
+    require_ems: Option<bool>,
     client_auth: Option<FileClientAuth>,
 }
 
@@ -96,6 +97,10 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     pub ticket_key_rotation: Duration,
     pub min_version: TlsVersion,
+    /// Refuse TLS 1.2 clients that do not offer the extended master secret
+    /// (RFC 7627). `false` only for legacy clients, and never with
+    /// `client_auth`.
+    pub require_ems: bool,
     pub client_auth: Option<ClientAuth>,
 }
 
@@ -226,6 +231,17 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
         }),
         None => None,
     };
+    let require_ems = f.require_ems.unwrap_or(true);
+    if !require_ems && client_auth.is_some() {
+        // Without the extended master secret a TLS 1.2 session's secret can
+        // be made equal to another session's (the triple-handshake attack),
+        // which lets a man in the middle resume as the certificate's owner.
+        return err(
+            "server.tls.require_ems",
+            "false cannot be combined with client_auth: a TLS 1.2 session without the \
+             extended master secret could be resumed to impersonate a client certificate",
+        );
+    }
     Ok(TlsConfig {
         listen,
         default_cert,
@@ -233,6 +249,7 @@ pub(crate) fn validate_tls(f: FileTls) -> Result<TlsConfig, ConfigError> {
         handshake_timeout,
         ticket_key_rotation,
         min_version,
+        require_ems,
         client_auth,
     })
 }
@@ -272,6 +289,10 @@ client_auth = { ca = "ca.pem" }
         );
         let ca = t.client_auth.expect("client_auth");
         assert!(ca.required, "required defaults to true");
+        assert!(t.require_ems, "the extended master secret is required by default");
+        let base = "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n";
+        let c = Config::from_toml_str(&format!("{base}require_ems = false\n")).expect("valid");
+        assert!(!c.server.tls.expect("tls").require_ems);
     }
 
     #[test]
@@ -299,6 +320,10 @@ client_auth = { ca = "ca.pem" }
             (
                 "client_auth = { required = true }",
                 "server.tls.client_auth.ca",
+            ),
+            (
+                "require_ems = false\nclient_auth = { ca = \"ca.pem\" }",
+                "server.tls.require_ems",
             ),
         ] {
             let e = Config::from_toml_str(&format!("{base}{extra}\n")).expect_err(extra);

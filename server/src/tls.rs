@@ -246,9 +246,9 @@ fn build(
     config.ignore_client_order = true;
     // RFC 7627 §5.3: no TLS 1.2 session without the extended master
     // secret (the triple-handshake attack, worst with client
-    // certificates). Every TLS 1.2 client of the last decade sends it;
-    // TLS 1.3 is not affected.
-    config.require_ems = true;
+    // certificates) unless `require_ems = false` lets legacy clients in
+    // (OpenSSL 1.0.2, LibreSSL 2.x); TLS 1.3 is not affected.
+    config.require_ems = cfg.require_ems;
     Ok(Arc::new(config))
 }
 

@@ -1298,3 +1298,27 @@ fn tls12_without_extended_master_secret_is_refused() {
         0x15
     );
 }
+
+#[test]
+fn require_ems_false_lets_legacy_tls12_clients_in() {
+    // OpenSSL 1.0.2 and LibreSSL 2.x never send the extension; the knob
+    // serves them a ServerHello, and is refused beside client_auth.
+    let pki = Pki::new();
+    let server = pki.start("require_ems = false");
+    assert_eq!(
+        first_record_type(server.tls_addr(), &tls12_client_hello(false)),
+        0x16
+    );
+    assert_eq!(
+        first_record_type(server.tls_addr(), &tls12_client_hello(true)),
+        0x16
+    );
+    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
+    let e = shardline::Config::from_toml_str(&pki.section(&format!(
+        "require_ems = false\nclient_auth = {{ ca = \"{ca_file}\" }}"
+    )))
+    .expect_err("require_ems = false beside client_auth")
+    .0;
+    assert!(e.starts_with("server.tls.require_ems"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
