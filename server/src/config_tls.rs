@@ -289,7 +289,10 @@ client_auth = { ca = "ca.pem" }
         );
         let ca = t.client_auth.expect("client_auth");
         assert!(ca.required, "required defaults to true");
-        assert!(t.require_ems, "the extended master secret is required by default");
+        assert!(
+            t.require_ems,
+            "the extended master secret is required by default"
+        );
         let base = "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n";
         let c = Config::from_toml_str(&format!("{base}require_ems = false\n")).expect("valid");
         assert!(!c.server.tls.expect("tls").require_ems);
