@@ -429,6 +429,7 @@ impl ShardControl for GatewayApp {
             reloads_ok: self.setup.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.setup.reloads_failed.load(Ordering::Relaxed),
             config_generation: inner.generation,
+            tls_certificates: self.setup.tls.as_ref().map(|t| t.served()),
             spans_exported: self.obs.tracer.as_ref().map_or(0, |t| t.exported.get()),
             spans_dropped: self.obs.tracer.as_ref().map_or(0, |t| t.dropped.get()),
         }

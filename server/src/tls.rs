@@ -33,13 +33,29 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shardline_shard::tls::certificate_dns_names;
 use shardline_shard::TlsAcceptor;
 
+use crate::cert_validity::{validity, Validity};
 use crate::config_tls::{CertPaths, TlsConfig, TlsVersion};
+
+/// How far ahead of a served certificate's expiry the start and every
+/// reload warn: two weeks leaves time to renew by hand when automation
+/// failed (ACME clients renew at 30 days left).
+const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+
+/// A certificate the listener serves (the default one or an SNI entry):
+/// its file and its leaf's validity period, for the expiry gauge.
+#[derive(Debug, Clone)]
+pub(crate) struct ServedCert {
+    pub file: String,
+    /// `None` when the leaf's DER could not be read for its dates.
+    pub validity: Option<Validity>,
+}
 
 /// The running HTTPS listener's TLS state: what a reload needs.
 pub(crate) struct TlsRuntime {
     config: TlsConfig,
     keys: Mutex<TicketState>,
     acceptor: Arc<TlsAcceptor>,
+    served: Mutex<Vec<ServedCert>>,
 }
 
 /// The ticket keys in use and the client CAs they were issued under.
@@ -53,13 +69,15 @@ struct TicketState {
 pub(crate) struct PreparedTls {
     server_config: Arc<ServerConfig>,
     keys: TicketState,
+    served: Vec<ServedCert>,
 }
 
 impl TlsRuntime {
     pub(crate) fn new(config: TlsConfig) -> Result<TlsRuntime, String> {
         let client_cas = read_client_cas(&config)?;
         let ticketer = new_ticketer(&config)?;
-        let server_config = build(&config, &ticketer, client_cas.as_deref())?;
+        let (server_config, served) = build(&config, &ticketer, client_cas.as_deref())?;
+        warn_about_validity(&served, unix_now());
         let acceptor = Arc::new(TlsAcceptor::new(server_config, config.handshake_timeout));
         Ok(TlsRuntime {
             config,
@@ -68,7 +86,16 @@ impl TlsRuntime {
                 client_cas,
             }),
             acceptor,
+            served: Mutex::new(served),
         })
+    }
+
+    /// The certificates new handshakes are served, with their validity.
+    pub(crate) fn served(&self) -> Vec<ServedCert> {
+        self.served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn acceptor(&self) -> Arc<TlsAcceptor> {
@@ -92,13 +119,14 @@ impl TlsRuntime {
             new_ticketer(&self.config)?
         };
         drop(keys);
-        let server_config = build(&self.config, &ticketer, client_cas.as_deref())?;
+        let (server_config, served) = build(&self.config, &ticketer, client_cas.as_deref())?;
         Ok(PreparedTls {
             server_config,
             keys: TicketState {
                 ticketer,
                 client_cas,
             },
+            served,
         })
     }
 
@@ -107,6 +135,8 @@ impl TlsRuntime {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         *keys = prepared.keys;
         self.acceptor.replace(prepared.server_config);
+        warn_about_validity(&prepared.served, unix_now());
+        *self.served.lock().unwrap_or_else(PoisonError::into_inner) = prepared.served;
     }
 
     /// [`TlsRuntime::prepare`] then [`TlsRuntime::commit`]. On error the
@@ -144,6 +174,50 @@ pub(crate) fn validate(config: &TlsConfig) -> Result<(), String> {
     build(config, &ticketer, client_cas.as_deref()).map(drop)
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A served certificate that is expired, not yet valid or close to expiry
+/// still starts (as nginx does: the clock may be what is wrong), but says
+/// so: verifying clients refuse it.
+fn warn_about_validity(served: &[ServedCert], now: i64) {
+    for line in validity_warnings(served, now) {
+        tracing::warn!("{line}");
+    }
+}
+
+fn validity_warnings(served: &[ServedCert], now: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in served {
+        let Some(v) = c.validity else { continue };
+        if now >= v.not_after {
+            out.push(format!(
+                "TLS certificate {} expired {} days ago: clients that verify it refuse the \
+                 handshake",
+                c.file,
+                (now - v.not_after) / 86_400
+            ));
+        } else if now < v.not_before {
+            out.push(format!(
+                "TLS certificate {} is not valid for another {} days (check the clock): clients \
+                 that verify it refuse the handshake",
+                c.file,
+                (v.not_before - now + 86_399) / 86_400
+            ));
+        } else if v.not_after - now < EXPIRY_WARNING_SECS {
+            out.push(format!(
+                "TLS certificate {} expires in {} hours",
+                c.file,
+                (v.not_after - now) / 3_600
+            ));
+        }
+    }
+    out
+}
+
 /// A fresh set of ticket keys. rustls's ring ticketer keeps its own keys
 /// for 6 hours; the outer `TicketRotator` replaces the whole set every
 /// `ticket_key_rotation` (at most 6 hours, see `config_tls`).
@@ -179,9 +253,14 @@ fn build(
     cfg: &TlsConfig,
     ticketer: &Arc<dyn ProducesTickets>,
     client_cas: Option<&[CertificateDer<'static>]>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<(Arc<ServerConfig>, Vec<ServedCert>), String> {
     let provider = provider();
     let default = load_certified_key("server.tls", &cfg.default_cert, &provider)?;
+    let served_cert = |paths: &CertPaths, ck: &CertifiedKey| ServedCert {
+        file: paths.cert.display().to_string(),
+        validity: ck.cert.first().and_then(|leaf| validity(leaf.as_ref())),
+    };
+    let mut served = vec![served_cert(&cfg.default_cert, &default)];
     let mut resolver = SniResolver {
         exact: HashMap::new(),
         wildcard: HashMap::new(),
@@ -196,6 +275,7 @@ fn build(
     for (i, s) in cfg.sni.iter().enumerate() {
         let key = format!("server.tls.sni[{i}]");
         let ck = load_certified_key(&key, &s.paths, &provider)?;
+        served.push(served_cert(&s.paths, &ck));
         let names = match &s.names {
             Some(n) => n.clone(),
             None => certificate_dns_names(ck.cert[0].as_ref()),
@@ -249,7 +329,7 @@ fn build(
     // certificates) unless `require_ems = false` lets legacy clients in
     // (OpenSSL 1.0.2, LibreSSL 2.x); TLS 1.3 is not affected.
     config.require_ems = cfg.require_ems;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), served))
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -398,5 +478,40 @@ impl ResolvesServerCert for SniResolver {
             }
         }
         Some(Arc::clone(&self.default))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(not_before: i64, not_after: i64) -> ServedCert {
+        ServedCert {
+            file: "c.pem".into(),
+            validity: Some(Validity {
+                not_before,
+                not_after,
+            }),
+        }
+    }
+
+    #[test]
+    fn validity_warnings_name_the_file_and_the_problem() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let w = validity_warnings(&[served(now - 90 * day, now - 3 * day)], now);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("c.pem expired 3 days ago"), "{}", w[0]);
+        let w = validity_warnings(&[served(now + day / 2, now + 90 * day)], now);
+        assert!(w[0].contains("not valid for another 1 days"), "{}", w[0]);
+        let w = validity_warnings(&[served(now - day, now + 5 * day + 3_600)], now);
+        assert!(w[0].contains("expires in 121 hours"), "{}", w[0]);
+        // Fine, or dates unknown: nothing to say.
+        assert!(validity_warnings(&[served(now - day, now + 30 * day)], now).is_empty());
+        let unknown = ServedCert {
+            file: "x.pem".into(),
+            validity: None,
+        };
+        assert!(validity_warnings(&[unknown], now).is_empty());
     }
 }

@@ -31,7 +31,7 @@ use shardline_protocol::response::{self, EncodeOptions, CONTINUE_100};
 
 use crate::app::{App, ConnContext, Dispatch, Exchange, Refusal};
 use crate::buffers::ReadBuf;
-use crate::shard::{ShardCounters, ShardState, TimeoutKind};
+use crate::shard::{HandshakeResult, ShardCounters, ShardState, TimeoutKind};
 use crate::stream::{BodyLeft, ClientIo, StreamRequest};
 use crate::transport::Transport;
 
@@ -295,13 +295,29 @@ impl Conn {
         drop(ring);
         timeouts.disarm(slot);
         if res.is_ok() {
-            self.tls_identity = self
-                .stream
-                .tls()
+            let tls = self.stream.tls();
+            let resumed = tls.is_some_and(|t| {
+                t.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            });
+            self.shard.count_tls_handshake(if resumed {
+                HandshakeResult::Resumed
+            } else {
+                HandshakeResult::Full
+            });
+            self.tls_identity = tls
                 .and_then(|t| crate::tls::client_identity(t.connection()))
                 .map(String::into_boxed_str);
         } else {
-            self.shard.count_tls_handshake_failure();
+            self.shard.count_tls_handshake(
+                if res
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+                {
+                    HandshakeResult::TimedOut
+                } else {
+                    HandshakeResult::Failed
+                },
+            );
             if self
                 .stream
                 .tls()

@@ -52,7 +52,7 @@ pub use set::{
     ExecutorTuning, ListenerPlacement, ListenerSpec, ShardLimits, ShardSet, ShardSetConfig,
     ShutdownHandle, StartError,
 };
-pub use shard::{local_counters, ShardCounters, ShardState, TimeoutKind};
+pub use shard::{local_counters, HandshakeResult, ShardCounters, ShardState, TimeoutKind};
 pub use shardline_protocol as protocol;
 pub use stream::{BodyError, ClientIo, StreamRequest};
 pub use tls::TlsAcceptor;

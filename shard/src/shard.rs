@@ -57,6 +57,40 @@ impl TimeoutKind {
     }
 }
 
+/// How a TLS handshake on the HTTPS listener ended, for the handshake
+/// counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    /// Completed with a full key exchange and the server's certificate.
+    Full,
+    /// Completed by resuming an earlier session (ticket or session ID).
+    Resumed,
+    /// Refused or broken: a TLS alert, a malformed record, plain HTTP on
+    /// the TLS port, a client certificate that does not verify, a reset.
+    Failed,
+    /// Not completed within `handshake_timeout`.
+    TimedOut,
+}
+
+impl HandshakeResult {
+    pub const ALL: [HandshakeResult; 4] = [
+        HandshakeResult::Full,
+        HandshakeResult::Resumed,
+        HandshakeResult::Failed,
+        HandshakeResult::TimedOut,
+    ];
+
+    /// Stable metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            HandshakeResult::Full => "full",
+            HandshakeResult::Resumed => "resumed",
+            HandshakeResult::Failed => "failed",
+            HandshakeResult::TimedOut => "timeout",
+        }
+    }
+}
+
 /// Number of protocol error kinds (one parse-error counter each).
 const PARSE_ERROR_KINDS: usize = ErrorKind::ALL.len();
 
@@ -82,8 +116,9 @@ pub struct ShardCounters {
     pub parse_errors: [Cell<u64>; PARSE_ERROR_KINDS],
     /// Read deadlines that fired, indexed like `TimeoutKind::ALL`.
     pub timeouts: [Cell<u64>; 3],
-    /// TLS handshakes that failed or timed out.
-    pub tls_handshake_failures: Cell<u64>,
+    /// TLS handshakes by how they ended, indexed like
+    /// `HandshakeResult::ALL`.
+    pub tls_handshakes: [Cell<u64>; 4],
 }
 
 impl Default for ShardCounters {
@@ -98,7 +133,7 @@ impl Default for ShardCounters {
             bytes_out: Cell::new(0),
             parse_errors: std::array::from_fn(|_| Cell::new(0)),
             timeouts: std::array::from_fn(|_| Cell::new(0)),
-            tls_handshake_failures: Cell::new(0),
+            tls_handshakes: std::array::from_fn(|_| Cell::new(0)),
         }
     }
 }
@@ -115,6 +150,10 @@ impl ShardCounters {
 
     pub fn timeouts_of(&self, kind: TimeoutKind) -> u64 {
         self.timeouts[kind as usize].get()
+    }
+
+    pub fn tls_handshakes_of(&self, result: HandshakeResult) -> u64 {
+        self.tls_handshakes[result as usize].get()
     }
 }
 
@@ -189,8 +228,8 @@ impl ShardState {
         ShardCounters::add(&self.counters.parse_errors[kind as usize], 1);
     }
 
-    pub(crate) fn count_tls_handshake_failure(&self) {
-        ShardCounters::add(&self.counters.tls_handshake_failures, 1);
+    pub(crate) fn count_tls_handshake(&self, result: HandshakeResult) {
+        ShardCounters::add(&self.counters.tls_handshakes[result as usize], 1);
     }
 
     pub(crate) fn count_timeout(&self, kind: TimeoutKind) {

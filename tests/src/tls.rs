@@ -128,7 +128,17 @@ impl Ca {
     /// A server certificate for `names` (DNS names; "127.0.0.1" becomes an
     /// IP SAN).
     pub fn server(&self, names: &[&str]) -> Leaf {
+        self.server_valid(names, None)
+    }
+
+    /// A server certificate valid from January 1st of `from` to January
+    /// 1st of `to` (years), when given.
+    pub fn server_valid(&self, names: &[&str], years: Option<(i32, i32)>) -> Leaf {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if let Some((from, to)) = years {
+            p.not_before = rcgen::date_time_ymd(from, 1, 1);
+            p.not_after = rcgen::date_time_ymd(to, 1, 1);
+        }
         for n in names {
             match n.parse::<std::net::IpAddr>() {
                 Ok(ip) => p.subject_alt_names.push(SanType::IpAddress(ip)),

@@ -729,3 +729,84 @@ fn plain_http_to_the_tls_port_gets_a_readable_400() {
         200
     );
 }
+
+#[test]
+fn handshakes_and_certificate_expiry_are_metrics() {
+    use shardline_tests::metrics;
+    let dir = ScratchDir::new("tls-metrics");
+    let ca = Ca::new("metrics CA");
+    // Expiry known to the second: 2040-01-01T00:00:00Z.
+    let leaf = ca.server_valid(&["localhost"], Some((2020, 2040)));
+    let cert = dir.write("server.crt", &leaf.cert_pem);
+    let key = dir.write("server.key", &leaf.key_pem);
+    let text = format!(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         handshake_timeout = \"300ms\"\n"
+    );
+    let mut cfg = shardline_tests::server::test_config(config_from_toml(&text));
+    cfg.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = TestServer::from_builder(shardline::Server::new(cfg));
+    let scrape = || {
+        let mut c = shardline_tests::Client::connect(server.admin.unwrap());
+        let text = c.request(&get("/metrics", &[])).text();
+        metrics::parse(&text, false).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    let handshakes = |m: &metrics::Exposition, result: &str| {
+        m.value("shardline_tls_handshakes_total", &[("result", result)])
+    };
+    let m = scrape();
+    for result in ["full", "resumed", "failed", "timeout"] {
+        assert_eq!(handshakes(&m, result), 0.0, "{result}");
+    }
+    assert_eq!(
+        m.value(
+            "shardline_tls_certificate_not_after_seconds",
+            &[("file", cert.as_str())]
+        ),
+        2_208_988_800.0
+    );
+
+    // One full handshake, then one resumed with its ticket.
+    let client = tls::client_config(&ca, None, Versions::Only13);
+    let mut first = tls::connect(server.tls_addr(), &client, "localhost").unwrap();
+    assert_eq!(tls::get(&mut first, "/plaintext").unwrap().status, 200);
+    drop(first);
+    let mut second = tls::connect(server.tls_addr(), &client, "localhost").unwrap();
+    assert_eq!(second.conn.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(tls::get(&mut second, "/plaintext").unwrap().status, 200);
+    // Plain HTTP on the TLS port fails the handshake (and gets its 400).
+    let mut raw = TcpStream::connect(server.tls_addr()).unwrap();
+    raw.set_read_timeout(Some(GUARD)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 400"), "{got:?}");
+    // A client that stops mid-handshake runs into the timeout.
+    let mut stalled = TcpStream::connect(server.tls_addr()).unwrap();
+    stalled.set_read_timeout(Some(GUARD)).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let _ = stalled.read_to_end(&mut Vec::new());
+
+    let m = scrape();
+    for (result, n) in [
+        ("full", 1.0),
+        ("resumed", 1.0),
+        ("failed", 1.0),
+        ("timeout", 1.0),
+    ] {
+        assert_eq!(handshakes(&m, result), n, "{result}");
+    }
+
+    // A reload to a certificate that expires later moves the gauge.
+    let renewed = ca.server_valid(&["localhost"], Some((2020, 2045)));
+    std::fs::write(&cert, &renewed.cert_pem).unwrap();
+    std::fs::write(&key, &renewed.key_pem).unwrap();
+    assert_eq!(server.reload_tls(), Ok(true));
+    assert_eq!(
+        scrape().value(
+            "shardline_tls_certificate_not_after_seconds",
+            &[("file", cert.as_str())]
+        ),
+        2_366_841_600.0
+    );
+}

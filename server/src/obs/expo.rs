@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use shardline_protocol::error::ErrorKind;
-use shardline_shard::TimeoutKind;
+use shardline_shard::{HandshakeResult, TimeoutKind};
 
 use crate::obs::metrics::{LatencyHistogram, ShardSnapshot, STATUS_CLASSES};
 use crate::obs::slo::{SloReport, BURN_WINDOWS};
@@ -352,6 +352,7 @@ pub(crate) fn render(snaps: &[ShardSnapshot], slos: &[SloReport], fmt: Format) -
         }
     }
 
+    render_tls(&mut e, snaps, &shard_labels);
     render_upstreams(&mut e, snaps, &shard_labels);
     render_caches(&mut e, snaps);
 
@@ -426,6 +427,40 @@ pub(crate) fn render(snaps: &[ShardSnapshot], slos: &[SloReport], fmt: Format) -
         e.out.push_str("# EOF\n");
     }
     e.out
+}
+
+/// The HTTPS listener's families, only when there is one.
+fn render_tls(e: &mut Expo, snaps: &[ShardSnapshot], shard_labels: &[String]) {
+    // Every shard reports the same certificates (the process's); take one.
+    let Some(certs) = snaps.first().and_then(|s| s.tls_certificates.as_ref()) else {
+        return;
+    };
+    e.family(
+        "shardline_tls_handshakes",
+        Kind::Counter,
+        "TLS handshakes on the HTTPS listener, by how they ended.",
+    );
+    for (s, label) in snaps.iter().zip(shard_labels) {
+        for (i, result) in HandshakeResult::ALL.iter().enumerate() {
+            e.int(
+                &[("shard", label), ("result", result.label())],
+                s.counters.tls_handshakes[i],
+            );
+        }
+    }
+    e.family(
+        "shardline_tls_certificate_not_after_seconds",
+        Kind::Gauge,
+        "When each certificate the HTTPS listener serves expires (its leaf's notAfter, Unix time).",
+    );
+    for c in certs {
+        if let Some(v) = c.validity {
+            e.int(
+                &[("file", &c.file)],
+                u64::try_from(v.not_after).unwrap_or(0),
+            );
+        }
+    }
 }
 
 fn render_upstreams(e: &mut Expo, snaps: &[ShardSnapshot], shard_labels: &[String]) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use shardline_shard::{ShardCounters, TimeoutKind};
+use shardline_shard::{HandshakeResult, ShardCounters, TimeoutKind};
 
 use crate::upstream::breaker::BreakerState;
 use crate::upstream::Upstream;
@@ -156,6 +156,8 @@ pub(crate) struct CountersSnapshot {
     pub parse_errors: Vec<u64>,
     /// Indexed like `TimeoutKind::ALL`.
     pub timeouts: [u64; 3],
+    /// Indexed like `HandshakeResult::ALL`.
+    pub tls_handshakes: [u64; 4],
 }
 
 impl CountersSnapshot {
@@ -170,6 +172,7 @@ impl CountersSnapshot {
             bytes_out: c.bytes_out.get(),
             parse_errors: c.parse_errors.iter().map(Cell::get).collect(),
             timeouts: TimeoutKind::ALL.map(|k| c.timeouts_of(k)),
+            tls_handshakes: HandshakeResult::ALL.map(|r| c.tls_handshakes_of(r)),
         }
     }
 }
@@ -264,6 +267,8 @@ pub(crate) struct ShardSnapshot {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub config_generation: u64,
+    /// The certificates the HTTPS listener serves now; `None` without one.
+    pub tls_certificates: Option<Vec<crate::tls::ServedCert>>,
 }
 
 /// The per-route part of a shard's registry.
