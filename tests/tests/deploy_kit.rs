@@ -5,6 +5,7 @@
 
 use shardline_tests::metrics;
 use shardline_tests::server::config_from_toml;
+use shardline_tests::tls::{Ca, ScratchDir};
 use shardline_tests::upstream::{Behaviour, Upstream};
 use shardline_tests::{get, Client, TestServer};
 
@@ -36,8 +37,20 @@ fn dashboard_and_rules_query_exported_metrics() {
     assert!(!dash["panels"].as_array().unwrap().is_empty());
 
     let up = Upstream::start(Behaviour::ok("x"));
+    // An HTTPS listener too, for the TLS families the rules query.
+    let dir = ScratchDir::new("deploy-kit");
+    let leaf = Ca::new("deploy kit CA").server(&["localhost"]);
+    let (cert, key) = (
+        dir.write("server.crt", &leaf.cert_pem),
+        dir.write("server.key", &leaf.key_pem),
+    );
     let mut cfg = config_from_toml(&format!(
         r#"
+[server.tls]
+listen = "127.0.0.1:0"
+cert = "{cert}"
+key = "{key}"
+
 [[upstreams]]
 name = "u"
 targets = ["{}"]
