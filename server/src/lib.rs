@@ -49,7 +49,6 @@ mod app;
 #[allow(dead_code)]
 mod cache;
 mod cache_glue;
-mod cert_validity;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -30,10 +30,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use shardline_shard::tls::certificate_dns_names;
+use shardline_shard::tls::{certificate_dns_names, certificate_validity, Validity};
 use shardline_shard::TlsAcceptor;
 
-use crate::cert_validity::{validity, Validity};
 use crate::config_tls::{CertPaths, TlsConfig, TlsVersion};
 
 /// How far ahead of a served certificate's expiry the start and every
@@ -258,7 +257,10 @@ fn build(
     let default = load_certified_key("server.tls", &cfg.default_cert, &provider)?;
     let served_cert = |paths: &CertPaths, ck: &CertifiedKey| ServedCert {
         file: paths.cert.display().to_string(),
-        validity: ck.cert.first().and_then(|leaf| validity(leaf.as_ref())),
+        validity: ck
+            .cert
+            .first()
+            .and_then(|leaf| certificate_validity(leaf.as_ref())),
     };
     let mut served = vec![served_cert(&cfg.default_cert, &default)];
     let mut resolver = SniResolver {

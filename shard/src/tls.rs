@@ -521,6 +521,27 @@ fn directory_string(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Opti
     }
 }
 
+/// A certificate's validity period (RFC 5280 §4.1.2.5), in seconds since
+/// the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The validity period of one DER certificate; `None` when it does not
+/// parse (the expiry gauge then leaves that certificate out rather than
+/// report a wrong date).
+pub fn certificate_validity(der: &[u8]) -> Option<Validity> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let v = cert.validity();
+    Some(Validity {
+        not_before: v.not_before.timestamp(),
+        not_after: v.not_after.timestamp(),
+    })
+}
+
 /// The DNS names a certificate is valid for (its subject alternative
 /// names; the common name when it has none), lower-cased.
 pub fn certificate_dns_names(der: &[u8]) -> Vec<String> {
@@ -599,5 +620,44 @@ where
             Poll::Ready(Ok(())) => Pin::new(&mut this.tcp).poll_close(cx),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_validity;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn cert_with(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Vec<u8> {
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        p.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn validity_reads_utc_and_generalized_times() {
+        // 2001-01-01 and 2002-01-01 (UTCTime); 2051-06-30 (GeneralizedTime,
+        // RFC 5280 requires it from 2050 on).
+        let v = certificate_validity(&cert_with((2001, 1, 1), (2002, 1, 1))).expect("parsed");
+        assert_eq!(v.not_before, 978_307_200);
+        assert_eq!(v.not_after, 1_009_843_200);
+        let v = certificate_validity(&cert_with((1999, 12, 31), (2051, 6, 30))).expect("parsed");
+        assert_eq!(v.not_before, 946_598_400);
+        assert_eq!(v.not_after, 2_571_696_000);
+    }
+
+    #[test]
+    fn validity_of_truncated_or_foreign_input_is_none() {
+        let der = cert_with((2001, 1, 1), (2002, 1, 1));
+        for cut in [0, 1, 10, 100, der.len() / 2] {
+            assert_eq!(certificate_validity(&der[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(certificate_validity(b"not a certificate"), None);
+        assert_eq!(
+            certificate_validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
     }
 }

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,15 +296,14 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
 /// instructions per proxied request in callgrind).
 const FIRST_RESPONSE_HEADER_SLOTS: usize = 24;
 
-/// Parses the response head pending in `data[start..end]`; `None` while it
-/// is incomplete. Field ranges index `data`.
-fn parse_head(
-    data: &[u8],
-    start: usize,
-    end: usize,
+/// Parses `pending` as a response head and hands the result to `f`: first
+/// with [`FIRST_RESPONSE_HEADER_SLOTS`] slots, again with all
+/// [`MAX_RESPONSE_HEADERS`] only when those were too few.
+fn with_parsed_head<R>(
+    pending: &[u8],
     request_was_head: bool,
-) -> Result<Option<Head>, Failure> {
-    let pending = &data[start..end];
+    f: impl FnOnce(Result<ParsedResponse<'_, '_>, ResponseError>) -> R,
+) -> R {
     let mut few = [httparse::EMPTY_HEADER; FIRST_RESPONSE_HEADER_SLOTS];
     let mut many;
     let mut parsed = response_head::parse_response(
@@ -322,7 +321,18 @@ fn parse_head(
             request_was_head,
         );
     }
-    match parsed {
+    f(parsed)
+}
+
+/// Parses the response head pending in `data[start..end]`; `None` while it
+/// is incomplete. Field ranges index `data`.
+fn parse_head(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    request_was_head: bool,
+) -> Result<Option<Head>, Failure> {
+    with_parsed_head(&data[start..end], request_was_head, |parsed| match parsed {
         Ok(ParsedResponse::Complete(h)) => {
             if h.framing == ResponseFraming::Chunked && other_transfer_coding(h.headers) {
                 return Err(Failure::Malformed(ResponseError::UnsupportedTransferCoding));
@@ -342,7 +352,7 @@ fn parse_head(
         }
         Ok(ParsedResponse::Partial) => Ok(None),
         Err(e) => Err(Failure::Malformed(e)),
-    }
+    })
 }
 
 /// Reads the final response head (interim 1xx responses are skipped; a 101
@@ -413,24 +423,25 @@ pub(crate) async fn answered_early(
         Ok(_) => {}
     }
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let parsed = response_head::parse_response(
-            buf.pending(),
-            &mut headers,
-            DEFAULT_MAX_RESPONSE_HEAD_BYTES,
-            request_was_head,
-        );
-        match parsed {
+        // An interim head to skip, or the verdict.
+        let step = with_parsed_head(buf.pending(), request_was_head, |parsed| match parsed {
             Ok(ParsedResponse::Complete(h)) if h.status < 200 && h.status != 101 => {
-                let len = h.head_len;
+                ControlFlow::Continue(h.head_len)
+            }
+            Ok(ParsedResponse::Partial) => ControlFlow::Break(false),
+            Ok(ParsedResponse::Complete(h)) => {
+                ControlFlow::Break(h.status >= 400 || h.status == 101)
+            }
+            Err(_) => ControlFlow::Break(true),
+        });
+        match step {
+            ControlFlow::Continue(len) => {
                 buf.consume(len);
                 if buf.pending().is_empty() {
                     return false;
                 }
             }
-            Ok(ParsedResponse::Partial) => return false,
-            Ok(ParsedResponse::Complete(h)) => return h.status >= 400 || h.status == 101,
-            Err(_) => return true,
+            ControlFlow::Break(verdict) => return verdict,
         }
     }
 }
