@@ -22,6 +22,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -41,24 +42,8 @@ use shardline_tests::{get, post, GUARD};
 // ---------------------------------------------------------------------
 // Certificates.
 
-/// A leaf for `names` (IP addresses become IP SANs) signed by `ca`,
-/// optionally valid only between two years.
-fn leaf(ca: &Ca, names: &[&str], years: Option<(i32, i32)>) -> Leaf {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    for n in names {
-        match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => p.subject_alt_names.push(SanType::IpAddress(ip)),
-            Err(_) => p
-                .subject_alt_names
-                .push(SanType::DnsName((*n).try_into().unwrap())),
-        }
-    }
-    p.distinguished_name.push(DnType::CommonName, names[0]);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    if let Some((from, to)) = years {
-        p.not_before = rcgen::date_time_ymd(from, 1, 1);
-        p.not_after = rcgen::date_time_ymd(to, 1, 1);
-    }
+/// Signs `params` with `ca` under a fresh key.
+fn sign(ca: &Ca, p: CertificateParams) -> Leaf {
     let key = KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     Leaf {
@@ -71,13 +56,7 @@ fn leaf(ca: &Ca, names: &[&str], years: Option<(i32, i32)>) -> Leaf {
 /// A client certificate built from `params` (clientAuth usage added).
 fn client_leaf(ca: &Ca, mut p: CertificateParams) -> Leaf {
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
+    sign(ca, p)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -264,6 +243,14 @@ fn flush_tls(s: &mut Conn) {
     }
 }
 
+/// Writes `bytes` and flushes them; breaks when either fails.
+fn send(s: &mut Conn, bytes: &[u8]) -> ControlFlow<()> {
+    if s.write_all(bytes).is_err() || s.flush().is_err() {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
+}
+
 /// A 200 with a Content-Length body.
 fn ok(body: &[u8]) -> Vec<u8> {
     let mut r = format!(
@@ -321,6 +308,49 @@ impl TlsUpstream {
         }
     }
 
+    /// [`TlsUpstream::start`] with the handshake done: `handler` gets each
+    /// connection that completed one.
+    fn handshaken(
+        config: Arc<ServerConfig>,
+        handler: impl Fn(&Ctx, Conn) + Send + Sync + 'static,
+    ) -> TlsUpstream {
+        TlsUpstream::start(config, move |ctx, sock| {
+            let Some(s) = ctx.handshake(sock) else {
+                return;
+            };
+            handler(ctx, s);
+        })
+    }
+
+    /// An upstream that reads one request on each connection and hands it
+    /// to `handler`; a connection closed before a whole request is dropped.
+    fn one_request(
+        config: Arc<ServerConfig>,
+        handler: impl Fn(&Ctx, Conn, Req) + Send + Sync + 'static,
+    ) -> TlsUpstream {
+        TlsUpstream::handshaken(config, move |ctx, mut s| {
+            let Some(req) = read_request(&mut s, &ctx.seen) else {
+                return;
+            };
+            handler(ctx, s, req);
+        })
+    }
+
+    /// An upstream that hands each keep-alive request to `handler` until
+    /// the connection closes or `handler` breaks (then it is dropped).
+    fn each_request(
+        config: Arc<ServerConfig>,
+        handler: impl Fn(&Ctx, &mut Conn, Req) -> ControlFlow<()> + Send + Sync + 'static,
+    ) -> TlsUpstream {
+        TlsUpstream::handshaken(config, move |ctx, mut s| {
+            while let Some(req) = read_request(&mut s, &ctx.seen) {
+                if handler(ctx, &mut s, req).is_break() {
+                    return;
+                }
+            }
+        })
+    }
+
     /// An upstream serving keep-alive requests with `answer` (the full
     /// response bytes for request `n`, 0-based over the upstream).
     fn serve(
@@ -328,13 +358,10 @@ impl TlsUpstream {
         answer: impl Fn(usize, &Req) -> Vec<u8> + Send + Sync + 'static,
     ) -> TlsUpstream {
         let n = Arc::new(AtomicUsize::new(0));
-        TlsUpstream::start(config, move |ctx, sock| {
-            let Some(mut s) = ctx.handshake(sock) else {
-                return;
-            };
+        TlsUpstream::handshaken(config, move |ctx, mut s| {
             while let Some(req) = read_request(&mut s, &ctx.seen) {
                 let i = n.fetch_add(1, Ordering::SeqCst);
-                if s.write_all(&answer(i, &req)).is_err() || s.flush().is_err() {
+                if send(&mut s, &answer(i, &req)).is_break() {
                     return;
                 }
             }
@@ -346,6 +373,11 @@ impl TlsUpstream {
     /// Answers every request with `200 up:<path>`.
     fn hello(config: Arc<ServerConfig>) -> TlsUpstream {
         TlsUpstream::serve(config, |_, r| ok(format!("up:{}", r.path()).as_bytes()))
+    }
+
+    /// [`TlsUpstream::hello`] showing a certificate for `name` from `ca`.
+    fn hello_as(ca: &Ca, name: &str) -> TlsUpstream {
+        TlsUpstream::hello(UpTls::new(&ca.server(&[name])).config())
     }
 
     fn accepted(&self) -> usize {
@@ -409,6 +441,22 @@ impl Pki {
     fn ca_key(&self) -> String {
         format!("ca = \"{}\"", self.ca_file)
     }
+
+    /// What an upstream on 127.0.0.1 offers by default: a certificate for
+    /// that address, signed by this CA.
+    fn loopback(&self) -> UpTls {
+        UpTls::new(&self.ca.server(&["127.0.0.1"]))
+    }
+}
+
+/// A gateway whose one target is `up`, trusting `pki`'s CA.
+fn gateway_to(pki: &Pki, up: &TlsUpstream) -> TestServer {
+    gateway_to_route(pki, up, "")
+}
+
+/// [`gateway_to`] with extra lines for the route.
+fn gateway_to_route(pki: &Pki, up: &TlsUpstream, route: &str) -> TestServer {
+    gateway_route(&[https(up.port())], &pki.ca_key(), "", route)
 }
 
 fn https(port: u16) -> String {
@@ -420,16 +468,35 @@ fn problem_detail(r: &shardline_tests::Response) -> String {
     v["detail"].as_str().unwrap_or("").to_string()
 }
 
+/// Sends `GET path` on a new client of `gw` and reads the answer, keeping
+/// a truncated one as the error it is.
+fn send_get(gw: &TestServer, path: &str) -> Result<shardline_tests::Response, ReadError> {
+    let mut c = gw.client();
+    c.send(&get(path, &[]));
+    c.read_response(false)
+}
+
+/// `len` bytes of the shared test pattern, from offset 0.
+fn pattern_body(len: usize) -> Vec<u8> {
+    let block = pattern_block();
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        body.extend_from_slice(&block);
+    }
+    body.truncate(len);
+    body
+}
+
 // ---------------------------------------------------------------------
 // Certificate checks.
 
 #[test]
 fn a_certificate_for_another_name_fails_and_the_next_target_answers() {
     let pki = Pki::new();
-    let wrong = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["other.test"], None)).config());
-    let right = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config());
+    let wrong = TlsUpstream::hello_as(&pki.ca, "other.test");
+    let right = TlsUpstream::hello_as(&pki.ca, "127.0.0.1");
     // Alone, the wrong one is a 502 that says TLS.
-    let gw = gateway(&[https(wrong.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &wrong);
     let r = gw.client().request(&get("/a", &[]));
     assert_problem(&r, 502);
     assert!(problem_detail(&r).contains("TLS"), "{}", r.text());
@@ -459,10 +526,10 @@ fn a_certificate_for_another_name_fails_and_the_next_target_answers() {
 #[test]
 fn server_name_is_the_sni_and_the_name_checked() {
     let pki = Pki::new();
-    let up = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["billing.internal"], None)).config());
+    let up = TlsUpstream::hello_as(&pki.ca, "billing.internal");
     // An IP target with no override: no SNI, and the certificate has no IP
     // SAN, so it is refused.
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     assert_problem(&gw.client().request(&get("/x", &[])), 502);
     // The override names the certificate's DNS name: served, and the SNI
     // the upstream saw is that name.
@@ -488,7 +555,7 @@ fn server_name_is_the_sni_and_the_name_checked() {
     );
     assert_eq!(gw.client().request(&get("/y", &[])).status, 200);
     // A DNS target's host is the default SNI.
-    let loc = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["localhost"], None)).config());
+    let loc = TlsUpstream::hello_as(&pki.ca, "localhost");
     let gw = gateway(
         &[format!("https://localhost:{}", loc.port())],
         &pki.ca_key(),
@@ -505,7 +572,7 @@ fn server_name_is_the_sni_and_the_name_checked() {
 #[test]
 fn an_ip_server_name_override_needs_an_ip_san() {
     let pki = Pki::new();
-    let ip = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config());
+    let ip = TlsUpstream::hello_as(&pki.ca, "127.0.0.1");
     let gw = gateway(
         &[format!("https://localhost:{}", ip.port())],
         &format!("{}, server_name = \"127.0.0.1\"", pki.ca_key()),
@@ -522,15 +589,9 @@ fn an_ip_server_name_override_needs_an_ip_san() {
     p.subject_alt_names
         .push(SanType::DnsName("localhost".try_into().unwrap()));
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &pki.ca.cert, &pki.ca.key).unwrap();
-    let cn_only = Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-    };
+    let cn_only = sign(&pki.ca, p);
     let up = TlsUpstream::hello(UpTls::new(&cn_only).config());
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     assert_problem(&gw.client().request(&get("/cn", &[])), 502);
     assert_eq!(up.requests(), 0);
 }
@@ -539,9 +600,10 @@ fn an_ip_server_name_override_needs_an_ip_san() {
 fn expired_and_not_yet_valid_upstream_certificates_are_refused() {
     let pki = Pki::new();
     for (years, what) in [((2000, 2001), "expired"), ((2090, 2099), "not yet valid")] {
-        let up =
-            TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], Some(years))).config());
-        let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+        let up = TlsUpstream::hello(
+            UpTls::new(&pki.ca.server_valid(&["127.0.0.1"], Some(years))).config(),
+        );
+        let gw = gateway_to(&pki, &up);
         let r = gw.client().request(&get("/x", &[]));
         assert_problem(&r, 502);
         assert!(problem_detail(&r).contains("TLS"), "{what}: {}", r.text());
@@ -553,14 +615,14 @@ fn expired_and_not_yet_valid_upstream_certificates_are_refused() {
 fn a_chain_missing_its_intermediate_is_refused_and_the_full_chain_verifies() {
     let pki = Pki::new();
     let inter = pki.ca.intermediate("upstream intermediate");
-    let l = leaf(&inter, &["127.0.0.1"], None);
+    let l = inter.server(&["127.0.0.1"]);
     let bare = TlsUpstream::hello(UpTls::new(&l).config());
     let mut full = UpTls::new(&l);
     full.chain.push(inter.cert.der().clone());
     let full = TlsUpstream::hello(full.config());
-    let gw = gateway(&[https(bare.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &bare);
     assert_problem(&gw.client().request(&get("/x", &[])), 502);
-    let gw = gateway(&[https(full.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &full);
     let r = gw.client().request(&get("/x", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
 }
@@ -570,9 +632,9 @@ fn a_ca_bundle_trusts_upstreams_of_each_of_its_cas() {
     let pki = Pki::new();
     let other = Ca::new("second upstream CA");
     let third = Ca::new("third upstream CA");
-    let a = TlsUpstream::hello(UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config());
-    let b = TlsUpstream::hello(UpTls::new(&leaf(&other, &["127.0.0.1"], None)).config());
-    let c = TlsUpstream::hello(UpTls::new(&leaf(&third, &["127.0.0.1"], None)).config());
+    let a = TlsUpstream::hello_as(&pki.ca, "127.0.0.1");
+    let b = TlsUpstream::hello_as(&other, "127.0.0.1");
+    let c = TlsUpstream::hello_as(&third, "127.0.0.1");
     // A bundle with comments and blank lines between the certificates.
     let bundle = pki.dir.write(
         "bundle.crt",
@@ -591,7 +653,7 @@ fn a_long_certificate_chain_is_accepted() {
     // leaf, its intermediate, then 40 unrelated CA certificates (about 20
     // KiB of handshake): path building ignores what it does not need.
     let inter = pki.ca.intermediate("upstream intermediate");
-    let l = leaf(&inter, &["127.0.0.1"], None);
+    let l = inter.server(&["127.0.0.1"]);
     let mut t = UpTls::new(&l);
     t.chain.push(inter.cert.der().clone());
     for i in 0..40 {
@@ -599,7 +661,7 @@ fn a_long_certificate_chain_is_accepted() {
             .push(Ca::new(&format!("padding CA {i}")).cert.der().clone());
     }
     let up = TlsUpstream::hello(t.config());
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let r = gw.client().request(&get("/long", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
 }
@@ -608,11 +670,11 @@ fn a_long_certificate_chain_is_accepted() {
 fn an_upstream_that_requires_a_client_certificate_is_a_clear_502() {
     let pki = Pki::new();
     for versions in [Versions::Only12, Versions::Only13] {
-        let mut t = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None));
+        let mut t = pki.loopback();
         t.versions = versions;
         t.client_ca = Some(pki.ca.cert.der().clone());
         let up = TlsUpstream::hello(t.config());
-        let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+        let gw = gateway_to(&pki, &up);
         let mut c = gw.client();
         for req in [get("/x", &[]), post("/p", &[], b"body")] {
             let r = c.request(&req);
@@ -626,10 +688,10 @@ fn an_upstream_that_requires_a_client_certificate_is_a_clear_502() {
 fn tls12_only_and_tls13_only_upstreams_are_served_and_pooled() {
     let pki = Pki::new();
     for versions in [Versions::Only12, Versions::Only13] {
-        let mut t = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None));
+        let mut t = pki.loopback();
         t.versions = versions;
         let up = TlsUpstream::hello(t.config());
-        let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+        let gw = gateway_to(&pki, &up);
         let mut c = gw.client();
         for i in 0..5 {
             let r = c.request(&get(&format!("/v{i}"), &[]));
@@ -644,25 +706,25 @@ fn tls12_only_and_tls13_only_upstreams_are_served_and_pooled() {
 #[test]
 fn an_h2_only_upstream_is_refused_cleanly() {
     let pki = Pki::new();
-    let mut t = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None));
+    let mut t = pki.loopback();
     t.alpn = vec![b"h2".to_vec()];
     let up = TlsUpstream::hello(t.config());
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let r = gw.client().request(&get("/h2", &[]));
     assert_problem(&r, 502);
     assert_eq!(up.requests(), 0);
     // An upstream without ALPN is served (http/1.1 is assumed).
-    let mut t = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None));
+    let mut t = pki.loopback();
     t.alpn = vec![];
     let up = TlsUpstream::hello(t.config());
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     assert_eq!(gw.client().request(&get("/none", &[])).status, 200);
 }
 
 #[test]
 fn a_stalled_handshake_is_bounded_by_connect_timeout_and_the_next_target_answers() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+    let cfg = pki.loopback().config();
     // Accepts TCP, reads the ClientHello, answers nothing.
     let stall = TlsUpstream::start(Arc::clone(&cfg), |ctx, mut sock| {
         let mut b = [0u8; 1024];
@@ -697,26 +759,17 @@ fn a_stalled_handshake_is_bounded_by_connect_timeout_and_the_next_target_answers
 #[test]
 fn a_content_length_body_cut_without_close_notify_is_never_complete() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+    let cfg = pki.loopback().config();
     // Head declares 200000 bytes; 100000 arrive, then TCP closes with no
     // close_notify.
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        if read_request(&mut s, &ctx.seen).is_none() {
-            return;
-        }
+    let up = TlsUpstream::one_request(cfg, |_, mut s, _| {
         let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
         r.extend(std::iter::repeat_n(b'x', 100_000));
-        let _ = s.write_all(&r);
-        let _ = s.flush();
+        let _ = send(&mut s, &r);
         let _ = s.sock.shutdown(Shutdown::Both);
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
-    let mut c = gw.client();
-    c.send(&get("/cut", &[]));
-    match c.read_response(false) {
+    let gw = gateway_to(&pki, &up);
+    match send_get(&gw, "/cut") {
         Ok(r) => {
             // A clean answer is allowed only if nothing had gone out yet.
             assert_eq!(r.status, 502, "{}", r.summary());
@@ -728,25 +781,18 @@ fn a_content_length_body_cut_without_close_notify_is_never_complete() {
 #[test]
 fn a_chunked_body_cut_without_close_notify_is_never_complete() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        if read_request(&mut s, &ctx.seen).is_none() {
-            return;
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
-        let _ = s.flush();
+    let cfg = pki.loopback().config();
+    let up = TlsUpstream::one_request(cfg, |_, mut s, _| {
+        let _ = send(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        );
         std::thread::sleep(Duration::from_millis(50));
-        let _ = s.write_all(b"6\r\n world\r\n");
-        let _ = s.flush();
+        let _ = send(&mut s, b"6\r\n world\r\n");
         let _ = s.sock.shutdown(Shutdown::Both);
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
-    let mut c = gw.client();
-    c.send(&get("/cut", &[]));
-    match c.read_response(false) {
+    let gw = gateway_to(&pki, &up);
+    match send_get(&gw, "/cut") {
         Ok(r) => assert_eq!(r.status, 502, "{}", r.summary()),
         Err(e) => assert!(matches!(e, ReadError::Truncated { .. }), "{e}"),
     }
@@ -755,19 +801,14 @@ fn a_chunked_body_cut_without_close_notify_is_never_complete() {
 /// An upstream answering with a close-delimited body (no Content-Length,
 /// no chunked), then closing with or without `close_notify`.
 fn close_delimited_upstream(pki: &Pki, close_notify: bool) -> TlsUpstream {
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
-    TlsUpstream::start(cfg, move |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        if read_request(&mut s, &ctx.seen).is_none() {
-            return;
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst part, ");
-        let _ = s.flush();
+    let cfg = pki.loopback().config();
+    TlsUpstream::one_request(cfg, move |_, mut s, _| {
+        let _ = send(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst part, ",
+        );
         std::thread::sleep(Duration::from_millis(50));
-        let _ = s.write_all(b"second part");
-        let _ = s.flush();
+        let _ = send(&mut s, b"second part");
         if close_notify {
             s.conn.send_close_notify();
             flush_tls(&mut s);
@@ -780,7 +821,7 @@ fn close_delimited_upstream(pki: &Pki, close_notify: bool) -> TlsUpstream {
 fn a_close_delimited_body_ended_by_close_notify_is_complete() {
     let pki = Pki::new();
     let up = close_delimited_upstream(&pki, true);
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let r = gw.client().request(&get("/cd", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.text(), "first part, second part");
@@ -794,10 +835,8 @@ fn a_close_delimited_body_ended_by_close_notify_is_complete() {
 fn a_close_delimited_body_cut_without_close_notify_is_not_complete() {
     let pki = Pki::new();
     let up = close_delimited_upstream(&pki, false);
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
-    let mut c = gw.client();
-    c.send(&get("/cd", &[]));
-    match c.read_response(false) {
+    let gw = gateway_to(&pki, &up);
+    match send_get(&gw, "/cd") {
         Ok(r) => panic!(
             "a truncated body was presented as complete: {} {:?}",
             r.summary(),
@@ -810,19 +849,15 @@ fn a_close_delimited_body_cut_without_close_notify_is_not_complete() {
 #[test]
 fn a_complete_response_then_a_bare_tcp_close_is_fine() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
+    let cfg = pki.loopback().config();
+    let up = TlsUpstream::handshaken(cfg, |ctx, mut s| {
         if let Some(r) = read_request(&mut s, &ctx.seen) {
-            let _ = s.write_all(&ok(format!("bye:{}", r.path()).as_bytes()));
-            let _ = s.flush();
+            let _ = send(&mut s, &ok(format!("bye:{}", r.path()).as_bytes()));
         }
         // No close_notify.
         let _ = s.sock.shutdown(Shutdown::Both);
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let mut c = gw.client();
     for i in 0..3 {
         let r = c.request(&get(&format!("/{i}"), &[]));
@@ -843,14 +878,8 @@ fn a_complete_response_then_a_bare_tcp_close_is_fine() {
 #[test]
 fn close_notify_right_after_a_response_retires_the_connection() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        let Some(r) = read_request(&mut s, &ctx.seen) else {
-            return;
-        };
+    let cfg = pki.loopback().config();
+    let up = TlsUpstream::one_request(cfg, |ctx, mut s, r| {
         // One write: the response record and the alert go out together.
         s.conn
             .writer()
@@ -860,7 +889,7 @@ fn close_notify_right_after_a_response_retires_the_connection() {
         flush_tls(&mut s);
         ctx.hold();
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let mut c = gw.client();
     let r = c.request(&get("/a", &[]));
     assert_eq!((r.status, r.text().as_str()), (200, "once:/a"));
@@ -876,36 +905,32 @@ fn close_notify_right_after_a_response_retires_the_connection() {
 #[test]
 fn bytes_after_a_response_never_answer_a_later_request() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+    let cfg = pki.loopback().config();
     let smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED";
     // Counted over all connections: only the very first response carries
     // the extra bytes (the gateway drops that connection, and the next
     // request must get its own answer on a new one).
     let answered = Arc::new(AtomicUsize::new(0));
-    let up = TlsUpstream::start(cfg, move |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        while let Some(r) = read_request(&mut s, &ctx.seen) {
-            let mut resp = Vec::new();
-            if answered.fetch_add(1, Ordering::SeqCst) == 0 {
-                // Exactly 4 KiB of response (the gateway's first read
-                // buffer), then another response nobody asked for.
-                let head_len = "HTTP/1.1 200 OK\r\nContent-Length: 0000\r\n\r\n".len();
-                let body = vec![b'a'; 4096 - head_len];
-                resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
-                    .into_bytes();
-                assert_eq!(resp.len(), head_len);
-                resp.extend_from_slice(&body);
-                resp.extend_from_slice(smuggled);
-            } else {
-                resp.extend_from_slice(&ok(format!("real:{}", r.path()).as_bytes()));
-            }
-            s.conn.writer().write_all(&resp).unwrap();
-            flush_tls(&mut s);
+    let up = TlsUpstream::each_request(cfg, move |_, s, r| {
+        let mut resp = Vec::new();
+        if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Exactly 4 KiB of response (the gateway's first read
+            // buffer), then another response nobody asked for.
+            let head_len = "HTTP/1.1 200 OK\r\nContent-Length: 0000\r\n\r\n".len();
+            let body = vec![b'a'; 4096 - head_len];
+            resp =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            assert_eq!(resp.len(), head_len);
+            resp.extend_from_slice(&body);
+            resp.extend_from_slice(smuggled);
+        } else {
+            resp.extend_from_slice(&ok(format!("real:{}", r.path()).as_bytes()));
         }
+        s.conn.writer().write_all(&resp).unwrap();
+        flush_tls(s);
+        ControlFlow::Continue(())
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let mut c = gw.client();
     let r = c.request(&get("/first", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
@@ -921,31 +946,26 @@ fn bytes_after_a_response_never_answer_a_later_request() {
 fn a_pooled_connection_closed_while_idle_is_not_used_for_a_post() {
     let pki = Pki::new();
     for close_notify in [true, false] {
-        let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+        let cfg = pki.loopback().config();
         let closed_one = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&closed_one);
-        let up = TlsUpstream::start(cfg, move |ctx, sock| {
-            let Some(mut s) = ctx.handshake(sock) else {
-                return;
-            };
-            while let Some(r) = read_request(&mut s, &ctx.seen) {
-                let _ = s.write_all(&ok(format!("c{}:{}", ctx.conn, r.path()).as_bytes()));
-                let _ = s.flush();
-                if ctx.conn == 0 {
-                    // The first connection closes after one answer, a
-                    // moment later (the gateway has pooled it by then).
-                    std::thread::sleep(Duration::from_millis(100));
-                    if close_notify {
-                        s.conn.send_close_notify();
-                        flush_tls(&mut s);
-                    }
-                    let _ = s.sock.shutdown(Shutdown::Both);
-                    flag.store(true, Ordering::SeqCst);
-                    return;
+        let up = TlsUpstream::each_request(cfg, move |ctx, s, r| {
+            let _ = send(s, &ok(format!("c{}:{}", ctx.conn, r.path()).as_bytes()));
+            if ctx.conn == 0 {
+                // The first connection closes after one answer, a
+                // moment later (the gateway has pooled it by then).
+                std::thread::sleep(Duration::from_millis(100));
+                if close_notify {
+                    s.conn.send_close_notify();
+                    flush_tls(s);
                 }
+                let _ = s.sock.shutdown(Shutdown::Both);
+                flag.store(true, Ordering::SeqCst);
+                return ControlFlow::Break(());
             }
+            ControlFlow::Continue(())
         });
-        let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+        let gw = gateway_to(&pki, &up);
         let mut c = gw.client();
         let r = c.request(&get("/a", &[]));
         assert_eq!(r.text(), "c0:/a");
@@ -969,28 +989,22 @@ fn a_pooled_connection_closed_while_idle_is_not_used_for_a_post() {
 #[test]
 fn a_chunked_response_in_one_byte_records_arrives_whole() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
-        while read_request(&mut s, &ctx.seen).is_some() {
-            let mut r =
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Split: yes\r\n\r\n".to_vec();
-            r.extend_from_slice(&shardline_tests::request::chunked(&[
-                b"hello ",
-                b"over ",
-                b"tiny records",
-            ]));
-            for b in r {
-                // One TLS record per byte.
-                if s.write_all(&[b]).is_err() || s.flush().is_err() {
-                    return;
-                }
-            }
+    let cfg = pki.loopback().config();
+    let up = TlsUpstream::each_request(cfg, |_, s, _| {
+        let mut r =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Split: yes\r\n\r\n".to_vec();
+        r.extend_from_slice(&shardline_tests::request::chunked(&[
+            b"hello ",
+            b"over ",
+            b"tiny records",
+        ]));
+        for b in r {
+            // One TLS record per byte.
+            send(s, &[b])?;
         }
+        ControlFlow::Continue(())
     });
-    let gw = gateway(&[https(up.port())], &pki.ca_key(), "");
+    let gw = gateway_to(&pki, &up);
     let mut c = gw.client();
     for _ in 0..2 {
         let r = c.request(&get("/split", &[]));
@@ -1004,48 +1018,24 @@ fn a_chunked_response_in_one_byte_records_arrives_whole() {
 #[test]
 fn large_bodies_both_ways_keep_every_byte() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+    let cfg = pki.loopback().config();
     const LEN: usize = 6 << 20;
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
+    let up = TlsUpstream::each_request(cfg, |_, s, r| {
+        let resp = if r.path() == "/up" {
+            let good = r.body.len() == LEN && pattern_matches(0, &r.body);
+            ok(format!("len={} good={good}", r.body.len()).as_bytes())
+        } else {
+            ok(&pattern_body(LEN))
         };
-        while let Some(r) = read_request(&mut s, &ctx.seen) {
-            let resp = if r.path() == "/up" {
-                let good = r.body.len() == LEN && pattern_matches(0, &r.body);
-                ok(format!("len={} good={good}", r.body.len()).as_bytes())
-            } else {
-                let block = pattern_block();
-                let mut body = Vec::with_capacity(LEN);
-                while body.len() < LEN {
-                    body.extend_from_slice(&block);
-                }
-                body.truncate(LEN);
-                ok(&body)
-            };
-            if s.write_all(&resp).is_err() || s.flush().is_err() {
-                return;
-            }
-        }
+        send(s, &resp)
     });
-    let gw = gateway_route(
-        &[https(up.port())],
-        &pki.ca_key(),
-        "",
-        "max_body_bytes = \"64MiB\"",
-    );
+    let gw = gateway_to_route(&pki, &up, "max_body_bytes = \"64MiB\"");
     let mut c = gw.client();
     let r = c.request(&get("/down", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.body.len(), LEN);
     assert!(pattern_matches(0, &r.body), "download corrupted");
-    let block = pattern_block();
-    let mut body = Vec::with_capacity(LEN);
-    while body.len() < LEN {
-        body.extend_from_slice(&block);
-    }
-    body.truncate(LEN);
-    let r = c.request(&post("/up", &[], &body));
+    let r = c.request(&post("/up", &[], &pattern_body(LEN)));
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.text(), format!("len={LEN} good=true"));
     assert_eq!(up.accepted(), 1);
@@ -1055,7 +1045,7 @@ fn large_bodies_both_ways_keep_every_byte() {
 fn new_upstream_connections_resume_the_tls_session() {
     let pki = Pki::new();
     for versions in [Versions::Only12, Versions::Only13] {
-        let mut t = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None));
+        let mut t = pki.loopback();
         t.versions = versions;
         let up = TlsUpstream::hello(t.config());
         // No pool: each request is a new connection and a new handshake.
@@ -1150,16 +1140,23 @@ scopes = ["admin"]
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// The whole lines of log file `name` so far, each with its `\n`.
+    fn log_lines(&self, name: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.path(name)).unwrap_or_default();
+        // Whole lines only (one may be half written as we read).
+        text.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The access log's lines, each parsed as JSON, once `n` are there.
     fn access_lines(&self, n: usize) -> Vec<serde_json::Value> {
-        let path = self.dir.path("access.jsonl");
         let mut lines = Vec::new();
         let ok = wait_until(GUARD, || {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            // Whole lines only (one may be half written as we read).
-            lines = text
-                .split_inclusive('\n')
-                .filter(|l| l.ends_with('\n'))
+            lines = self
+                .log_lines("access.jsonl")
+                .iter()
                 .map(|l| {
                     serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))
                 })
@@ -1169,12 +1166,6 @@ scopes = ["admin"]
         assert!(ok, "access log has {} of {n} lines", lines.len());
         lines
     }
-}
-
-fn cn(ca: &Ca, value: DnValue) -> Leaf {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, value);
-    client_leaf(ca, p)
 }
 
 #[test]
@@ -1193,7 +1184,7 @@ fn odd_identities_are_separate_rate_limit_keys_and_logged_exactly() {
     ];
     let leaves: Vec<Leaf> = names
         .iter()
-        .map(|n| cn(&g.ca, DnValue::Utf8String((*n).to_string())))
+        .map(|n| g.ca.client_cn_value(DnValue::Utf8String((*n).to_string())))
         .collect();
     // Each identity has its own budget of one per minute.
     for (n, l) in names.iter().zip(&leaves) {
@@ -1214,13 +1205,11 @@ fn odd_identities_are_separate_rate_limit_keys_and_logged_exactly() {
         assert_eq!(count, 1, "{n:?} in {lines:?}");
     }
     // The audit log too.
-    let path = g.dir.path("audit.jsonl");
     let mut audit = Vec::new();
     assert!(wait_until(GUARD, || {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        audit = text
-            .split_inclusive('\n')
-            .filter(|l| l.ends_with('\n'))
+        audit = g
+            .log_lines("audit.jsonl")
+            .iter()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect();
         names
@@ -1234,12 +1223,14 @@ fn identities_in_other_string_encodings_share_a_budget_with_utf8() {
     // PrintableString and UTF8String "alice" are the same identity, and so
     // are BMPString and UTF8String "Zoë".
     let g = MtlsGw::new("");
-    let a1 = cn(&g.ca, DnValue::PrintableString("alice".try_into().unwrap()));
-    let a2 = cn(&g.ca, DnValue::Utf8String("alice".into()));
+    let a1 =
+        g.ca.client_cn_value(DnValue::PrintableString("alice".try_into().unwrap()));
+    let a2 = g.ca.client_cn_value(DnValue::Utf8String("alice".into()));
     assert_eq!(g.request(Some(&a1), "/limited").status, 200);
     assert_eq!(g.request(Some(&a2), "/limited").status, 429);
-    let z1 = cn(&g.ca, DnValue::BmpString("Zoë".try_into().unwrap()));
-    let z2 = cn(&g.ca, DnValue::Utf8String("Zoë".into()));
+    let z1 =
+        g.ca.client_cn_value(DnValue::BmpString("Zoë".try_into().unwrap()));
+    let z2 = g.ca.client_cn_value(DnValue::Utf8String("Zoë".into()));
     assert_eq!(g.request(Some(&z1), "/limited").status, 200);
     assert_eq!(g.request(Some(&z2), "/limited").status, 429);
 }
@@ -1250,8 +1241,8 @@ fn a_very_long_common_name_is_an_identity_and_a_key() {
     let long_a = "a".repeat(4000);
     let mut long_b = "a".repeat(3999);
     long_b.push('b');
-    let la = cn(&g.ca, DnValue::Utf8String(long_a.clone()));
-    let lb = cn(&g.ca, DnValue::Utf8String(long_b.clone()));
+    let la = g.ca.client_cn_value(DnValue::Utf8String(long_a.clone()));
+    let lb = g.ca.client_cn_value(DnValue::Utf8String(long_b.clone()));
     assert_eq!(g.request(Some(&la), "/limited").status, 200);
     assert_eq!(
         g.request(Some(&lb), "/limited").status,
@@ -1303,7 +1294,7 @@ fn no_usable_identity_is_a_401_before_the_rate_limit() {
         .push(SanType::IpAddress("10.1.2.3".parse().unwrap()));
     let ip_only = client_leaf(&g.ca, p);
     // An empty common name does not count as one either.
-    let empty = cn(&g.ca, DnValue::Utf8String(String::new()));
+    let empty = g.ca.client_cn_value(DnValue::Utf8String(String::new()));
     for leaf in [Some(&ip_only), Some(&empty), None] {
         for _ in 0..3 {
             let r = g.request(leaf, "/limited");
@@ -1359,12 +1350,9 @@ fn a_client_certificate_with_two_common_names_is_named_by_the_first() {
 #[test]
 fn a_tls_upstream_refusing_a_streamed_upload_early_gets_its_answer_forwarded() {
     let pki = Pki::new();
-    let cfg = UpTls::new(&leaf(&pki.ca, &["127.0.0.1"], None)).config();
+    let cfg = pki.loopback().config();
     // Reads the head only, answers 413 with close_notify and closes.
-    let up = TlsUpstream::start(cfg, |ctx, sock| {
-        let Some(mut s) = ctx.handshake(sock) else {
-            return;
-        };
+    let up = TlsUpstream::handshaken(cfg, |_, mut s| {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         while shardline_tests::client::find(&buf, b"\r\n\r\n").is_none() {
@@ -1389,12 +1377,7 @@ fn a_tls_upstream_refusing_a_streamed_upload_early_gets_its_answer_forwarded() {
         // drop resets the connection.
         std::thread::sleep(Duration::from_millis(200));
     });
-    let gw = gateway_route(
-        &[https(up.port())],
-        &pki.ca_key(),
-        "",
-        "max_body_bytes = \"64MiB\"",
-    );
+    let gw = gateway_to_route(&pki, &up, "max_body_bytes = \"64MiB\"");
     let mut c = gw.client();
     const LEN: usize = 32 << 20;
     let mut writer = c.stream().try_clone().unwrap();
