@@ -238,11 +238,89 @@ impl Pki {
         tls::client_config(&self.ca, None, versions)
     }
 
+    /// A handshaken connection to `addr` as "localhost", without a client
+    /// certificate.
+    fn connect(&self, addr: SocketAddr, versions: Versions) -> tls::TlsStream {
+        tls::connect(addr, &self.client(versions), "localhost").unwrap()
+    }
+
     /// The leaf certificate a fresh client gets for `sni`.
     fn leaf_for(&self, addr: SocketAddr, sni: &str) -> CertificateDer<'static> {
-        let s = tls::connect(addr, &self.client(Versions::Both), sni).unwrap();
-        s.conn.peer_certificates().unwrap()[0].clone()
+        served_leaf(addr, &self.client(Versions::Both), sni)
     }
+
+    /// Writes this CA to `clients-ca.crt`; returns the path for TOML.
+    fn clients_ca_file(&self) -> String {
+        self.dir.write("clients-ca.crt", &self.ca.pem())
+    }
+
+    /// Writes `leaf` to `{name}.crt` and `{name}.key` and returns an inline
+    /// `sni` table for them; `extra` goes after the key (", names = [...]").
+    fn sni_entry(&self, name: &str, leaf: &Leaf, extra: &str) -> String {
+        let cert = self.dir.write(&format!("{name}.crt"), &leaf.cert_pem);
+        let key = self.dir.write(&format!("{name}.key"), &leaf.key_pem);
+        format!("{{ cert = \"{cert}\", key = \"{key}\"{extra} }}")
+    }
+}
+
+/// The leaf certificate a fresh connection with `cfg` gets for `sni`.
+fn served_leaf(
+    addr: SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> CertificateDer<'static> {
+    let s = tls::connect(addr, cfg, sni).unwrap();
+    s.conn.peer_certificates().unwrap()[0].clone()
+}
+
+/// `client_auth` requiring a certificate from the CAs in `ca_file`.
+fn client_auth(ca_file: &str) -> String {
+    format!("client_auth = {{ ca = \"{ca_file}\" }}")
+}
+
+/// `client_auth` verifying, but not requiring, a client certificate.
+fn optional_client_auth(ca_file: &str) -> String {
+    format!("client_auth = {{ ca = \"{ca_file}\", required = false }}")
+}
+
+/// `base` with its ALPN list replaced by `protocols`.
+fn with_alpn(
+    base: &Arc<rustls::ClientConfig>,
+    protocols: Vec<Vec<u8>>,
+) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (**base).clone();
+    cfg.alpn_protocols = protocols;
+    Arc::new(cfg)
+}
+
+/// A client config trusting `ca` that presents `chain` with `key` as it
+/// is (no intermediates added or checked on the client's side).
+fn chain_client(
+    ca: &Ca,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The body of `/whoami` for a fresh connection with `cfg`.
+fn whoami(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> String {
+    tls::try_request(addr, cfg, "/whoami").unwrap().text()
+}
+
+/// Why a fresh connection with `cfg` got no answer to `/whoami`.
+fn whoami_refused(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> String {
+    tls::try_request(addr, cfg, "/whoami").unwrap_err()
 }
 
 const WHOAMI_ROUTES: &str = r#"
@@ -312,6 +390,40 @@ fn still_serves(pki: &Pki, addr: SocketAddr) {
     assert_eq!(r.status, 200);
 }
 
+/// Asserts `GET /plaintext` on `s` is answered 200.
+fn assert_plaintext_ok(s: &mut tls::TlsStream) {
+    assert_eq!(tls::get(s, "/plaintext").unwrap().status, 200);
+}
+
+/// Writes `bytes`, then `close_notify`, and flushes both.
+fn send_then_close_notify(s: &mut tls::TlsStream, bytes: &[u8]) {
+    s.write_all(bytes).unwrap();
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+}
+
+/// Reads a TLS stream until it ends (cleanly or not); panics if it is
+/// still open after the guard. Returns what arrived.
+fn tls_read_until_closed(s: &mut tls::TlsStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if is_timeout(&e) => panic!("still open after the guard"),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Asserts a start error is one line naming `key` (without a file).
+fn assert_one_line_naming(e: &str, key: &str) {
+    assert!(!e.contains('\n'), "{e:?}");
+    assert!(e.contains(key), "{e}");
+}
+
 // ---------------------------------------------------------------------
 // Key and certificate files.
 
@@ -378,19 +490,16 @@ fn a_certificate_file_without_a_certificate_stops_the_start() {
     let e = start_error(&tls_section(&empty, &pki.key, ""));
     assert_names(&e, "server.tls.cert", "empty.crt");
     let e = start_error(&tls_section(&pki.key, &pki.cert, ""));
-    assert!(!e.contains('\n'), "{e:?}");
-    assert!(e.contains("server.tls.cert"), "{e}");
+    assert_one_line_naming(&e, "server.tls.cert");
     // A key file holding only a certificate.
     let e = start_error(&tls_section(&pki.cert, &pki.cert, ""));
-    assert!(!e.contains('\n'), "{e:?}");
-    assert!(e.contains("server.tls.key"), "{e}");
+    assert_one_line_naming(&e, "server.tls.key");
     // A PEM block whose body is not a certificate.
     let junk = pki
         .dir
         .write("junk.crt", &pem("CERTIFICATE", b"this is not DER at all"));
     let e = start_error(&tls_section(&junk, &pki.key, ""));
-    assert!(!e.contains('\n'), "{e:?}");
-    assert!(e.contains("server.tls"), "{e}");
+    assert_one_line_naming(&e, "server.tls");
 }
 
 #[test]
@@ -450,7 +559,7 @@ fn a_chain_in_the_wrong_order_stops_the_start() {
     let cfg = tls::client_config(&root, None, Versions::Both);
     let mut s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
     assert_eq!(s.conn.peer_certificates().unwrap().len(), 2);
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+    assert_plaintext_ok(&mut s);
 }
 
 #[test]
@@ -458,13 +567,9 @@ fn an_expired_server_certificate_is_served_and_clients_refuse_it() {
     // As nginx does: the server starts with it (the clock may be what is
     // wrong); verifying clients refuse it with a clear reason.
     let pki = Pki::new();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.not_before = rcgen::date_time_ymd(2001, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2002, 1, 1);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &pki.ca.cert, &pki.ca.key).unwrap();
-    let cert_file = pki.dir.write("expired.crt", &cert.pem());
-    let key_file = pki.dir.write("expired.key", &key.serialize_pem());
+    let expired = pki.ca.server_valid(&["localhost"], Some((2001, 2002)));
+    let cert_file = pki.dir.write("expired.crt", &expired.cert_pem);
+    let key_file = pki.dir.write("expired.key", &expired.key_pem);
     let server = TestServer::start_toml(&tls_section(&cert_file, &key_file, ""));
     let e = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost")
         .map(|_| ())
@@ -475,10 +580,8 @@ fn an_expired_server_certificate_is_served_and_clients_refuse_it() {
 #[test]
 fn every_bad_file_at_reload_keeps_the_old_certificate() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = pki.start(&format!(
-        "client_auth = {{ ca = \"{ca_file}\", required = false }}"
-    ));
+    let ca_file = pki.clients_ca_file();
+    let server = pki.start(&optional_client_auth(&ca_file));
     let addr = server.tls_addr();
     let good_cert = pki.leaf.cert_pem.clone();
     let good_key = pki.leaf.key_pem.clone();
@@ -577,11 +680,9 @@ fn sni_wildcards_match_exactly_one_label_and_names_ignore_case() {
     let wild = pki.ca.server(&["wild-by-config"]);
     let api = pki.ca.server(&["api.example.test"]);
     let extra = format!(
-        "sni = [ {{ cert = \"{}\", key = \"{}\", names = [\"*.Example.test\"] }}, {{ cert = \"{}\", key = \"{}\" }} ]",
-        pki.dir.write("wild.crt", &wild.cert_pem),
-        pki.dir.write("wild.key", &wild.key_pem),
-        pki.dir.write("api.crt", &api.cert_pem),
-        pki.dir.write("api.key", &api.key_pem),
+        "sni = [ {}, {} ]",
+        pki.sni_entry("wild", &wild, ", names = [\"*.Example.test\"]"),
+        pki.sni_entry("api", &api, ""),
     );
     let server = pki.start(&extra);
     let addr = server.tls_addr();
@@ -589,9 +690,7 @@ fn sni_wildcards_match_exactly_one_label_and_names_ignore_case() {
     let leaf_for = |sni: &str| {
         // The client does not verify the name here: only which
         // certificate comes back matters.
-        let cfg = no_verify_client(&cfg);
-        let s = tls::connect(addr, &cfg, sni).unwrap();
-        s.conn.peer_certificates().unwrap()[0].clone()
+        served_leaf(addr, &no_verify_client(&cfg), sni)
     };
     // Exact beats wildcard; any case.
     assert_eq!(leaf_for("api.example.test"), api.der);
@@ -670,11 +769,9 @@ fn duplicate_sni_names_are_a_config_error() {
     let a = pki.ca.server(&["api.example.test"]);
     let b = pki.ca.server(&["api.example.test"]);
     let extra = format!(
-        "sni = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]",
-        pki.dir.write("a.crt", &a.cert_pem),
-        pki.dir.write("a.key", &a.key_pem),
-        pki.dir.write("b.crt", &b.cert_pem),
-        pki.dir.write("b.key", &b.key_pem),
+        "sni = [ {}, {} ]",
+        pki.sni_entry("a", &a, ""),
+        pki.sni_entry("b", &b, "")
     );
     let e = start_error(&pki.section(&extra));
     assert!(
@@ -683,11 +780,7 @@ fn duplicate_sni_names_are_a_config_error() {
     );
     // Nor may an SNI entry claim the default certificate's own name.
     let c = pki.ca.server(&["localhost"]);
-    let extra = format!(
-        "sni = [ {{ cert = \"{}\", key = \"{}\" }} ]",
-        pki.dir.write("c.crt", &c.cert_pem),
-        pki.dir.write("c.key", &c.key_pem),
-    );
+    let extra = format!("sni = [ {} ]", pki.sni_entry("c", &c, ""));
     let e = start_error(&pki.section(&extra));
     assert!(
         e.contains("server.tls.sni[0]") && e.contains("localhost"),
@@ -703,45 +796,39 @@ fn alpn_with_http11_among_others_and_no_alpn_are_served() {
     let pki = Pki::new();
     let server = pki.start("");
     let addr = server.tls_addr();
-    let mut cfg = (*pki.client(Versions::Both)).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut s = tls::connect(addr, &Arc::new(cfg.clone()), "localhost").unwrap();
+    let base = pki.client(Versions::Both);
+    let cfg = with_alpn(&base, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    let mut s = tls::connect(addr, &cfg, "localhost").unwrap();
     assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
-    cfg.alpn_protocols = Vec::new();
-    let mut s = tls::connect(addr, &Arc::new(cfg), "localhost").unwrap();
+    assert_plaintext_ok(&mut s);
+    let mut s = tls::connect(addr, &with_alpn(&base, Vec::new()), "localhost").unwrap();
     assert_eq!(s.conn.alpn_protocol(), None);
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+    assert_plaintext_ok(&mut s);
 }
 
 #[test]
 fn refused_handshakes_end_with_an_alert_not_a_silent_close() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(&pki.section(&format!(
-        "min_version = \"1.3\"\nclient_auth = {{ ca = \"{ca_file}\" }}"
-    )));
+    let ca_file = pki.clients_ca_file();
+    let server =
+        start_whoami(&pki.section(&format!("min_version = \"1.3\"\n{}", client_auth(&ca_file))));
     let addr = server.tls_addr();
     let alice = pki.ca.client("alice");
     // TLS 1.2 against min_version 1.3.
     let cfg = tls::client_config(&pki.ca, Some(&alice), Versions::Only12);
-    let e = tls::try_request(addr, &cfg, "/whoami").unwrap_err();
+    let e = whoami_refused(addr, &cfg);
     assert!(e.contains("alert"), "{e}");
     // ALPN without http/1.1.
-    let mut cfg = (*tls::client_config(&pki.ca, Some(&alice), Versions::Only13)).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let e = tls::try_request(addr, &Arc::new(cfg), "/whoami").unwrap_err();
+    let cfg = tls::client_config(&pki.ca, Some(&alice), Versions::Only13);
+    let e = whoami_refused(addr, &with_alpn(&cfg, vec![b"h2".to_vec()]));
     assert!(e.contains("alert"), "{e}");
     // No client certificate.
     let cfg = tls::client_config(&pki.ca, None, Versions::Only13);
-    let e = tls::try_request(addr, &cfg, "/whoami").unwrap_err();
+    let e = whoami_refused(addr, &cfg);
     assert!(e.contains("alert"), "{e}");
     // The right client is served after all of it.
     let cfg = tls::client_config(&pki.ca, Some(&alice), Versions::Only13);
-    assert_eq!(
-        tls::try_request(addr, &cfg, "/whoami").unwrap().text(),
-        "id=alice"
-    );
+    assert_eq!(whoami(addr, &cfg), "id=alice");
 }
 
 #[test]
@@ -753,7 +840,7 @@ fn no_early_data_is_ever_offered_to_resuming_clients() {
     cfg.enable_early_data = true;
     let cfg = Arc::new(cfg);
     let mut first = tls::connect(addr, &cfg, "localhost").unwrap();
-    assert_eq!(tls::get(&mut first, "/plaintext").unwrap().status, 200);
+    assert_plaintext_ok(&mut first);
     drop(first);
     // The ticket from the first connection must not allow 0-RTT.
     let sock = TcpStream::connect(addr).unwrap();
@@ -765,7 +852,7 @@ fn no_early_data_is_ever_offered_to_resuming_clients() {
         "the server's ticket offered 0-RTT early data"
     );
     let mut s = rustls::StreamOwned::new(conn, sock);
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+    assert_plaintext_ok(&mut s);
     assert_eq!(
         s.conn.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
@@ -778,15 +865,14 @@ fn a_large_legal_client_hello_is_served() {
     // ~60 KB of ALPN names: one ClientHello over four TLS records.
     let pki = Pki::new();
     let server = pki.start("");
-    let mut cfg = (*pki.client(Versions::Both)).clone();
     let mut alpn: Vec<Vec<u8>> = (0..240u32)
         .map(|i| format!("x-{i:03}-{}", "p".repeat(240)).into_bytes())
         .collect();
     alpn.push(b"http/1.1".to_vec());
-    cfg.alpn_protocols = alpn;
-    let mut s = tls::connect(server.tls_addr(), &Arc::new(cfg), "localhost").unwrap();
+    let cfg = with_alpn(&pki.client(Versions::Both), alpn);
+    let mut s = tls::connect(server.tls_addr(), &cfg, "localhost").unwrap();
     assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+    assert_plaintext_ok(&mut s);
 }
 
 #[test]
@@ -831,7 +917,7 @@ fn malformed_or_oversized_client_hellos_are_closed_at_once() {
 fn a_request_in_one_byte_records_is_served() {
     let pki = Pki::new();
     let server = pki.start("");
-    let mut s = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost").unwrap();
+    let mut s = pki.connect(server.tls_addr(), Versions::Both);
     for round in 0..2 {
         let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         for b in req.iter() {
@@ -873,7 +959,7 @@ fn garbage_and_oversized_records_after_the_handshake_close_the_connection() {
         ),
     ] {
         let mut s = tls::connect(addr, &cfg, "localhost").unwrap();
-        assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+        assert_plaintext_ok(&mut s);
         let _ = s.sock.write_all(&bytes);
         tls_wait_closed(&mut s).unwrap_or_else(|e| panic!("{what}: {e}"));
     }
@@ -884,20 +970,9 @@ fn garbage_and_oversized_records_after_the_handshake_close_the_connection() {
 fn close_notify_mid_request_ends_the_connection_without_an_answer() {
     let pki = Pki::new();
     let server = pki.start("");
-    let mut s = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost").unwrap();
-    s.write_all(b"GET /plaintext HTTP/1.1\r\nHo").unwrap();
-    s.conn.send_close_notify();
-    s.flush().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if is_timeout(&e) => panic!("still open after the guard"),
-            Err(_) => break,
-        }
-    }
+    let mut s = pki.connect(server.tls_addr(), Versions::Both);
+    send_then_close_notify(&mut s, b"GET /plaintext HTTP/1.1\r\nHo");
+    let got = tls_read_until_closed(&mut s);
     let text = String::from_utf8_lossy(&got);
     assert!(!text.contains("Hello, World!"), "{text}");
     still_serves(&pki, server.tls_addr());
@@ -914,20 +989,9 @@ fn a_request_then_close_notify_is_answered_like_a_request_then_fin() {
     let plain_got = wait_closed(&mut plain).unwrap();
     let plain_answered = String::from_utf8_lossy(&plain_got).contains("Hello, World!");
     // TLS: request, then close_notify (the TLS half-close).
-    let mut s = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost").unwrap();
-    s.write_all(&get("/plaintext", &[])).unwrap();
-    s.conn.send_close_notify();
-    s.flush().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if is_timeout(&e) => panic!("still open after the guard"),
-            Err(_) => break,
-        }
-    }
+    let mut s = pki.connect(server.tls_addr(), Versions::Both);
+    send_then_close_notify(&mut s, &get("/plaintext", &[]));
+    let got = tls_read_until_closed(&mut s);
     let tls_answered = String::from_utf8_lossy(&got).contains("Hello, World!");
     assert_eq!(
         tls_answered, plain_answered,
@@ -939,7 +1003,7 @@ fn a_request_then_close_notify_is_answered_like_a_request_then_fin() {
 fn the_server_ends_its_side_with_close_notify() {
     let pki = Pki::new();
     let server = pki.start("");
-    let mut s = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost").unwrap();
+    let mut s = pki.connect(server.tls_addr(), Versions::Both);
     s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     s.flush().unwrap();
@@ -962,66 +1026,43 @@ fn a_ca_bundle_trusts_clients_of_each_of_its_cas() {
     // directly, without its root).
     let bundle = format!("{}{}{}", pki.ca.pem(), second.pem(), inter.pem());
     let ca_file = pki.dir.write("bundle.crt", &bundle);
-    let server = start_whoami(&pki.section(&format!("client_auth = {{ ca = \"{ca_file}\" }}")));
+    let server = start_whoami(&pki.section(&client_auth(&ca_file)));
     let addr = server.tls_addr();
     for (ca, who) in [(&pki.ca, "one"), (&second, "two"), (&inter, "three")] {
         let leaf = ca.client(who);
         let cfg = tls::client_config(&pki.ca, Some(&leaf), Versions::Both);
-        let r = tls::try_request(addr, &cfg, "/whoami").unwrap();
-        assert_eq!(r.text(), format!("id={who}"));
+        assert_eq!(whoami(addr, &cfg), format!("id={who}"));
     }
     // A leaf of the intermediate's root (not itself in the bundle) is
     // refused.
     let stranger = root.client("four");
     let cfg = tls::client_config(&pki.ca, Some(&stranger), Versions::Both);
-    tls::try_request(addr, &cfg, "/whoami").unwrap_err();
+    whoami_refused(addr, &cfg);
 }
 
 #[test]
 fn a_client_signed_by_an_intermediate_needs_to_send_it() {
     let pki = Pki::new();
     let inter = pki.ca.intermediate("client intermediate");
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(&pki.section(&format!("client_auth = {{ ca = \"{ca_file}\" }}")));
+    let ca_file = pki.clients_ca_file();
+    let server = start_whoami(&pki.section(&client_auth(&ca_file)));
     let addr = server.tls_addr();
     let alice = inter.client("alice");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain_cfg = |chain: Vec<CertificateDer<'static>>| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca.cert.der().clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, alice.key_der())
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
-    };
     // Leaf + intermediate: verified.
-    let cfg = chain_cfg(vec![alice.der.clone(), inter.cert.der().clone()]);
-    assert_eq!(
-        tls::try_request(addr, &cfg, "/whoami").unwrap().text(),
-        "id=alice"
-    );
+    let chain = vec![alice.der.clone(), inter.cert.der().clone()];
+    let cfg = chain_client(&pki.ca, chain, alice.key_der());
+    assert_eq!(whoami(addr, &cfg), "id=alice");
     // Leaf alone: the server cannot build the chain.
-    let cfg = chain_cfg(vec![alice.der.clone()]);
-    tls::try_request(addr, &cfg, "/whoami").unwrap_err();
+    let cfg = chain_client(&pki.ca, vec![alice.der.clone()], alice.key_der());
+    whoami_refused(addr, &cfg);
     // The intermediate itself (a CA certificate, with its own key) as the
     // client certificate: refused.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.cert.der().clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![inter.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(inter.key.serialize_der().into()),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tls::try_request(addr, &Arc::new(cfg), "/whoami").unwrap_err();
+    let cfg = chain_client(
+        &pki.ca,
+        vec![inter.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(inter.key.serialize_der().into()),
+    );
+    whoami_refused(addr, &cfg);
 }
 
 /// A client certificate with no subject at all and these SANs.
@@ -1045,10 +1086,8 @@ fn client_with_sans(ca: &Ca, sans: Vec<SanType>, cn: Option<&str>) -> Leaf {
 #[test]
 fn client_identities_from_sans_and_non_ascii_common_names() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(&pki.section(&format!(
-        "client_auth = {{ ca = \"{ca_file}\", required = false }}"
-    )));
+    let ca_file = pki.clients_ca_file();
+    let server = start_whoami(&pki.section(&optional_client_auth(&ca_file)));
     let addr = server.tls_addr();
     let email = SanType::Rfc822Name("svc@example.test".try_into().unwrap());
     let uri = SanType::URI("spiffe://example.test/billing".try_into().unwrap());
@@ -1094,8 +1133,8 @@ fn client_identities_from_sans_and_non_ascii_common_names() {
 #[test]
 fn reloading_the_client_ca_keeps_open_connections_and_judges_new_ones() {
     let pki = Pki::new();
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let server = start_whoami(&pki.section(&format!("client_auth = {{ ca = \"{ca_file}\" }}")));
+    let ca_file = pki.clients_ca_file();
+    let server = start_whoami(&pki.section(&client_auth(&ca_file)));
     let addr = server.tls_addr();
     let alice = pki.ca.client("alice");
     let alice_cfg = tls::client_config(&pki.ca, Some(&alice), Versions::Both);
@@ -1113,22 +1152,16 @@ fn reloading_the_client_ca_keeps_open_connections_and_judges_new_ones() {
     // New connections: alice (fresh config, no ticket) is refused, bob of
     // the new CA is served.
     let fresh = tls::client_config(&pki.ca, Some(&alice), Versions::Both);
-    tls::try_request(addr, &fresh, "/whoami").unwrap_err();
+    whoami_refused(addr, &fresh);
     let bob = new_ca.client("bob");
     let cfg = tls::client_config(&pki.ca, Some(&bob), Versions::Both);
-    assert_eq!(
-        tls::try_request(addr, &cfg, "/whoami").unwrap().text(),
-        "id=bob"
-    );
+    assert_eq!(whoami(addr, &cfg), "id=bob");
 
     // A broken CA file: refused, the new CA stays.
     std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
     let e = server.reload_tls().unwrap_err();
     assert_names(&e, "server.tls.client_auth.ca", "clients-ca.crt");
-    assert_eq!(
-        tls::try_request(addr, &cfg, "/whoami").unwrap().text(),
-        "id=bob"
-    );
+    assert_eq!(whoami(addr, &cfg), "id=bob");
     assert_eq!(tls::get(&mut open, "/whoami").unwrap().text(), "id=alice");
 }
 
@@ -1145,7 +1178,7 @@ fn a_bad_client_ca_file_stops_the_start_naming_the_key() {
         ),
     ] {
         let ca_file = pki.dir.write(name, &text);
-        let e = start_error(&pki.section(&format!("client_auth = {{ ca = \"{ca_file}\" }}")));
+        let e = start_error(&pki.section(&client_auth(&ca_file)));
         assert_names(&e, "server.tls.client_auth.ca", name);
     }
 }
@@ -1183,11 +1216,8 @@ fn the_server_answers_close_notify_with_close_notify() {
             &b"GET /plaintext HTTP/1.1\r\nHo"[..],
             &get("/plaintext", &[])[..],
         ] {
-            let mut s =
-                tls::connect(server.tls_addr(), &pki.client(versions), "localhost").unwrap();
-            s.write_all(sent).unwrap();
-            s.conn.send_close_notify();
-            s.flush().unwrap();
+            let mut s = pki.connect(server.tls_addr(), versions);
+            send_then_close_notify(&mut s, sent);
             assert_eq!(
                 tls_wait_closed(&mut s),
                 Ok(true),
@@ -1205,8 +1235,8 @@ fn an_idle_timeout_close_sends_close_notify() {
         "[server]\nidle_timeout = \"300ms\"\n\n{}",
         pki.section("")
     ));
-    let mut s = tls::connect(server.tls_addr(), &pki.client(Versions::Both), "localhost").unwrap();
-    assert_eq!(tls::get(&mut s, "/plaintext").unwrap().status, 200);
+    let mut s = pki.connect(server.tls_addr(), Versions::Both);
+    assert_plaintext_ok(&mut s);
     // Idle now: the server closes it after the idle timeout.
     assert_eq!(tls_wait_closed(&mut s), Ok(true));
 }
@@ -1216,9 +1246,8 @@ fn sni_names_with_a_trailing_dot_match_or_are_refused() {
     let pki = Pki::new();
     let api = pki.ca.server(&["api.example.test"]);
     let extra = format!(
-        "sni = [ {{ cert = \"{}\", key = \"{}\", names = [\"api.example.test.\"] }} ]",
-        pki.dir.write("api.crt", &api.cert_pem),
-        pki.dir.write("api.key", &api.key_pem),
+        "sni = [ {} ]",
+        pki.sni_entry("api", &api, ", names = [\"api.example.test.\"]")
     );
     let text = pki.section(&extra);
     match shardline::Server::new(test_config(config_from_toml(&text))).start() {
@@ -1228,9 +1257,7 @@ fn sni_names_with_a_trailing_dot_match_or_are_refused() {
         Ok(running) => {
             let addr = running.tls_addr().unwrap();
             let cfg = no_verify_client(&pki.client(Versions::Both));
-            let s = tls::connect(addr, &cfg, "api.example.test").unwrap();
-            let leaf = s.conn.peer_certificates().unwrap()[0].clone();
-            drop(s);
+            let leaf = served_leaf(addr, &cfg, "api.example.test");
             running.shutdown();
             let _ = running.wait();
             assert!(leaf == api.der, "the trailing-dot name never matched");
@@ -1298,10 +1325,10 @@ fn require_ems_false_lets_legacy_tls12_clients_in() {
     // serves them a ServerHello, and is refused beside client_auth.
     let pki = Pki::new();
     assert_eq!(ems_answers(&pki, "require_ems = false"), [0x16, 0x16]);
-    let ca_file = pki.dir.write("clients-ca.crt", &pki.ca.pem());
-    let e = shardline::Config::from_toml_str(&pki.section(&format!(
-        "require_ems = false\nclient_auth = {{ ca = \"{ca_file}\" }}"
-    )))
+    let ca_file = pki.clients_ca_file();
+    let e = shardline::Config::from_toml_str(
+        &pki.section(&format!("require_ems = false\n{}", client_auth(&ca_file))),
+    )
     .expect_err("require_ems = false beside client_auth")
     .0;
     assert!(e.starts_with("server.tls.require_ems"), "{e}");
