@@ -88,6 +88,94 @@ timeout = "{timeout}"
     )
 }
 
+/// A server proxying everything to `target` (2 s route timeout).
+fn start_one(target: &str) -> TestServer {
+    TestServer::start_toml(&one(target, "", "2s", ""))
+}
+
+/// A server proxying everything to `target` through a 60 s cache.
+fn start_cached_one(target: &str) -> TestServer {
+    TestServer::start_toml(&one(target, "", "2s", "cache = { ttl = \"60s\" }"))
+}
+
+/// A server proxying to `target` with room for large, slow uploads.
+fn start_upload_one(target: &str) -> TestServer {
+    TestServer::start_toml(&one(
+        target,
+        "request_timeout = \"5s\"",
+        "5s",
+        "max_body_bytes = \"64MiB\"",
+    ))
+}
+
+/// Starts a good upstream (answering `200 good`) and a server routing
+/// `/bad/...` to `bad` (see [`two`]); the upstream is returned to keep it
+/// running.
+fn start_beside_good(bad: &str, timeout: &str, bad_route_extra: &str) -> (Upstream, TestServer) {
+    let good = Upstream::start(Behaviour::ok("good"));
+    let srv = TestServer::start_toml(&two(bad, &good.target(), "", timeout, bad_route_extra));
+    (good, srv)
+}
+
+/// Sends `GET /bad/x` and returns the final answer.
+fn get_bad(c: &mut Client) -> Response {
+    c.send(&get("/bad/x", &[]));
+    c.read_final(false).unwrap().1
+}
+
+/// Asserts the client's last request was refused: a 400, or a closed
+/// connection.
+fn assert_400_or_closed(c: &mut Client) {
+    match c.read_final(false) {
+        Ok((_, r)) => assert_eq!(r.status, 400, "{}", r.summary()),
+        Err(e) => assert!(e.is_closed(), "{e}"),
+    }
+}
+
+/// Asserts `got` holds exactly one response start.
+fn assert_one_response(got: &[u8]) {
+    let n = got.windows(7).filter(|w| w == b"HTTP/1.").count();
+    assert_eq!(n, 1, "{}", shardline_tests::client::show(got));
+}
+
+/// Starts an upstream answering every request with `raw`, sends two
+/// `GET /x` on one client connection, runs `check` on each answer and
+/// returns how many upstream connections they took.
+fn two_gets_to_raw(raw: &[u8], check: impl Fn(&Response)) -> usize {
+    let up = Upstream::start(Behaviour::raw(raw));
+    let srv = start_one(&up.target());
+    let mut c = srv.client();
+    for _ in 0..2 {
+        check(&c.request(&get("/x", &[])));
+    }
+    up.connections()
+}
+
+/// Sends the head of a chunked `POST /up` and `pieces` chunks of 16 KiB,
+/// leaving the body unfinished.
+fn send_chunked_upload_start(c: &mut Client, pieces: usize) {
+    let piece = vec![b'u'; 16 * 1024];
+    c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..pieces {
+        c.send(format!("{:x}\r\n", piece.len()).as_bytes());
+        c.send(&piece);
+        c.send(b"\r\n");
+    }
+}
+
+/// An upstream that waits for a request head (leaving it unread), writes
+/// `bytes`, waits `linger`, and drops the socket: with the request unread,
+/// the close is a reset.
+fn reset_after(bytes: &'static [u8], linger: Duration) -> RawUpstream {
+    RawUpstream::start(move |mut s, _| {
+        if peek_request(&s) {
+            let _ = s.write_all(bytes);
+            thread::sleep(linger);
+        }
+        drop(s);
+    })
+}
+
 /// Asserts a problem+json error with the status and `type` slug.
 fn assert_problem(r: &Response, status: u16, slug: &str, what: &str) {
     assert_eq!(r.status, status, "{what}: {}", r.summary());
@@ -122,9 +210,8 @@ fn assert_still_usable(c: &mut Client, what: &str) {
 /// and asserts a clean 502, the upstream connection closed, and the client
 /// connection still usable.
 fn assert_raw_answer_is_502(raw: &[u8], what: &str) {
-    let good = Upstream::start(Behaviour::ok("good"));
     let bad = Upstream::start(Behaviour::raw(raw));
-    let srv = TestServer::start_toml(&two(&bad.target(), &good.target(), "", "2s", ""));
+    let (_good, srv) = start_beside_good(&bad.target(), "2s", "");
     let mut c = srv.client();
     c.send(&get("/bad/x", &[]));
     let r = match c.read_final(false) {
@@ -301,11 +388,7 @@ fn a_status_line_without_a_reason_or_with_an_odd_one_is_accepted() {
         let what = shardline_tests::client::show(line);
         let mut raw = line.to_vec();
         raw.extend_from_slice(b"\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok");
-        let up = Upstream::start(Behaviour::raw(&raw));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
-        let mut c = srv.client();
-        for _ in 0..2 {
-            let r = c.request(&get("/x", &[]));
+        let connections = two_gets_to_raw(&raw, |r| {
             assert_eq!(r.status, status, "{what}: {}", r.summary());
             assert_eq!(r.body, b"ok", "{what}: {}", r.summary());
             // The reason phrase the client sees is printable text.
@@ -314,10 +397,9 @@ fn a_status_line_without_a_reason_or_with_an_odd_one_is_accepted() {
                 "{what}: {:?}",
                 r.reason
             );
-        }
+        });
         assert_eq!(
-            up.connections(),
-            1,
+            connections, 1,
             "{what}: a clean answer keeps its connection"
         );
     }
@@ -331,7 +413,7 @@ fn unknown_interim_statuses_are_skipped() {
           HTTP/1.1 199 Last Interim\r\n\r\n\
           HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
     ));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     for _ in 0..2 {
         c.send(&get("/x", &[]));
@@ -353,15 +435,13 @@ fn an_interim_response_followed_by_silence_is_a_504() {
         &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
     ] {
-        let good = Upstream::start(Behaviour::ok("good"));
         let bad = Upstream::start(Behaviour::always(Action::Steps(vec![
             Step::Write(interim.to_vec()),
             Step::Hang,
         ])));
-        let srv = TestServer::start_toml(&two(&bad.target(), &good.target(), "", "500ms", ""));
+        let (_good, srv) = start_beside_good(&bad.target(), "500ms", "");
         let mut c = srv.client();
-        c.send(&get("/bad/x", &[]));
-        let (_, r) = c.read_final(false).unwrap();
+        let r = get_bad(&mut c);
         assert_problem(&r, 504, "gateway-timeout", "interim then silence");
         assert_still_usable(&mut c, "interim then silence");
     }
@@ -415,7 +495,7 @@ fn obs_text_in_a_response_value_is_passed_on_without_breaking_the_head() {
     let up = Upstream::start(Behaviour::raw(
         b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9 \xff\r\nX-Tab: a\tb\r\nContent-Length: 2\r\n\r\nok",
     ));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     let r = c.request(&get("/x", &[]));
     assert_eq!(r.status, 200, "{}", r.summary());
@@ -491,7 +571,7 @@ fn chunked_in_any_case_is_decoded() {
     for te in ["Chunked", "CHUNKED", "chunked ", "cHuNkEd"] {
         let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n2\r\nok\r\n0\r\n\r\n");
         let up = Upstream::start(Behaviour::raw(raw.as_bytes()));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+        let srv = start_one(&up.target());
         let r = srv.client().request(&get("/x", &[]));
         assert_eq!(r.status, 200, "{te}: {}", r.summary());
         assert_eq!(r.body, b"ok", "{te}");
@@ -510,9 +590,8 @@ fn a_trailer_larger_than_any_head_is_refused() {
         raw.extend_from_slice(format!("X-T{i}: {}\r\n", "t".repeat(60)).as_bytes());
     }
     raw.extend_from_slice(b"\r\n");
-    let good = Upstream::start(Behaviour::ok("good"));
     let bad = Upstream::start(Behaviour::raw(&raw));
-    let srv = TestServer::start_toml(&two(&bad.target(), &good.target(), "", "2s", ""));
+    let (_good, srv) = start_beside_good(&bad.target(), "2s", "");
     let mut c = srv.client();
     c.send(&get("/bad/x", &[]));
     match c.read_final(false) {
@@ -521,8 +600,7 @@ fn a_trailer_larger_than_any_head_is_refused() {
             assert_still_usable(&mut c, "huge trailer");
         }
         Err(ReadError::Truncated { partial: got }) => {
-            let n = got.windows(7).filter(|w| w == b"HTTP/1.").count();
-            assert_eq!(n, 1, "{}", shardline_tests::client::show(&got));
+            assert_one_response(&got);
             assert!(
                 find(&got, b"\r\n0\r\n").is_none(),
                 "the cut response must not look complete: {}",
@@ -615,17 +693,13 @@ fn unusual_but_valid_chunked_bodies_are_decoded_and_the_connection_reused() {
     for (what, body, want) in cases {
         let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         raw.extend_from_slice(body);
-        let up = Upstream::start(Behaviour::raw(&raw));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
-        let mut c = srv.client();
-        for _ in 0..2 {
-            let r = c.request(&get("/x", &[]));
+        let connections = two_gets_to_raw(&raw, |r| {
             assert_eq!(r.status, 200, "{what}: {}", r.summary());
             assert_eq!(r.body, want, "{what}: {}", r.summary());
             // Trailers are not passed on as if they were header fields.
             assert!(!r.has_header("x-checksum"), "{what}: {}", r.summary());
-        }
-        assert_eq!(up.connections(), 1, "{what}: the body ended cleanly");
+        });
+        assert_eq!(connections, 1, "{what}: the body ended cleanly");
     }
 }
 
@@ -712,7 +786,7 @@ fn unsolicited_bytes_on_an_idle_pooled_connection_discard_it() {
             Step::Write(extra.to_vec()),
             raise(&written),
         ])));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+        let srv = start_one(&up.target());
         let mut c = srv.client();
         let r = c.request(&get("/a", &[]));
         assert_eq!(r.body, b"first", "{what}: {}", r.summary());
@@ -753,7 +827,7 @@ fn a_304_or_head_answer_followed_by_a_body_is_not_forwarded_or_pooled() {
     ] {
         let what = format!("{method} {}", shardline_tests::client::show(raw));
         let up = Upstream::start(Behaviour::raw(raw));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+        let srv = start_one(&up.target());
         let mut c = srv.client();
         for path in ["/a", "/b"] {
             let r = c.request(&request(method, path, &[], None));
@@ -773,7 +847,7 @@ fn a_close_delimited_http10_response_is_forwarded_whole_and_not_pooled() {
         Step::Write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close".to_vec()),
         Step::Close,
     ])));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     for _ in 0..2 {
         let r = c.request(&get("/x", &[]));
@@ -805,10 +879,7 @@ fn a_close_delimited_body_that_never_closes_is_cut_not_completed() {
     let mut c = srv.client();
     c.send(&get("/x", &[]));
     match c.read_response(false) {
-        Err(ReadError::Truncated { partial }) => {
-            let n = partial.windows(7).filter(|w| w == b"HTTP/1.").count();
-            assert_eq!(n, 1, "{}", shardline_tests::client::show(&partial));
-        }
+        Err(ReadError::Truncated { partial }) => assert_one_response(&partial),
         Ok(r) if r.status == 504 && r.body.starts_with(b"{") => {}
         other => panic!("a body that never ended must not look complete: {other:?}"),
     }
@@ -819,19 +890,11 @@ fn a_close_delimited_body_that_never_closes_is_cut_not_completed() {
 #[test]
 fn a_reset_in_the_middle_of_the_head_is_a_502() {
     // The request is left unread, so dropping the socket sends a reset.
-    let bad = RawUpstream::start(|mut s, _| {
-        if peek_request(&s) {
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Len");
-            thread::sleep(Duration::from_millis(20));
-        }
-        drop(s);
-    });
-    let good = Upstream::start(Behaviour::ok("good"));
-    let srv = TestServer::start_toml(&two(&bad.target(), &good.target(), "", "2s", ""));
+    let bad = reset_after(b"HTTP/1.1 200 OK\r\nContent-Len", Duration::from_millis(20));
+    let (_good, srv) = start_beside_good(&bad.target(), "2s", "");
     let mut c = srv.client();
     for _ in 0..2 {
-        c.send(&get("/bad/x", &[]));
-        let (_, r) = c.read_final(false).unwrap();
+        let r = get_bad(&mut c);
         assert_problem(&r, 502, "bad-gateway", "reset mid-head");
     }
     assert_still_usable(&mut c, "reset mid-head");
@@ -839,20 +902,15 @@ fn a_reset_in_the_middle_of_the_head_is_a_502() {
 
 #[test]
 fn a_reset_mid_body_cuts_the_client_without_a_second_response() {
-    let bad = RawUpstream::start(|mut s, _| {
-        if peek_request(&s) {
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
-            thread::sleep(Duration::from_millis(100));
-        }
-        drop(s);
-    });
-    let good = Upstream::start(Behaviour::ok("good"));
-    let srv = TestServer::start_toml(&two(&bad.target(), &good.target(), "", "2s", ""));
+    let bad = reset_after(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        Duration::from_millis(100),
+    );
+    let (_good, srv) = start_beside_good(&bad.target(), "2s", "");
     let mut c = srv.client();
     c.send(&get("/bad/x", &[]));
     let got = c.read_to_eof().unwrap_or_else(|e| panic!("{e}"));
-    let n = got.windows(7).filter(|w| w == b"HTTP/1.").count();
-    assert_eq!(n, 1, "{}", shardline_tests::client::show(&got));
+    assert_one_response(&got);
     let body_at = find(&got, b"\r\n\r\n").unwrap() + 4;
     assert!(
         got.len() - body_at < 1000,
@@ -874,8 +932,7 @@ fn an_upstream_that_drops_every_connection_bounds_get_retries_and_never_retries_
         "",
     ));
     let mut c = srv.client();
-    c.send(&get("/bad/x", &[]));
-    let (_, r) = c.read_final(false).unwrap();
+    let r = get_bad(&mut c);
     assert_problem(&r, 502, "bad-gateway", "GET");
     assert!(up.wait_requests(3));
     assert_eq!(up.requests(), 3, "GET: one try and two retries, no more");
@@ -994,7 +1051,7 @@ fn a_half_closed_client_still_gets_its_proxied_answer() {
         Duration::from_millis(100),
         Reply::ok("late"),
     ));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     c.send(&get("/x", &[]));
     c.shutdown_write();
@@ -1016,22 +1073,12 @@ fn a_client_that_disconnects_mid_upload_never_completes_the_upstream_request() {
     for chunked in [false, true] {
         let what = if chunked { "chunked" } else { "Content-Length" };
         let up = Upstream::start(Behaviour::ok("done"));
-        let srv = TestServer::start_toml(&one(
-            &up.target(),
-            "request_timeout = \"5s\"",
-            "5s",
-            "max_body_bytes = \"64MiB\"",
-        ));
+        let srv = start_upload_one(&up.target());
         let mut c = srv.client();
-        let piece = vec![b'u'; 16 * 1024];
         if chunked {
-            c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
-            for _ in 0..16 {
-                c.send(format!("{:x}\r\n", piece.len()).as_bytes());
-                c.send(&piece);
-                c.send(b"\r\n");
-            }
+            send_chunked_upload_start(&mut c, 16);
         } else {
+            let piece = vec![b'u'; 16 * 1024];
             c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4194304\r\n\r\n");
             for _ in 0..16 {
                 c.send(&piece);
@@ -1060,20 +1107,9 @@ fn a_client_that_disconnects_mid_upload_never_completes_the_upstream_request() {
 #[test]
 fn a_malformed_chunked_upload_past_the_prefix_is_not_completed_upstream() {
     let up = Upstream::start(Behaviour::ok("done"));
-    let srv = TestServer::start_toml(&one(
-        &up.target(),
-        "request_timeout = \"5s\"",
-        "5s",
-        "max_body_bytes = \"64MiB\"",
-    ));
+    let srv = start_upload_one(&up.target());
     let mut c = srv.client();
-    let piece = vec![b'u'; 16 * 1024];
-    c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n");
-    for _ in 0..8 {
-        c.send(format!("{:x}\r\n", piece.len()).as_bytes());
-        c.send(&piece);
-        c.send(b"\r\n");
-    }
+    send_chunked_upload_start(&mut c, 8);
     assert!(up.wait_requests(1));
     c.send(b"zz\r\nbad\r\n0\r\n\r\n");
     match c.read_final(false) {
@@ -1091,14 +1127,11 @@ fn a_malformed_chunked_upload_past_the_prefix_is_not_completed_upstream() {
 #[test]
 fn a_short_small_body_never_reaches_the_upstream() {
     let up = Upstream::start(Behaviour::ok("done"));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     c.send(b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly ten b");
     c.shutdown_write();
-    match c.read_final(false) {
-        Ok((_, r)) => assert_eq!(r.status, 400, "{}", r.summary()),
-        Err(e) => assert!(e.is_closed(), "{e}"),
-    }
+    assert_400_or_closed(&mut c);
     thread::sleep(Duration::from_millis(50));
     assert_eq!(up.requests(), 0, "a truncated body was forwarded");
 }
@@ -1145,7 +1178,7 @@ fn expect_100_continue_then_an_upstream_refusal_is_forwarded() {
             .header("Content-Type", "text/plain")
             .body(b"no expectations"),
     ));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     c.send(
         b"POST /x HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
@@ -1176,11 +1209,7 @@ fn response_fields_named_in_connection_cannot_break_framing() {
         b"HTTP/1.1 200 OK\r\nConnection: ,,Content-Type,,\r\nContent-Type: text/x-secret\r\nContent-Length: 5\r\n\r\nhello",
     ] {
         let what = shardline_tests::client::show(raw);
-        let up = Upstream::start(Behaviour::raw(raw));
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
-        let mut c = srv.client();
-        for _ in 0..2 {
-            let r = c.request(&get("/x", &[]));
+        two_gets_to_raw(raw, |r| {
             assert_eq!(r.status, 200, "{what}: {}", r.summary());
             assert_eq!(r.body, b"hello", "{what}: {}", r.summary());
             assert!(!r.has_header("x-secret"), "{what}: {}", r.summary());
@@ -1190,14 +1219,14 @@ fn response_fields_named_in_connection_cannot_break_framing() {
                 r.summary()
             );
             assert!(r.header_all("date").len() <= 1, "{what}: {}", r.summary());
-        }
+        });
     }
 }
 
 #[test]
 fn upgrade_requests_are_forwarded_as_plain_requests() {
     let up = Upstream::start(Behaviour::ok("plain"));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     for upgrade in [
         &[
@@ -1245,7 +1274,7 @@ fn upgrade_requests_are_forwarded_as_plain_requests() {
 #[test]
 fn absolute_form_targets_go_upstream_in_origin_form() {
     let up = Upstream::start(path_echo());
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     let r = c.request(b"GET http://localhost/abs/x?q=1 HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(r.status, 200, "{}", r.summary());
@@ -1261,10 +1290,7 @@ fn absolute_form_targets_go_upstream_in_origin_form() {
     let before = up.requests();
     let mut c = srv.client();
     c.send(b"GET http://evil.example/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    match c.read_final(false) {
-        Ok((_, r)) => assert_eq!(r.status, 400, "{}", r.summary()),
-        Err(e) => assert!(e.is_closed(), "{e}"),
-    }
+    assert_400_or_closed(&mut c);
     assert_eq!(up.requests(), before);
 }
 
@@ -1339,7 +1365,7 @@ fn ambiguous_request_framing_never_reaches_the_upstream() {
     ];
     for (what, bytes) in cases {
         let up = Upstream::start(path_echo());
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+        let srv = start_one(&up.target());
         let mut c = srv.client();
         c.send(bytes.as_bytes());
         let mut statuses = Vec::new();
@@ -1378,7 +1404,7 @@ fn ambiguous_request_framing_never_reaches_the_upstream() {
 #[test]
 fn a_chunked_request_with_trailers_goes_upstream_with_one_framing_and_no_trailers() {
     let up = Upstream::start(Behaviour::echo());
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     let r = c.request(
         b"POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
@@ -1407,10 +1433,7 @@ fn a_chunked_request_with_trailers_goes_upstream_with_one_framing_and_no_trailer
         b"POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n0\r\nContent-Length: 999\r\n\r\n",
     );
-    match c.read_final(false) {
-        Ok((_, r)) => assert_eq!(r.status, 400, "{}", r.summary()),
-        Err(e) => assert!(e.is_closed(), "{e}"),
-    }
+    assert_400_or_closed(&mut c);
     assert_eq!(
         up.requests(),
         before,
@@ -1454,7 +1477,7 @@ fn cached_routes_never_share_what_they_must_not() {
         }
         Action::Reply(reply)
     }));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", "cache = { ttl = \"60s\" }"));
+    let srv = start_cached_one(&up.target());
     let mut c = srv.client();
     for path in [
         "/cookie",
@@ -1495,7 +1518,7 @@ fn absurd_cache_lifetimes_are_clamped_not_overflowed() {
         };
         Action::Reply(Reply::ok(&req.target).header("Cache-Control", cc))
     }));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", "cache = { ttl = \"60s\" }"));
+    let srv = start_cached_one(&up.target());
     let mut c = srv.client();
     for path in ["/huge", "/huge-s", "/sie"] {
         let a = c.request(&get(path, &[]));
@@ -1513,7 +1536,6 @@ fn absurd_cache_lifetimes_are_clamped_not_overflowed() {
 
 #[test]
 fn a_cached_route_with_a_short_body_is_a_clean_502() {
-    let good = Upstream::start(Behaviour::ok("good"));
     let bad = Upstream::start(Behaviour::always(Action::Steps(vec![
         Step::Write(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc"
@@ -1521,17 +1543,10 @@ fn a_cached_route_with_a_short_body_is_a_clean_502() {
         ),
         Step::Close,
     ])));
-    let srv = TestServer::start_toml(&two(
-        &bad.target(),
-        &good.target(),
-        "",
-        "2s",
-        "cache = { ttl = \"60s\" }",
-    ));
+    let (_good, srv) = start_beside_good(&bad.target(), "2s", "cache = { ttl = \"60s\" }");
     let mut c = srv.client();
     for _ in 0..2 {
-        c.send(&get("/bad/x", &[]));
-        let (_, r) = c.read_final(false).unwrap();
+        let r = get_bad(&mut c);
         assert_problem(&r, 502, "bad-gateway", "short cached body");
     }
     assert_still_usable(&mut c, "short cached body");
@@ -1609,7 +1624,7 @@ fn an_upload_refused_early_and_reset_still_gets_its_answer() {
             thread::sleep(Duration::from_millis(50));
             drop(s);
         });
-        let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+        let srv = start_one(&up.target());
         let mut c = srv.client();
         let r = c.request(&post("/x", &[], &vec![b'b'; len]));
         assert_eq!(r.status, 401, "{len}: {}", r.summary());
@@ -1658,7 +1673,7 @@ fn an_upstream_that_always_dies_mid_body_opens_its_breaker() {
 #[test]
 fn a_malformed_forwarded_field_from_the_client_cannot_swallow_the_gateways_element() {
     let up = Upstream::start(Behaviour::ok("ok"));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", ""));
+    let srv = start_one(&up.target());
     let mut c = srv.client();
     for bad in [
         "Forwarded: for=\"unterminated",
@@ -1711,7 +1726,7 @@ fn an_upstream_age_counts_against_freshness_and_is_not_duplicated() {
         }
         Action::Reply(reply)
     }));
-    let srv = TestServer::start_toml(&one(&up.target(), "", "2s", "cache = { ttl = \"60s\" }"));
+    let srv = start_cached_one(&up.target());
     let mut c = srv.client();
     for path in ["/young", "/aged"] {
         for _ in 0..2 {
